@@ -4,8 +4,8 @@ The modules in `gatelab.nn` own everything around the recurrence: argument check
 unbatched and batch_first input, PackedSequence, layers, directions, dropout between
 layers and the parameters. For each layer and direction they call one engine:
 
-    out, state_T, gates = engine.run(spec, x, state, weights,
-                                     batch_sizes=..., reverse=..., record=..., training=...)
+    out, state_T, gates = engine.run(spec, x, state, weights, batch_sizes=...,
+                                     reverse=..., record=..., training=..., masks=...)
 
 Arguments:
     spec: a `CellSpec`, what cell to run.
@@ -24,7 +24,13 @@ Arguments:
     reverse: run t = T-1 .. 0. With batch_sizes each row starts from the initial state
         at its own last real step, exactly as torch.nn's reverse direction does.
     record: also return the gates.
-    training: the module's training flag (for the stochastic variants).
+    training: the module's training flag.
+    masks: None, or the random masks of the stochastic variants, drawn by the module
+        (so every engine computes the same thing from the same masks):
+        `zoneout_h` (T, B, H_out) and `zoneout_c` (T, B, H): 1 where the unit keeps its
+        previous value (h_t = m ⊙ h_{t-1} + (1 - m) ⊙ h̃_t); `recurrent_dropout` (B, H_out):
+        the scaled dropout mask that multiplies h_{t-1} before the recurrent product.
+        (weight_drop is applied by the module to `weight_hh` before the call.)
 
 Returns:
     out: (T, B, H_out), zero at padded positions.
@@ -47,6 +53,7 @@ log = logging.getLogger("gatelab.engines")
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 GATES = {"LSTM": ("f", "i", "g", "o", "c"), "GRU": ("r", "z", "n"), "RNN_TANH": ("h",), "RNN_RELU": ("h",)}
 GATE_ROWS = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+ABLATIONS = ("forget_gate", "input_gate", "output_gate", "output_activation", "candidate_activation")
 
 # backend name -> module; "auto" tries these in order.
 ENGINES = {"fused": "gatelab.engines.fused_cpu", "eager": "gatelab.engines.eager"}
@@ -62,6 +69,22 @@ class CellSpec:
     hidden_size: int
     proj_size: int = 0  # LSTM only: h_t = W_hr (o_t ⊙ tanh(c_t)), (H_out, H)
     bias: bool = True
+    # The LSTM family (issue 7). Every default is torch.nn's cell; an engine that cannot
+    # run a field's non-default value says so in unsupported().
+    peephole: bool = False  # weights["weight_ph"] (3, H) rows f|i|o: f,i read c_{t-1}, o reads c_t
+    layer_norm: bool = False  # weights ln_ih_weight/ln_ih_bias (G*H,), ln_hh_* (G*H,), LSTM ln_c_* (H,)
+    coupled_gates: bool = False  # CIFG: i_t = 1 - f_t
+    remove: frozenset = frozenset()  # ablations: subset of ABLATIONS
+    gate_activation: str = "sigmoid"  # sigmoid | hard_sigmoid
+    cell_activation: str = "tanh"  # tanh | softsign | ... (candidate and output activation)
+    reset_after: bool = True  # GRU: False = Cho et al. 2014 "reset before"
+
+    @property
+    def is_plain(self) -> bool:
+        """True when this is exactly the torch.nn cell (no variant field set)."""
+        return (not self.peephole and not self.layer_norm and not self.coupled_gates
+                and not self.remove and self.gate_activation == "sigmoid"
+                and self.cell_activation == "tanh" and self.reset_after)
 
     @property
     def out_size(self) -> int:
