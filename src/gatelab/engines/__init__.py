@@ -38,6 +38,28 @@ Returns:
     gates: None, or a dict gate name -> (T, B, H), zero at padded positions:
         LSTM `f i g o c`, GRU `r z n`, RNN `h`.
 
+The LSTM family (CellSpec fields; shared definitions for the reference and every engine).
+σ is spec.gate_activation, φ is spec.cell_activation, a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+split into rows i|f|g|o:
+    plain:        f = σ(a_f), i = σ(a_i), g = φ(a_g), o = σ(a_o), c_t = f ⊙ c_{t-1} + i ⊙ g, h_t = o ⊙ φ(c_t)
+    peephole:     a_f += p_f ⊙ c_{t-1}, a_i += p_i ⊙ c_{t-1}, a_o += p_o ⊙ c_t,
+                  weights["weight_ph"] (3, H), rows p_f|p_i|p_o
+    layer_norm:   a = LN(x_t W_ih^T; ln_ih_weight, ln_ih_bias) + LN(h_{t-1} W_hh^T; ln_hh_weight, ln_hh_bias)
+                      + b_ih + b_hh, each LN over all G*H units of its product, eps = 1e-5;
+                  LSTM: h_t = o ⊙ φ(LN(c_t; ln_c_weight, ln_c_bias)), the carried c_t stays un-normalised.
+                  GRU (reset after): n = φ(LN_ih_n + b_in + r ⊙ (LN_hh_n + b_hn)).
+    coupled_gates: i = 1 - f (the i rows of the weights stay, unused, gradient 0)
+    remove:       "forget_gate" f = 1; "input_gate" i = 1; "output_gate" o = 1;
+                  "output_activation" h_t = o ⊙ c_t; "candidate_activation" g = a_g
+                  (rows of a removed gate stay in the weights with gradient 0; the record shows the constant)
+    activations:  sigmoid; hard_sigmoid(x) = clip(x / 6 + 1/2, 0, 1) (torch's hardsigmoid);
+                  tanh; softsign(x) = x / (1 + |x|)
+    GRU reset_after=False (Cho et al. 2014): n = φ(x W_in^T + b_in + (r ⊙ h_{t-1}) W_hn^T + b_hn)
+    zoneout (masks): h_t = m_h ⊙ h_{t-1} + (1 - m_h) ⊙ h̃_t, c_t likewise with m_c; in eval the
+                  module passes the constant mask p (the expectation), so eval is deterministic.
+    recurrent_dropout (mask d): a = x_t W_ih^T + b_ih + (d ⊙ h_{t-1}) W_hh^T + b_hh, one d per sequence.
+    weight_drop:  the module passes weight_hh ⊙ M / (1 - p) (DropConnect), one M per forward call.
+
 An engine module provides `NAME`, `run(...)` and `unsupported(spec, x, record) -> str | None`
 (None when it can run the request, else the reason in a few words).
 """
