@@ -1,0 +1,320 @@
+"""What LSTM, GRU and RNN share: arguments, parameters, input checks, layers, directions,
+PackedSequence, dropout between layers and the assembly of the gate record.
+
+The recurrence of one layer-direction is an engine's job (`gatelab.engines`); this module
+never looks at which engine runs: it asks `engines.select(backend, spec, x, record)` and
+calls `engine.run(...)` once per layer and direction.
+
+Parameters carry torch.nn's names, shapes, order and initialisation, so a `state_dict`
+moves between `torch.nn.LSTM` and `gatelab.nn.LSTM` in both directions:
+    weight_ih_l{k}{_reverse} (G*H, I_k)   weight_hh_l{k}{_reverse} (G*H, H_out)
+    bias_ih_l{k}{_reverse} (G*H,)         bias_hh_l{k}{_reverse} (G*H,)
+    weight_hr_l{k}{_reverse} (H_out, H)   (LSTM with proj_size > 0)
+with G = 4 (LSTM, rows i|f|g|o), 3 (GRU, rows r|z|n), 1 (RNN); I_0 = input_size,
+I_k = num_directions * H_out; every value drawn from U(-sqrt(k), sqrt(k)), k = 1/hidden_size.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from gatelab import engines, gates as gate_record
+
+GATE_ROWS = engines.GATE_ROWS
+
+
+class RNNBase(nn.Module):
+    """Base of the drop-in LSTM, GRU and RNN (torch.nn.RNNBase's arguments and checks).
+
+    Arguments:
+        mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU".
+        input_size: I, features of x_t.
+        hidden_size: H, features of h_t (and c_t).
+        num_layers: stacked layers; layer k > 0 reads the output of layer k - 1.
+        bias: use bias_ih and bias_hh.
+        batch_first: input and output are (B, T, *) instead of (T, B, *).
+        dropout: probability of dropout on the output of every layer but the last
+            (training mode only; torch.nn's F.dropout, same random numbers).
+        bidirectional: add a reverse direction; outputs are concatenated [forward, reverse].
+        proj_size: LSTM only: h_t = W_hr (o_t ⊙ tanh(c_t)), of size proj_size < H.
+        device, dtype: of the parameters.
+        backend: keyword-only, "auto" | "fused" | "eager": which engine runs the recurrence.
+            "auto" takes the fused engine when it can run the request, else eager (why is
+            logged at DEBUG on logger `gatelab.engines`).
+    """
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
+                 device=None, dtype=None, *, backend="auto"):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout) if isinstance(dropout, numbers.Number) else dropout
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.backend = backend
+        _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, proj_size, backend)
+        gate_size = GATE_ROWS[mode] * hidden_size
+        num_directions = 2 if bidirectional else 1
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                shapes = {"weight_ih": (gate_size, layer_input_size),
+                          "weight_hh": (gate_size, real_hidden_size)}
+                if bias:
+                    shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
+                if proj_size > 0:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
+                suffix = "_reverse" if direction == 1 else ""
+                names = []
+                for base, shape in shapes.items():
+                    name = f"{base}_l{layer}{suffix}"
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # ---- torch.nn compatibility -------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """Every parameter from U(-sqrt(k), sqrt(k)), k = 1/hidden_size (torch.nn's init)."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept so code written for torch.nn (cuDNN weight flattening) runs unchanged."""
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        """The parameters as a list (one per layer-direction) of lists, like torch.nn."""
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        if self.backend != "auto":
+            s += ", backend={backend!r}"
+        return s.format(**self.__dict__)
+
+    # ---- hooks for the LSTM family (issue 7) -------------------------------------------
+
+    def _cell_spec(self, layer: int) -> engines.CellSpec:
+        """The CellSpec of `layer` (variants override this to set their fields)."""
+        D = 2 if self.bidirectional else 1
+        H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return engines.CellSpec(mode=self.mode, hidden_size=self.hidden_size,
+                                input_size=self.input_size if layer == 0 else D * H_out,
+                                proj_size=self.proj_size, bias=self.bias)
+
+    def _layer_weights(self, layer: int, direction: int) -> dict:
+        """The engine's weights dict of one layer-direction: torch.nn names without suffix."""
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        names = self._all_weights[layer * (2 if self.bidirectional else 1) + direction]
+        return {n[: -len(suffix)]: getattr(self, n) for n in names}
+
+    def _layer_masks(self, layer, direction, x):
+        """The stochastic variants' masks for one layer-direction (None: plain cells)."""
+        return None
+
+    # ---- forward ----------------------------------------------------------------------
+
+    def _forward(self, input, hx, return_gates):
+        """The shared forward. `hx` is a tuple of state tensors ((h0, c0) or (h0,)) or None.
+
+        Returns (output, state tuple, gates or None) in the caller's layout.
+        """
+        lstm = self.mode == "LSTM"
+        D = 2 if self.bidirectional else 1
+        L = self.num_layers
+        H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        batched = True
+        if packed:
+            data, batch_sizes_t, sorted_indices, unsorted_indices = input
+            batch_sizes = [int(b) for b in batch_sizes_t]
+            _check_input(self, data, expected_dim=2)
+            B, T = batch_sizes[0], len(batch_sizes)
+            index = _packed_index(batch_sizes, data.device)  # (N,)
+            layer_in = data  # (N, I)
+        else:
+            name = "RNN" if self.mode.startswith("RNN") else self.mode
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batched = input.dim() == 3
+            _check_state_dims(hx, batched)
+            if not batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+                hx = None if hx is None else tuple(s.unsqueeze(1) for s in hx)
+            _check_input(self, input, expected_dim=3)
+            layer_in = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+            T, B = layer_in.shape[0], layer_in.shape[1]
+            if T == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN, "
+                                   f"got input of shape {tuple(input.shape)}")
+            batch_sizes = sorted_indices = unsorted_indices = None
+        sizes = [(L * D, B, H_out), (L * D, B, self.hidden_size)][: 2 if lstm else 1]
+        if hx is None:
+            dtype, device = layer_in.dtype, layer_in.device
+            hx = tuple(torch.zeros(s, dtype=dtype, device=device) for s in sizes)
+        else:
+            for k, (s, size) in enumerate(zip(hx, sizes)):
+                if tuple(s.shape) != size:
+                    which = f"hidden[{k}]" if lstm else "hidden"
+                    raise RuntimeError(f"Expected {which} size {size}, got {list(s.shape)}")
+            if sorted_indices is not None:
+                hx = tuple(s.index_select(1, sorted_indices) for s in hx)
+
+        final, records = [[] for _ in hx], []
+        for layer in range(L):
+            x = _pad(layer_in, index, T, B) if packed else layer_in  # (T, B, I_k)
+            spec = self._cell_spec(layer)
+            outs = []
+            for direction in range(D):
+                k = layer * D + direction
+                engine = engines.select(self.backend, spec, x, return_gates)
+                out, state_T, g = engine.run(
+                    spec, x, tuple(s[k] for s in hx), self._layer_weights(layer, direction),
+                    batch_sizes=batch_sizes, reverse=direction == 1, record=return_gates,
+                    training=self.training, masks=self._layer_masks(layer, direction, x))
+                outs.append(out)  # (T, B, H_out)
+                for acc, s in zip(final, state_T):
+                    acc.append(s)
+                records.append(g)
+            layer_out = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (T, B, D*H_out)
+            if packed:
+                layer_out = _pack(layer_out, index)  # (N, D*H_out)
+            if self.dropout > 0 and self.training and layer < L - 1:
+                layer_out = F.dropout(layer_out, self.dropout, training=True)
+            layer_in = layer_out
+        state = tuple(torch.stack(acc, 0) for acc in final)  # (L*D, B, H_out | H)
+        gates = None
+        if return_gates:
+            gates = gate_record.arrange(gate_record.stack_layers(records, self._gate_names()),
+                                        unsorted_indices=unsorted_indices,
+                                        batch_first=self.batch_first, batched=batched)
+        if packed:
+            output = PackedSequence(layer_in, batch_sizes_t, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                state = tuple(s.index_select(1, unsorted_indices) for s in state)
+            return output, state, gates
+        output = layer_in.transpose(0, 1) if self.batch_first else layer_in
+        if not batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            state = tuple(s.squeeze(1) for s in state)
+        return output, state, gates
+
+    def _gate_names(self):
+        return gate_record.GATE_NAMES[self.mode]
+
+
+def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                     proj_size, backend):
+    """torch.nn.RNNBase's constructor checks, same order, same exception types."""
+    if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+        raise ValueError("dropout should be a number in range [0, 1] representing the "
+                         f"probability of an element being zeroed, got {dropout!r}")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
+                      "dropout expects num_layers greater than 1, but got "
+                      f"dropout={dropout} and num_layers={num_layers}", stacklevel=4)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError(f"input_size must be greater than zero, got {input_size}")
+    if not isinstance(hidden_size, int):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError(f"hidden_size must be greater than zero, got {hidden_size}")
+    if num_layers <= 0:
+        raise ValueError(f"num_layers must be greater than zero, got {num_layers}")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections, "
+                         f"got {proj_size}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                         f"and hidden_size={hidden_size}")
+    if mode not in GATE_ROWS:
+        raise ValueError(f"Unrecognized RNN mode: {mode}")
+    if backend not in engines.BACKENDS:
+        raise ValueError(f"backend must be one of {engines.BACKENDS}, got {backend!r}")
+
+
+def _check_state_dims(hx, batched):
+    """Initial states must be 3-D for batched input, 2-D for unbatched (RuntimeError, as torch)."""
+    if hx is None:
+        return
+    want = 3 if batched else 2
+    if any(s.dim() != want for s in hx):
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        dims = ", ".join(f"{s.dim()}-D" for s in hx)
+        raise RuntimeError(f"For {kind} input, the initial states should also be {want}-D "
+                           f"but got ({dims}) tensors")
+
+
+def _check_input(module, x, expected_dim):
+    """dtype (ValueError), number of dimensions and input size (RuntimeError), as torch.nn."""
+    weight = module.weight_ih_l0
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+        raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+                         f"Convert input: input.to({weight.dtype}), or convert model: "
+                         f"model.to({x.dtype})")
+    if x.dim() != expected_dim:
+        raise RuntimeError(f"input must have {expected_dim} dimensions, got {x.dim()}")
+    if x.size(-1) != module.input_size:
+        raise RuntimeError("input.size(-1) must be equal to input_size. "
+                           f"Expected {module.input_size}, got {x.size(-1)}")
+
+
+def _packed_index(batch_sizes, device):
+    """Row of each packed element in the padded (T*B) layout: t*B + b for b < batch_sizes[t]."""
+    B = batch_sizes[0]
+    return torch.cat([torch.arange(n, device=device) + t * B
+                      for t, n in enumerate(batch_sizes)])  # (N,)
+
+
+def _pad(data, index, T, B):
+    """Packed data (N, K) -> time-major padded (T, B, K), zeros at padded positions."""
+    K = data.shape[-1]
+    return data.new_zeros(T * B, K).index_copy(0, index, data).view(T, B, K)
+
+
+def _pack(x, index):
+    """Time-major padded (T, B, K) -> packed data (N, K)."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, index)

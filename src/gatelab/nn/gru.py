@@ -1,0 +1,38 @@
+"""gatelab.nn.GRU: torch.nn.GRU ("reset after", as torch), plus the gates of every step.
+
+    r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)             reset gate
+    z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)             update gate
+    n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))  candidate
+    h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+"""
+
+from __future__ import annotations
+
+from gatelab.nn.base import RNNBase
+
+
+class GRU(RNNBase):
+    """Drop-in torch.nn.GRU (same arguments, parameters, outputs, gradients and errors).
+
+    Arguments:
+        input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None: as torch.nn.GRU.
+        backend: keyword-only, "auto" | "fused" | "eager".
+
+    forward(input, hx=None, *, return_gates=False):
+        input: (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence.
+        hx: optional h_0, (L*D, B, H) ((L*D, H) unbatched).
+        Returns (output, h_n), and with return_gates=True a third element: dict
+        r, z, n -> (L*D, T, B, H) (see gatelab.gates for the layouts).
+    """
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def forward(self, input, hx=None, *, return_gates=False):
+        output, (h_n,), gates = self._forward(input, None if hx is None else (hx,), return_gates)
+        if return_gates:
+            return output, h_n, gates
+        return output, h_n
