@@ -1,0 +1,281 @@
+"""Character corpora larger than memory: encoded once, read through a memory map.
+
+`encode()` reads the text files in one streaming pass of fixed-size chunks. Each chunk is
+checked as UTF-8 by an incremental decoder (so a multi-byte character split between two
+chunks is fine, and a bad byte is reported with its absolute offset), its characters are
+added to the vocabulary, and their code points are appended to a scratch file. A second
+pass over that scratch file (not over the text) maps code points to token ids in the
+vocabulary's sorted order and writes the token file. Memory use is a few chunks plus two
+tables over the Unicode code space (≈ 1 MB + ≈ 1–4 MB), whatever the corpus size; the
+disk holds 4 bytes per character for the scratch file while encoding.
+
+On disk (a folder):
+    tokens.bin   the token ids, uint8 / uint16 / uint32 (the smallest that fits the vocabulary)
+    corpus.json  {"format", "n_tokens", "dtype", "vocab" (list of characters, sorted by
+                 code point, id = position), "separator", "sources": [{path, bytes,
+                 mtime_ns, sha256}]}
+
+`MemmapCorpus` reads tokens.bin with np.memmap. Reading touches only the pages of the
+requested windows; the map is dropped and re-opened after `release_bytes` of reads so the
+pages already read leave the process's resident set (they stay in the page cache), which
+keeps resident memory bounded over a long training run too.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gatelab.errors import UsageError
+
+FORMAT = 1
+TOKENS = "tokens.bin"
+META = "corpus.json"
+CODE_SPACE = 0x110000  # every Unicode code point is below this
+CHUNK_BYTES = 1 << 22  # 4 MiB of text (or 1 Mi code points) per read
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds ids 0 .. vocab_size - 1."""
+    for dtype in (np.uint8, np.uint16):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32)
+
+
+def _code_points(text: str) -> np.ndarray:
+    """(len(text),) uint32 code points, without a per-character Python loop."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _stream_code_points(path: Path, scratch, seen: np.ndarray, chunk_bytes: int) -> dict:
+    """Append the code points of one file to `scratch`, mark its characters in `seen`.
+
+    Returns the file's record for corpus.json. Raises UsageError for a non-UTF-8 or
+    binary (NUL byte) file, naming the byte offset.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    digest = hashlib.sha256()
+    offset = 0  # bytes of this file decoded before the current chunk
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            final = not chunk
+            digest.update(chunk)
+            pending = len(decoder.getstate()[0])  # bytes of a character split at the last chunk's end
+            try:
+                text = decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as err:  # err.start counts from the pending bytes
+                raise UsageError(f"{path}: not UTF-8 text (invalid byte at offset "
+                                 f"{offset - pending + err.start})") from None
+            if text:
+                cps = _code_points(text)  # (n,)
+                if not cps.all():
+                    raise UsageError(f"{path}: looks binary (NUL character in the text)")
+                seen[cps] = True
+                cps.tofile(scratch)
+            if final:
+                break
+            offset += len(chunk)
+    stat = path.stat()
+    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sha256": digest.hexdigest()}
+
+
+def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "MemmapCorpus":
+    """Encode text files into a token folder in one streaming pass; return it opened.
+
+    Arguments:
+        sources: the text files, in the order their texts are concatenated.
+        out_dir: the folder to write tokens.bin and corpus.json into (created if absent).
+            Existing files there are replaced only once the new ones are complete.
+        separator: text put between two consecutive files (e.g. "\\n").
+        chunk_bytes: bytes read at a time; bounds the memory used.
+    """
+    sources = [Path(p) for p in sources]
+    if not sources:
+        raise UsageError("no text files to encode")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen = np.zeros(CODE_SPACE, dtype=bool)  # (0x110000,) characters met so far
+    sep = _code_points(separator)
+    seen[sep] = True
+    scratch_path = out_dir / "codepoints.u32.tmp"
+    tokens_tmp = out_dir / (TOKENS + ".tmp")
+    try:
+        records = []
+        with open(scratch_path, "wb") as scratch:
+            for k, path in enumerate(sources):
+                if k and len(sep):
+                    sep.tofile(scratch)
+                records.append(_stream_code_points(path, scratch, seen, chunk_bytes))
+        n_tokens = scratch_path.stat().st_size // 4
+        if n_tokens == 0:
+            raise UsageError(f"{sources[0] if len(sources) == 1 else 'the corpus'}: empty, no text to train on")
+        vocab_cps = np.flatnonzero(seen)  # (V,) sorted code points
+        dtype = _token_dtype(len(vocab_cps))
+        table = np.zeros(CODE_SPACE, dtype=dtype)  # code point -> token id
+        table[vocab_cps] = np.arange(len(vocab_cps), dtype=dtype)
+        per_read = max(1, chunk_bytes // 4)
+        with open(scratch_path, "rb") as src, open(tokens_tmp, "wb") as dst:
+            while True:
+                cps = np.fromfile(src, dtype="<u4", count=per_read)
+                if not len(cps):
+                    break
+                table[cps].tofile(dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tokens_tmp, out_dir / TOKENS)
+        meta = {"format": FORMAT, "n_tokens": int(n_tokens), "dtype": dtype.name,
+                "vocab": [chr(c) for c in vocab_cps.tolist()], "separator": separator,
+                "sources": records}
+        _write_json_atomic(out_dir / META, meta)
+    finally:
+        for tmp in (scratch_path, tokens_tmp):
+            if tmp.exists():
+                tmp.unlink()
+    return MemmapCorpus(out_dir)
+
+
+def is_current(out_dir, sources, *, separator: str = "") -> bool:
+    """True when out_dir holds an encoding of exactly these files as they are now
+    (same paths, order, sizes and modification times, same separator)."""
+    meta_path = Path(out_dir) / META
+    if not meta_path.is_file() or not (Path(out_dir) / TOKENS).is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if meta.get("format") != FORMAT or meta.get("separator") != separator:
+        return False
+    recorded = [(r["path"], r["bytes"], r["mtime_ns"]) for r in meta.get("sources", [])]
+    current = []
+    for p in map(Path, sources):
+        if not p.is_file():
+            return False
+        st = p.stat()
+        current.append((str(p), st.st_size, st.st_mtime_ns))
+    return recorded == current
+
+
+def open_or_encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "MemmapCorpus":
+    """The token folder for these sources: reused when current, else (re-)encoded."""
+    if is_current(out_dir, sources, separator=separator):
+        return MemmapCorpus(out_dir)
+    return encode(sources, out_dir, separator=separator, chunk_bytes=chunk_bytes)
+
+
+def shard_bounds(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous part [lo, hi) of [start, stop) that process `rank` of `world_size` owns.
+
+    The parts are disjoint, cover [start, stop) in rank order and differ in length by at
+    most one, so a sum over every rank's part equals the sum over the whole range.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    n = stop - start
+    lo = start + (n * rank) // world_size
+    hi = start + (n * (rank + 1)) // world_size
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class _Meta:
+    n_tokens: int
+    dtype: np.dtype
+    vocab: tuple[str, ...]
+    separator: str
+    sources: tuple[dict, ...]
+
+
+class MemmapCorpus:
+    """Read-only token ids of an encoded corpus, through a memory map.
+
+    Arguments:
+        folder: a folder written by `encode()`.
+        release_bytes: after this many bytes of reads the map is re-opened, so that the
+            pages read so far leave the resident set.
+    """
+
+    def __init__(self, folder, *, release_bytes: int = 64 << 20):
+        self.folder = Path(folder)
+        try:
+            raw = json.loads((self.folder / META).read_text(encoding="utf-8"))
+            meta = _Meta(int(raw["n_tokens"]), np.dtype(raw["dtype"]), tuple(raw["vocab"]),
+                         raw.get("separator", ""), tuple(raw["sources"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"{self.folder}: not an encoded corpus ({err})") from None
+        expected = meta.n_tokens * meta.dtype.itemsize
+        actual = (self.folder / TOKENS).stat().st_size if (self.folder / TOKENS).is_file() else -1
+        if actual != expected:
+            raise UsageError(f"{self.folder / TOKENS}: {actual} bytes, expected {expected} (corrupt)")
+        self.meta = meta
+        self.release_bytes = int(release_bytes)
+        self._map = None
+        self._read_since_map = 0
+
+    # -- description -------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.meta.n_tokens
+
+    @property
+    def vocab(self) -> list[str]:
+        """The characters, id = position, sorted by code point."""
+        return list(self.meta.vocab)
+
+    @property
+    def fingerprint(self) -> list[dict]:
+        """Each source file's path, size and sha256 (for a run's config)."""
+        return [{"path": s["path"], "bytes": s["bytes"], "sha256": s["sha256"]} for s in self.meta.sources]
+
+    # -- reading -----------------------------------------------------------------
+    def _tokens(self) -> np.memmap:
+        if self._map is None or self._read_since_map >= self.release_bytes:
+            self._map = None  # drop the old map (munmap) before mapping again
+            self._map = np.memmap(self.folder / TOKENS, dtype=self.meta.dtype, mode="r",
+                                  shape=(self.meta.n_tokens,))
+            self._read_since_map = 0
+        return self._map
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Token ids [start, stop) as a new int64 array (a copy, never a view of the map)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"[{start}, {stop}) is outside the corpus [0, {len(self)})")
+        out = np.array(self._tokens()[start:stop], dtype=np.int64)  # (stop - start,)
+        self._read_since_map += (stop - start) * self.meta.dtype.itemsize
+        return out
+
+    def windows(self, starts, length: int) -> np.ndarray:
+        """(len(starts), length) int64: row b is tokens[starts[b] : starts[b] + length]."""
+        starts = np.asarray(starts, dtype=np.int64)  # (B,)
+        if len(starts) and (starts.min() < 0 or starts.max() + length > len(self)):
+            raise IndexError(f"a window of length {length} leaves the corpus [0, {len(self)})")
+        index = starts[:, None] + np.arange(length, dtype=np.int64)  # (B, length)
+        out = self._tokens()[index].astype(np.int64)  # (B, length), a copy
+        self._read_since_map += index.size * self.meta.dtype.itemsize
+        return out
+
+    def close(self) -> None:
+        """Drop the map (it is re-opened on the next read)."""
+        self._map = None
+
+    def decode(self, ids) -> str:
+        """The text of some token ids."""
+        vocab = self.meta.vocab
+        return "".join(vocab[int(i)] for i in ids)
