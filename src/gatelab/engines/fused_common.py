@@ -1,0 +1,98 @@
+"""What the fused LSTM, GRU and RNN engines share: the step schedule, tensor <-> array
+conversion, and the GEMMs.
+
+The fused engines keep a running state `h_state` (B, H_out) (and `c_state` (B, H)) that
+holds, for every row, its latest state. At step t only the first n = batch_sizes[t] rows
+are real (a PackedSequence sorts rows by decreasing length), so every step works on the
+row prefix `[:n]`: rows beyond it keep their state untouched. This one rule gives both
+directions of a packed sequence: forward, a row that has ended keeps its final state;
+reverse (t = T-1 .. 0), a row that has not started yet still holds the initial state.
+
+GEMMs run through NumPy (OpenBLAS): on this machine it is faster than torch's MKL for
+both the large input projection and the small per-step product (benchmarks/gemm.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class Step(NamedTuple):
+    """One step of the recurrence in processing order.
+
+    t: time index; n: rows real at t (the prefix [:n]); tp: the time index the state
+    comes from (t-1 forward, t+1 reverse, -1 for the first step); n_prev: how many of
+    the n rows take their previous state from step tp (the rest from the initial state).
+    """
+
+    t: int
+    n: int
+    tp: int
+    n_prev: int
+
+
+def schedule(T: int, B: int, batch_sizes, reverse: bool) -> list[Step]:
+    """The steps in the order the forward pass runs them (backward runs them reversed)."""
+    sizes = [B] * T if batch_sizes is None else [int(s) for s in batch_sizes]
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    steps, tp = [], -1
+    for t in order:
+        n = sizes[t]
+        n_prev = 0 if tp < 0 else min(n, sizes[tp])
+        steps.append(Step(t, n, tp, n_prev))
+        tp = t
+    return steps
+
+
+def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray:
+    """The state each real row starts a step from, for all steps at once.
+
+    seq: (T, B, K) the states after each step; init: (B, K) the initial state.
+    Returns (T, B, K): row b at t holds seq[tp, b] or init[b]; padded rows are zero.
+    """
+    T, B, K = seq.shape
+    if all(s.n == B for s in steps):  # no packing: one shifted copy
+        out = np.empty_like(seq)  # (T, B, K)
+        if steps[0].t == 0:  # forward
+            out[0] = init
+            out[1:] = seq[:-1]
+        else:  # reverse
+            out[T - 1] = init
+            out[:-1] = seq[1:]
+        return out
+    out = np.zeros_like(seq)  # (T, B, K)
+    for t, n, tp, n_prev in steps:
+        if n_prev:
+            out[t, :n_prev] = seq[tp, :n_prev]
+        out[t, n_prev:n] = init[n_prev:n]
+    return out
+
+
+def arr(t: torch.Tensor | None) -> np.ndarray | None:
+    """A C-contiguous NumPy view (or copy) of a CPU tensor, detached from autograd."""
+    if t is None:
+        return None
+    return np.ascontiguousarray(t.detach().numpy())
+
+
+def tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing memory with the array."""
+    return torch.from_numpy(a)
+
+
+def needs_grad(*tensors) -> bool:
+    """True when autograd will record this call (some input requires grad, grad mode on)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def mm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ b (OpenBLAS GEMM into a preallocated array; transposed views are free)."""
+    return np.matmul(a, b, out=out)
+
+
+def add_rows_sum(da: np.ndarray) -> np.ndarray:
+    """The bias gradient: da (T, B, G*H) summed over steps and rows -> (G*H,)."""
+    return da.reshape(-1, da.shape[-1]).sum(axis=0)  # (T*B, G*H) -> (G*H,)

@@ -1,0 +1,60 @@
+"""The fused CPU engine: LSTM, GRU and RNN layer-directions with hand-written BPTT.
+
+Each cell is a `torch.autograd.Function` (fused_lstm, fused_gru, fused_rnn) that computes
+the input projection of all steps as one GEMM, runs each step as one recurrent GEMM plus
+one numba pass over the gate maths, and in backward forms the weight gradients as one
+GEMM over all steps. Results equal torch.nn and the eager engine (float64 to 1e-10,
+float32 to 1e-5) in outputs, states and every gradient, including packed sequences,
+the reverse direction, `proj_size`, `bias=False` and recorded gates (which are
+differentiable: a loss on them backpropagates).
+
+What it does not run (unsupported() says so, `backend="auto"` then takes eager):
+tensors not on the CPU; dtypes other than float32 and float64; the LSTM-family variants
+and stochastic masks of issue 7.
+
+Threads: GEMMs use NumPy's OpenBLAS pool, the gate passes run on the calling thread
+(numba, no parallel pool), torch's intra-op pool is idle during the recurrence, so the
+three never compete for cores (benchmarks/threads.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gatelab.engines.fused_common import schedule
+
+NAME = "fused"
+DTYPES = (torch.float32, torch.float64)
+
+
+def unsupported(spec, x, record) -> str | None:
+    """None when this engine runs the request, else the reason in a few words."""
+    if os.environ.get("GATELAB_FUSED_WIP") != "1":
+        return "work in progress"
+    if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
+        return "fused engine runs on the CPU only"
+    if x.dtype not in DTYPES:
+        return f"fused engine runs float32 and float64, not {x.dtype}"
+    if spec.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
+        return f"unknown mode {spec.mode}"
+    if not spec.is_plain:
+        return "LSTM-family variants are not fused yet"
+    return None
+
+
+def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
+        training=False, masks=None):
+    """Run one layer-direction; the contract is in gatelab.engines."""
+    if masks is not None:
+        raise ValueError("fused engine: stochastic masks (zoneout, recurrent dropout) are not fused yet")
+    T, B, _ = x.shape  # (T, B, I)
+    steps = schedule(T, B, batch_sizes, reverse)
+    if spec.mode == "LSTM":
+        from gatelab.engines import fused_lstm as cell
+    elif spec.mode == "GRU":
+        from gatelab.engines import fused_gru as cell
+    else:
+        from gatelab.engines import fused_rnn as cell
+    return cell.run(spec, x, state, weights, steps, record)

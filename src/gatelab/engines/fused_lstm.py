@@ -1,0 +1,232 @@
+"""The fused LSTM: one layer-direction as a `torch.autograd.Function` with hand-written BPTT.
+
+Forward, with a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh split into rows i|f|g|o:
+
+    i = σ(a_i)   f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)
+    c_t = f ⊙ c_{t-1} + i ⊙ g        m_t = o ⊙ tanh(c_t)        h_t = m_t  (or m_t W_hr^T)
+
+    1. xa = X W_ih^T + (b_ih + b_hh) for all steps: one GEMM (T*B, I) x (I, 4H).
+    2. per step: hw = h_{t-1} W_hh^T (one GEMM), then one numba pass computes the gates,
+       c_t and m_t from xa[t] + hw (and with a projection one more GEMM, h_t = m_t W_hr^T).
+    Saved for backward: the four gates (4, T, B, H), c (T, B, H) and h (the output).
+
+Backward (δ = ∂loss/∂·), per step from the last:
+
+    δh = δout_t + δh_t (carried)       [projection: δm = δh W_hr]
+    δo = δm ⊙ tanh(c_t)               δc = δc_t (carried) + δm ⊙ o ⊙ (1 - tanh²(c_t))
+    δi = δc ⊙ g    δg = δc ⊙ i    δf = δc ⊙ c_{t-1}    δc_{t-1} = δc ⊙ f
+    δa = [δi i(1-i) | δf f(1-f) | δg (1-g²) | δo o(1-o)]      δh_{t-1} = δa W_hh
+
+    then for all steps at once: δW_ih = δA^T X, δW_hh = δA^T H_prev, δb = Σ δA,
+    δX = δA W_ih (GEMMs over T*B rows), δW_hr = δH^T M.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch.autograd.function import once_differentiable
+
+from gatelab.engines._kernels import JIT, one, sigmoid, tanh
+from gatelab.engines.fused_common import (
+    add_rows_sum, arr, mm, needs_grad, previous, schedule, tensor)
+
+
+@njit(**JIT)
+def forward_step(t, n, ta, xa, hw, c_state, gi, gf, gg, go, c_seq, m_seq, m_state):
+    """One step's gate pass for rows [:n]; writes gates at ta, c at ta, m at t.
+
+    xa (T, B, 4H) input projection + both biases; hw (B, 4H) h_{t-1} W_hh^T;
+    c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
+    m_seq (Tm, B, H) and m_state (B, H) receive m_t = o ⊙ tanh(c_t) (m_seq at index t
+    when Tm > 1, else 0).
+    """
+    H = c_state.shape[1]
+    tm = t if m_seq.shape[0] > 1 else 0
+    for b in range(n):
+        for j in range(H):
+            i = sigmoid(xa[t, b, j] + hw[b, j])
+            f = sigmoid(xa[t, b, H + j] + hw[b, H + j])
+            g = tanh(xa[t, b, 2 * H + j] + hw[b, 2 * H + j])
+            o = sigmoid(xa[t, b, 3 * H + j] + hw[b, 3 * H + j])
+            c = f * c_state[b, j] + i * g
+            m = o * tanh(c)
+            c_state[b, j] = c
+            gi[ta, b, j] = i
+            gf[ta, b, j] = f
+            gg[ta, b, j] = g
+            go[ta, b, j] = o
+            c_seq[ta, b, j] = c
+            m_seq[tm, b, j] = m
+            m_state[b, j] = m
+
+
+@njit(**JIT)
+def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, c_seq, c0,
+                  dgates, da):
+    """One step of BPTT for rows [:n]; writes δa[t] and carries δc to c_{t-1}.
+
+    dm_seq (Tm, B, H) δ from above (the output's gradient at t, or δm with a projection,
+    then at index 0); dh_state (B, H) δh carried from step t+1 (zeros with a projection);
+    dc_state (B, H) δc carried, in and out; gi gf gg go c_seq (T, B, H) saved;
+    c0 (B, H) initial cell (rows [n_prev, n) start from it); dgates (5, Tg, B, H)
+    δ of the recorded f i g o c (Tg = 0 when none); da (T, B, 4H) out.
+    """
+    H = dc_state.shape[1]
+    tm = t if dm_seq.shape[0] > 1 else 0
+    has_dg = dgates.shape[1] > 0
+    for b in range(n):
+        for j in range(H):
+            i = gi[t, b, j]
+            f = gf[t, b, j]
+            g = gg[t, b, j]
+            o = go[t, b, j]
+            c = c_seq[t, b, j]
+            c_prev = c_seq[tp, b, j] if b < n_prev else c0[b, j]
+            dm = dm_seq[tm, b, j] + dh_state[b, j]
+            tc = tanh(c)
+            dc = dc_state[b, j] + dm * o * (one(c) - tc * tc)
+            do = dm * tc
+            if has_dg:
+                dc += dgates[4, t, b, j]
+            di = dc * g
+            dg = dc * i
+            df = dc * c_prev
+            if has_dg:
+                df += dgates[0, t, b, j]
+                di += dgates[1, t, b, j]
+                dg += dgates[2, t, b, j]
+                do += dgates[3, t, b, j]
+            dc_state[b, j] = dc * f
+            da[t, b, j] = di * i * (one(i) - i)
+            da[t, b, H + j] = df * f * (one(f) - f)
+            da[t, b, 2 * H + j] = dg * (one(g) - g * g)
+            da[t, b, 3 * H + j] = do * o * (one(o) - o)
+
+
+def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
+    """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
+    sequences (gates, c) when `keep` or `record`, else None."""
+    T, B, _ = x.shape  # (T, B, I)
+    H = c0.shape[1]
+    P = h0.shape[1]  # H_out
+    dt = x.dtype
+    packed = any(s.n < B for s in steps)
+    xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
+    if bias is not None:
+        xa += bias
+    xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
+    full = keep or record
+    Ta = T if full else 1
+    zeros_or_empty = np.zeros if packed else np.empty
+    gates = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # i f g o, (Ta, B, H)
+    c_seq = zeros_or_empty((Ta, B, H), dt)  # (Ta, B, H)
+    out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
+    h_state = h0.copy()  # (B, H_out)
+    c_state = c0.copy()  # (B, H)
+    hw = np.empty((B, 4 * H), dt)  # (B, 4H)
+    if w_hr is None:
+        m_seq, m_state = out, h_state  # m_t is h_t
+    else:
+        m_state = np.empty((B, H), dt)  # (B, H)
+        m_seq = m_state[None]  # (1, B, H)
+    w_hh_t, w_hr_t = w_hh.T, (None if w_hr is None else w_hr.T)  # (H_out, 4H), (H, H_out)
+    for t, n, _, _ in steps:
+        mm(h_state[:n], w_hh_t, hw[:n])  # (n, H_out) x (H_out, 4H)
+        forward_step(t, n, t if full else 0, xa, hw, c_state, *gates, c_seq, m_seq, m_state)
+        if w_hr is not None:
+            mm(m_state[:n], w_hr_t, h_state[:n])  # (n, H) x (H, H_out)
+            out[t, :n] = h_state[:n]
+    saved = (gates, c_seq) if full else None
+    return out, h_state, c_state, saved
+
+
+class LSTMFunction(torch.autograd.Function):
+    """One LSTM layer-direction; inputs x, h0, c0, weights; outputs out, h_T, c_T and,
+    with record, the gates f i g o c (each differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, record):
+        xs, h0s, c0s = arr(x), arr(h0), arr(c0)
+        w_ihs, w_hhs, w_hrs = arr(w_ih), arr(w_hh), arr(w_hr)
+        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)  # (4H,)
+        out, h_T, c_T, saved = _forward(xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, steps,
+                                        keep=True, record=record)
+        ctx.set_materialize_grads(False)
+        ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, out, saved)
+        ctx.steps, ctx.has_bias = steps, b_ih is not None
+        outs = (tensor(out), tensor(h_T), tensor(c_T))
+        if record:
+            (gi, gf, gg, go), c_seq = saved
+            outs += tuple(tensor(a) for a in (gf, gi, gg, go, c_seq))
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT, d_cT, *d_gates):
+        xs, h0s, c0s, w_ihs, w_hhs, w_hrs, out, (gates, c_seq) = ctx.arrays
+        steps = ctx.steps
+        T, B, _ = xs.shape  # (T, B, I)
+        H, P = c0s.shape[1], h0s.shape[1]
+        dt = xs.dtype
+        d_out = np.zeros((T, B, P), dt) if d_out is None else arr(d_out)  # (T, B, H_out)
+        dh_state = np.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()  # (B, H_out)
+        dc_state = np.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()  # (B, H)
+        dgates = np.zeros((5, 0, B, H), dt)  # (5, 0, B, H): none
+        if d_gates and any(g is not None for g in d_gates):
+            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g)
+                               for g in d_gates])  # (5, T, B, H) f i g o c
+        packed = any(s.n < B for s in steps)
+        da = (np.zeros if packed else np.empty)((T, B, 4 * H), dt)  # (T, B, 4H)
+        if w_hrs is not None:
+            dh_seq = np.zeros((T, B, P), dt)  # (T, B, H_out) δh_t, for δW_hr
+            dm = np.empty((1, B, H), dt)  # (1, B, H)
+            zeros_h = np.zeros((B, H), dt)  # (B, H)
+        for t, n, tp, n_prev in reversed(steps):
+            if w_hrs is None:
+                backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, *gates, c_seq,
+                              c0s, dgates, da)
+            else:
+                np.add(d_out[t, :n], dh_state[:n], out=dh_seq[t, :n])  # (n, H_out)
+                mm(dh_seq[t, :n], w_hrs, dm[0, :n])  # (n, H_out) x (H_out, H)
+                backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, *gates, c_seq, c0s,
+                              dgates, da)
+            mm(da[t, :n], w_hhs, dh_state[:n])  # (n, 4H) x (4H, H_out)
+        da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
+        need = ctx.needs_input_grad
+        dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(da2.T, xs.reshape(T * B, -1), np.empty_like(w_ihs)) if need[3] else None
+        h_prev = previous(out, h0s, steps).reshape(T * B, P)  # (T*B, H_out)
+        dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[4] else None
+        db = add_rows_sum(da) if ctx.has_bias else None  # (4H,)
+        dw_hr = None
+        if w_hrs is not None and need[7]:
+            gi, gf, gg, go = gates
+            m = go * np.tanh(c_seq)  # (T, B, H), zero at padded positions
+            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
+        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, db, dw_hr)
+        return tuple(None if g is None else tensor(g) for g in grads) + (None, None)
+
+
+def run(spec, x, state, weights, steps, record):
+    """One LSTM layer-direction; see gatelab.engines for the contract."""
+    h0, c0 = state
+    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if needs_grad(*inputs):
+        outs = LSTMFunction.apply(*inputs, steps, record)
+        out, h_T, c_T, *rec = outs
+    else:  # inference: nothing saved, gates kept only when recorded
+        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+        out, h_T, c_T, saved = _forward(arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
+                                        arr(w_hr), steps, keep=False, record=record)
+        out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
+        rec = []
+        if record:
+            (gi, gf, gg, go), c_seq = saved
+            rec = [tensor(a) for a in (gf, gi, gg, go, c_seq)]
+    gates = dict(zip(("f", "i", "g", "o", "c"), rec)) if record else None
+    return out, (h_T, c_T), gates
