@@ -1,4 +1,4 @@
-"""Character corpora larger than memory: encoded once, read through a memory map.
+"""Character corpora larger than memory: encoded once into a token file, read window by window.
 
 `encode()` reads the text files in one streaming pass of fixed-size chunks. Each chunk is
 checked as UTF-8 by an incremental decoder (so a multi-byte character split between two
@@ -15,10 +15,14 @@ On disk (a folder):
                  code point, id = position), "separator", "sources": [{path, bytes,
                  mtime_ns, sha256}]}
 
-`MemmapCorpus` reads tokens.bin with np.memmap. Reading touches only the pages of the
-requested windows; the map is dropped and re-opened after `release_bytes` of reads so the
-pages already read leave the process's resident set (they stay in the page cache), which
-keeps resident memory bounded over a long training run too.
+`DiskCorpus` streams what training asks for from tokens.bin with positional reads
+(`os.pread`, one per window): the bytes go through the page cache into a fresh array and
+the process's resident memory holds only that array. A memory map was measured first and
+rejected: its file pages count in the resident set, and on this machine (ext4, large
+page-cache folios) each random 129-token window mapped about 256 KiB, so 200 batches of 64
+windows grew the resident set by 40 MB; positional reads grew it by nothing and cost
+0.29 ms per batch of 64 windows (the map 0.09 ms), noise next to a training step.
+Resident memory thus stays bounded over a run of any length on a corpus of any size.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ FORMAT = 1
 TOKENS = "tokens.bin"
 META = "corpus.json"
 CODE_SPACE = 0x110000  # every Unicode code point is below this
-CHUNK_BYTES = 1 << 22  # 4 MiB of text (or 1 Mi code points) per read
+CHUNK_BYTES = 1 << 20  # 1 MiB of text (or 256 Ki code points) per read
 
 
 def _token_dtype(vocab_size: int) -> np.dtype:
@@ -97,7 +101,7 @@ def _stream_code_points(path: Path, scratch, seen: np.ndarray, chunk_bytes: int)
             "sha256": digest.hexdigest()}
 
 
-def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "MemmapCorpus":
+def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "DiskCorpus":
     """Encode text files into a token folder in one streaming pass; return it opened.
 
     Arguments:
@@ -149,7 +153,7 @@ def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BY
         for tmp in (scratch_path, tokens_tmp):
             if tmp.exists():
                 tmp.unlink()
-    return MemmapCorpus(out_dir)
+    return DiskCorpus(out_dir)
 
 
 def is_current(out_dir, sources, *, separator: str = "") -> bool:
@@ -174,10 +178,10 @@ def is_current(out_dir, sources, *, separator: str = "") -> bool:
     return recorded == current
 
 
-def open_or_encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "MemmapCorpus":
+def open_or_encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "DiskCorpus":
     """The token folder for these sources: reused when current, else (re-)encoded."""
     if is_current(out_dir, sources, separator=separator):
-        return MemmapCorpus(out_dir)
+        return DiskCorpus(out_dir)
     return encode(sources, out_dir, separator=separator, chunk_bytes=chunk_bytes)
 
 
@@ -204,16 +208,15 @@ class _Meta:
     sources: tuple[dict, ...]
 
 
-class MemmapCorpus:
-    """Read-only token ids of an encoded corpus, through a memory map.
+class DiskCorpus:
+    """Read-only token ids of an encoded corpus, read by positional reads.
 
     Arguments:
         folder: a folder written by `encode()`.
-        release_bytes: after this many bytes of reads the map is re-opened, so that the
-            pages read so far leave the resident set.
     """
 
-    def __init__(self, folder, *, release_bytes: int = 64 << 20):
+    def __init__(self, folder):
+        self._file = None  # the token file's descriptor, opened on the first read
         self.folder = Path(folder)
         try:
             raw = json.loads((self.folder / META).read_text(encoding="utf-8"))
@@ -226,9 +229,6 @@ class MemmapCorpus:
         if actual != expected:
             raise UsageError(f"{self.folder / TOKENS}: {actual} bytes, expected {expected} (corrupt)")
         self.meta = meta
-        self.release_bytes = int(release_bytes)
-        self._map = None
-        self._read_since_map = 0
 
     # -- description -------------------------------------------------------------
     def __len__(self) -> int:
@@ -245,35 +245,36 @@ class MemmapCorpus:
         return [{"path": s["path"], "bytes": s["bytes"], "sha256": s["sha256"]} for s in self.meta.sources]
 
     # -- reading -----------------------------------------------------------------
-    def _tokens(self) -> np.memmap:
-        if self._map is None or self._read_since_map >= self.release_bytes:
-            self._map = None  # drop the old map (munmap) before mapping again
-            self._map = np.memmap(self.folder / TOKENS, dtype=self.meta.dtype, mode="r",
-                                  shape=(self.meta.n_tokens,))
-            self._read_since_map = 0
-        return self._map
+    def _fd(self) -> int:
+        if self._file is None:
+            self._file = os.open(self.folder / TOKENS, os.O_RDONLY)
+        return self._file
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Token ids [start, stop) as a new int64 array (a copy, never a view of the map)."""
+        """Token ids [start, stop) as a new int64 array (one positional read)."""
         if not 0 <= start <= stop <= len(self):
             raise IndexError(f"[{start}, {stop}) is outside the corpus [0, {len(self)})")
-        out = np.array(self._tokens()[start:stop], dtype=np.int64)  # (stop - start,)
-        self._read_since_map += (stop - start) * self.meta.dtype.itemsize
-        return out
+        size = self.meta.dtype.itemsize
+        raw = os.pread(self._fd(), (stop - start) * size, start * size)
+        return np.frombuffer(raw, dtype=self.meta.dtype).astype(np.int64)  # (stop - start,)
 
     def windows(self, starts, length: int) -> np.ndarray:
         """(len(starts), length) int64: row b is tokens[starts[b] : starts[b] + length]."""
         starts = np.asarray(starts, dtype=np.int64)  # (B,)
         if len(starts) and (starts.min() < 0 or starts.max() + length > len(self)):
             raise IndexError(f"a window of length {length} leaves the corpus [0, {len(self)})")
-        index = starts[:, None] + np.arange(length, dtype=np.int64)  # (B, length)
-        out = self._tokens()[index].astype(np.int64)  # (B, length), a copy
-        self._read_since_map += index.size * self.meta.dtype.itemsize
-        return out
+        size, fd = self.meta.dtype.itemsize, self._fd()
+        raw = b"".join(os.pread(fd, length * size, int(s) * size) for s in starts.tolist())
+        return np.frombuffer(raw, dtype=self.meta.dtype).reshape(len(starts), length).astype(np.int64)
 
     def close(self) -> None:
-        """Drop the map (it is re-opened on the next read)."""
-        self._map = None
+        """Close the token file (it is opened again by the next read)."""
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def __del__(self):
+        self.close()
 
     def decode(self, ids) -> str:
         """The text of some token ids."""
