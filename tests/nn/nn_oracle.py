@@ -14,11 +14,14 @@ from gatelab import engines, reference
 
 
 def _fused_missing() -> str | None:
+    """Why the fused engine cannot be tested here (None when it can)."""
     try:
-        importlib.import_module("gatelab.engines.fused_cpu")
+        fused = importlib.import_module("gatelab.engines.fused_cpu")
     except ImportError as err:
         return f"gatelab.engines.fused_cpu cannot be imported: {err}"
-    return None
+    probe = engines.CellSpec(mode="LSTM", input_size=1, hidden_size=1)
+    reason = fused.unsupported(probe, torch.zeros(1, 1, 1), False)
+    return None if reason is None else f"the fused engine declines a plain float32 LSTM: {reason}"
 
 
 def backend_params():
