@@ -165,7 +165,9 @@ class RNNBase(nn.Module):
         if packed:
             data, batch_sizes_t, sorted_indices, unsorted_indices = input
             batch_sizes = [int(b) for b in batch_sizes_t]
-            _check_input(self, data, expected_dim=2)
+            # torch.nn.LSTM skips its Python checks for packed input; its C++ core then
+            # raises RuntimeError for a wrong dtype too (GRU and RNN raise ValueError)
+            _check_input(self, data, expected_dim=2, dtype_error=RuntimeError if lstm else ValueError)
             B, T = batch_sizes[0], len(batch_sizes)
             index = _packed_index(batch_sizes, data.device)  # (N,)
             layer_in = data  # (N, I)
@@ -288,11 +290,11 @@ def _check_state_dims(hx, batched):
                            f"but got ({dims}) tensors")
 
 
-def _check_input(module, x, expected_dim):
+def _check_input(module, x, expected_dim, dtype_error=ValueError):
     """dtype (ValueError), number of dimensions and input size (RuntimeError), as torch.nn."""
     weight = module.weight_ih_l0
     if x.dtype != weight.dtype and not torch.is_autocast_enabled():
-        raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+        raise dtype_error(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
                          f"Convert input: input.to({weight.dtype}), or convert model: "
                          f"model.to({x.dtype})")
     if x.dim() != expected_dim:
