@@ -42,6 +42,25 @@ def test_round_trip_with_characters_split_between_chunks(tmp_path):
         assert [corpus.decode(w) for w in windows] == [text[s:s + 9] for s in starts]
 
 
+def test_same_tokens_vocabulary_and_fingerprint_as_the_in_memory_corpus(tmp_path):
+    from gatelab.data.text import load_corpus
+
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.py").write_text(_text(3000, 4), encoding="utf-8")
+    (folder / "sub" / "b.txt").write_text(_text(2000, 5), encoding="utf-8")
+    for data in (folder, folder / "a.py"):
+        mem = load_corpus(data)
+        disk = mc.load_disk_corpus(data, tmp_path / "cache" / data.name, chunk_bytes=64)
+        assert disk.vocab == mem.vocab
+        assert disk.fingerprint == mem.fingerprint
+        assert np.array_equal(disk.read(0, len(disk)), mem.read(0, len(mem)))
+        starts = [0, 5, len(mem) - 40]
+        assert np.array_equal(disk.windows(starts, 40), mem.windows(starts, 40))
+    again = mc.load_disk_corpus(folder, tmp_path / "cache" / folder.name)
+    assert again.fingerprint == load_corpus(folder).fingerprint  # reused, still equal
+
+
 def test_token_dtype_is_the_smallest_that_fits(tmp_path):
     (tmp_path / "small.txt").write_text("abcab", encoding="utf-8")
     assert mc.encode([tmp_path / "small.txt"], tmp_path / "s").meta.dtype == np.uint8
@@ -55,7 +74,7 @@ def test_token_dtype_is_the_smallest_that_fits(tmp_path):
 def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, chunk):
     data = "abcé".encode() + b"\xff" + b"tail"  # 0xff at byte 5
     (tmp_path / "bad.txt").write_bytes(data)
-    with pytest.raises(UsageError, match=r"bad.txt: not UTF-8 text \(invalid byte at offset 5\)"):
+    with pytest.raises(UsageError, match=r"bad.txt: not UTF-8 text \(invalid byte 0xff at offset 5\)"):
         mc.encode([tmp_path / "bad.txt"], tmp_path / "enc", chunk_bytes=chunk)
     assert not (tmp_path / "enc" / mc.TOKENS).exists()
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == []  # no scratch left behind
@@ -63,10 +82,10 @@ def test_invalid_utf8_names_the_absolute_byte_offset(tmp_path, chunk):
 
 def test_truncated_character_binary_and_empty_are_refused(tmp_path):
     (tmp_path / "cut.txt").write_bytes("abé".encode()[:-1])
-    with pytest.raises(UsageError, match="invalid byte at offset 2"):
+    with pytest.raises(UsageError, match="invalid byte 0xc3 at offset 2"):
         mc.encode([tmp_path / "cut.txt"], tmp_path / "e1")
     (tmp_path / "bin.txt").write_bytes(b"ab\x00cd")
-    with pytest.raises(UsageError, match="binary"):
+    with pytest.raises(UsageError, match=r"looks binary \(NUL byte at offset 2\)"):
         mc.encode([tmp_path / "bin.txt"], tmp_path / "e2")
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(UsageError, match="empty"):
@@ -153,3 +172,12 @@ def test_resident_memory_stays_bounded_on_a_corpus_larger_than_it(tmp_path):
     # for the code points); the encoder's chunks and tables need about 20 MB.
     assert growth < 32 << 20, report
     assert growth < tokens_bytes / 1.25, report
+
+
+def test_the_default_corpus_on_disk_equals_the_in_memory_one(tmp_path):
+    from gatelab.data.text import load_corpus
+
+    mem = load_corpus(None)
+    disk = mc.load_disk_corpus(None, tmp_path / "cache")
+    assert disk.fingerprint == mem.fingerprint and disk.vocab == mem.vocab
+    assert np.array_equal(disk.read(0, len(disk)), mem.read(0, len(mem)))

@@ -12,8 +12,8 @@ disk holds 4 bytes per character for the scratch file while encoding.
 On disk (a folder):
     tokens.bin   the token ids, uint8 / uint16 / uint32 (the smallest that fits the vocabulary)
     corpus.json  {"format", "n_tokens", "dtype", "vocab" (list of characters, sorted by
-                 code point, id = position), "separator", "sources": [{path, bytes,
-                 mtime_ns, sha256}]}
+                 code point, id = position), "separator", "source", "root",
+                 "sources": [{path, bytes, mtime_ns, sha256}]}
 
 `DiskCorpus` streams what training asks for from tokens.bin with positional reads
 (`os.pread`, one per window): the bytes go through the page cache into a fresh array and
@@ -31,6 +31,7 @@ import codecs
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,27 +71,29 @@ def _write_json_atomic(path: Path, obj) -> None:
 def _stream_code_points(path: Path, scratch, seen: np.ndarray, chunk_bytes: int) -> dict:
     """Append the code points of one file to `scratch`, mark its characters in `seen`.
 
-    Returns the file's record for corpus.json. Raises UsageError for a non-UTF-8 or
-    binary (NUL byte) file, naming the byte offset.
+    Returns the file's record for corpus.json. Raises UsageError for a binary (NUL byte)
+    or non-UTF-8 file, naming the byte offset, with the messages of `gatelab.data.text`.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     digest = hashlib.sha256()
-    offset = 0  # bytes of this file decoded before the current chunk
+    offset = 0  # bytes of this file before the current chunk
     with open(path, "rb") as f:
         while True:
             chunk = f.read(chunk_bytes)
             final = not chunk
             digest.update(chunk)
-            pending = len(decoder.getstate()[0])  # bytes of a character split at the last chunk's end
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                raise UsageError(f"{path}: looks binary (NUL byte at offset {offset + nul}), not text")
+            pending = decoder.getstate()[0]  # bytes of a character split at the last chunk's end
             try:
                 text = decoder.decode(chunk, final=final)
             except UnicodeDecodeError as err:  # err.start counts from the pending bytes
-                raise UsageError(f"{path}: not UTF-8 text (invalid byte at offset "
-                                 f"{offset - pending + err.start})") from None
+                bad = (pending + chunk)[err.start]
+                raise UsageError(f"{path}: not UTF-8 text (invalid byte 0x{bad:02x} at offset "
+                                 f"{offset - len(pending) + err.start})") from None
             if text:
                 cps = _code_points(text)  # (n,)
-                if not cps.all():
-                    raise UsageError(f"{path}: looks binary (NUL character in the text)")
                 seen[cps] = True
                 cps.tofile(scratch)
             if final:
@@ -101,7 +104,8 @@ def _stream_code_points(path: Path, scratch, seen: np.ndarray, chunk_bytes: int)
             "sha256": digest.hexdigest()}
 
 
-def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES) -> "DiskCorpus":
+def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BYTES,
+           source: str = "", root=None) -> "DiskCorpus":
     """Encode text files into a token folder in one streaming pass; return it opened.
 
     Arguments:
@@ -110,6 +114,9 @@ def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BY
             Existing files there are replaced only once the new ones are complete.
         separator: text put between two consecutive files (e.g. "\\n").
         chunk_bytes: bytes read at a time; bounds the memory used.
+        source: a one-line description of the corpus, for the fingerprint.
+        root: the folder the fingerprint's file paths are relative to (default: the
+            first file's folder).
     """
     sources = [Path(p) for p in sources]
     if not sources:
@@ -145,9 +152,11 @@ def encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = CHUNK_BY
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tokens_tmp, out_dir / TOKENS)
+        root = Path(root) if root is not None else sources[0].parent
         meta = {"format": FORMAT, "n_tokens": int(n_tokens), "dtype": dtype.name,
                 "vocab": [chr(c) for c in vocab_cps.tolist()], "separator": separator,
-                "sources": records}
+                "source": source or str(sources[0] if len(sources) == 1 else root),
+                "root": str(root), "sources": records}
         _write_json_atomic(out_dir / META, meta)
     finally:
         for tmp in (scratch_path, tokens_tmp):
@@ -185,6 +194,34 @@ def open_or_encode(sources, out_dir, *, separator: str = "", chunk_bytes: int = 
     return encode(sources, out_dir, separator=separator, chunk_bytes=chunk_bytes)
 
 
+def load_disk_corpus(path, cache_dir, *, chunk_bytes: int = CHUNK_BYTES) -> "DiskCorpus":
+    """A `--data` path as a DiskCorpus: the same files, order, vocabulary, token ids and
+    fingerprint as `gatelab.data.text.load_corpus(path)`, but encoded into `cache_dir`
+    (reused while the files are unchanged) instead of held in memory.
+
+    Arguments:
+        path: a UTF-8 text file or a folder of them; None for the default corpus.
+        cache_dir: the folder for tokens.bin and corpus.json.
+        chunk_bytes: bytes read at a time.
+    """
+    from gatelab.data.text import corpus_files, default_corpus_files
+
+    if path is None:
+        files = default_corpus_files()
+        root = files[0].parent
+        v = sys.version_info
+        source = f"Python {v.major}.{v.minor}.{v.micro} standard library ({root}/*.py)"
+    else:
+        files = corpus_files(path)
+        root = Path(path) if Path(path).is_dir() else Path(path).parent
+        source = str(path)
+    if is_current(cache_dir, files):
+        corpus = DiskCorpus(cache_dir)
+        if corpus.meta.source == source and corpus.meta.root == str(root):
+            return corpus
+    return encode(files, cache_dir, chunk_bytes=chunk_bytes, source=source, root=root)
+
+
 def shard_bounds(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
     """The contiguous part [lo, hi) of [start, stop) that process `rank` of `world_size` owns.
 
@@ -205,6 +242,8 @@ class _Meta:
     dtype: np.dtype
     vocab: tuple[str, ...]
     separator: str
+    source: str
+    root: str
     sources: tuple[dict, ...]
 
 
@@ -221,7 +260,7 @@ class DiskCorpus:
         try:
             raw = json.loads((self.folder / META).read_text(encoding="utf-8"))
             meta = _Meta(int(raw["n_tokens"]), np.dtype(raw["dtype"]), tuple(raw["vocab"]),
-                         raw.get("separator", ""), tuple(raw["sources"]))
+                         raw["separator"], raw["source"], raw["root"], tuple(raw["sources"]))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UsageError(f"{self.folder}: not an encoded corpus ({err})") from None
         expected = meta.n_tokens * meta.dtype.itemsize
@@ -240,9 +279,16 @@ class DiskCorpus:
         return list(self.meta.vocab)
 
     @property
-    def fingerprint(self) -> list[dict]:
-        """Each source file's path, size and sha256 (for a run's config)."""
-        return [{"path": s["path"], "bytes": s["bytes"], "sha256": s["sha256"]} for s in self.meta.sources]
+    def fingerprint(self) -> dict:
+        """What a run's config records, in the form of `gatelab.data.text.TextCorpus`
+        (the same files give the same fingerprint either way): source, root, n_chars, the
+        files (path relative to root, bytes, sha256) and one sha256 over the listing."""
+        root = Path(self.meta.root)
+        files = [{"path": os.path.relpath(s["path"], root), "bytes": s["bytes"], "sha256": s["sha256"]}
+                 for s in self.meta.sources]
+        listing = "".join(f"{f['path']}\t{f['sha256']}\n" for f in files)
+        return {"source": self.meta.source, "root": str(root), "n_chars": len(self),
+                "sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(), "files": files}
 
     # -- reading -----------------------------------------------------------------
     def _fd(self) -> int:
