@@ -11,7 +11,7 @@ from _refhelp import finite_differences
 
 from gatelab.reference import from_torch_layout, init_params, lstm_backward, lstm_forward, to_torch_layout
 from gatelab.reference.lstm_family import (ABLATIONS, family_init_params, lstm_family_backward,
-                                           lstm_family_forward, lstm_family_gates)
+                                           lstm_family_forward, lstm_family_gates, options_from_spec)
 
 T, B, I, H = 3, 2, 2, 3
 
@@ -223,3 +223,38 @@ def test_bad_family_arguments():
         lstm_family_forward(x, params, masks={"dropout": np.zeros((B, H))})
     with pytest.raises(ValueError, match="peephole: expected True or False, got 1"):
         lstm_family_forward(x, params, peephole=1)
+
+
+def test_family_float32_follows_float64():
+    """float32 in, float32 out, within 1e-5 of the float64 run of the same numbers."""
+    opts, P, zoneout, dropout = CASES["everything_proj"]
+    rng = np.random.default_rng(8)
+    params = _params(rng, P, True, True)
+    x, h0, c0, dhs, dh_T, dc_T = _data(rng, P)
+    masks = _masks(rng, P, zoneout, dropout)
+    f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}  # noqa: E731
+    hs, _, cache = lstm_family_forward(x, params, h0, c0, **opts, masks=masks)
+    hs32, _, cache32 = lstm_family_forward(x.astype(np.float32), f32(params), h0.astype(np.float32),
+                                           c0.astype(np.float32), **opts, masks=f32(masks))
+    assert hs32.dtype == np.float32
+    np.testing.assert_allclose(hs32, hs, rtol=0, atol=1e-5)
+    grads = lstm_family_backward(dhs, cache, dh_T, dc_T)
+    grads32 = lstm_family_backward(dhs.astype(np.float32), cache32, dh_T.astype(np.float32),
+                                   dc_T.astype(np.float32))
+    for k in grads:
+        assert grads32[k].dtype == np.float32, k
+        np.testing.assert_allclose(grads32[k], grads[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+def test_options_from_spec_runs_a_cell_spec():
+    from gatelab.engines import CellSpec
+
+    spec = CellSpec("LSTM", I, H, peephole=True, coupled_gates=True, remove=frozenset({"output_gate"}),
+                    gate_activation="hard_sigmoid")
+    rng = np.random.default_rng(1)
+    params = _params(rng, peephole=True)
+    x, h0, c0, *_ = _data(rng)
+    opts = {"peephole": True, "coupled_gates": True, "remove": frozenset({"output_gate"}),
+            "gate_activation": "hard_sigmoid"}
+    np.testing.assert_array_equal(lstm_family_forward(x, params, h0, c0, **options_from_spec(spec))[0],
+                                  lstm_family_forward(x, params, h0, c0, **opts)[0])
