@@ -258,3 +258,7 @@ def test_options_from_spec_runs_a_cell_spec():
             "gate_activation": "hard_sigmoid"}
     np.testing.assert_array_equal(lstm_family_forward(x, params, h0, c0, **options_from_spec(spec))[0],
                                   lstm_family_forward(x, params, h0, c0, **opts)[0])
+    gru = CellSpec("GRU", I, H, layer_norm=True, reset_after=True, cell_activation="softsign")
+    assert options_from_spec(gru) == {"layer_norm": True, "gate_activation": "sigmoid",
+                                      "cell_activation": "softsign", "reset_after": True}
+    assert options_from_spec(CellSpec("RNN_TANH", I, H)) == {}

@@ -51,7 +51,16 @@ MASKS = ("zoneout_h", "zoneout_c", "recurrent_dropout")
 
 
 def options_from_spec(spec) -> dict:
-    """The keyword options of lstm_family_forward from a gatelab.engines.CellSpec."""
+    """The keyword options of the family forward for a gatelab.engines.CellSpec.
+
+    LSTM: those of lstm_family_forward; GRU: those of gru_family_forward (layer_norm,
+    gate_activation, cell_activation, reset_after); RNN: none.
+    """
+    if spec.mode == "GRU":
+        return dict(layer_norm=spec.layer_norm, gate_activation=spec.gate_activation,
+                    cell_activation=spec.cell_activation, reset_after=spec.reset_after)
+    if spec.mode != "LSTM":
+        return {}
     return dict(peephole=spec.peephole, layer_norm=spec.layer_norm, coupled_gates=spec.coupled_gates,
                 remove=frozenset(spec.remove), gate_activation=spec.gate_activation,
                 cell_activation=spec.cell_activation)
