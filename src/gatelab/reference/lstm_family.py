@@ -206,7 +206,7 @@ def lstm_family_forward(x: np.ndarray, params: dict, h0: np.ndarray | None = Non
             ln_saved["x"].append(saved_x)
             ln_saved["h"].append(saved_h)
         a = ax + ah + b  # (B, 4H)
-        a_f, a_i, a_g, a_o = np.split(a, 4, axis=1)  # (B, H) each, views into a
+        a_f, a_i, a_g, a_o = np.split(a, 4, axis=1)  # (B, H) each, views: the peepholes below land in a
         if peephole:
             a_f += params["p_f"] * c_prev  # a_f += p_f ⊙ c_{t-1}
             a_i += params["p_i"] * c_prev  # a_i += p_i ⊙ c_{t-1}
@@ -225,11 +225,11 @@ def lstm_family_forward(x: np.ndarray, params: dict, h0: np.ndarray | None = Non
         m = o * y  # (B, H)
         h_new = m @ W_hr.T if W_hr is not None else m  # (B, P)
         if "zoneout_c" in masks:
-            c = masks["zoneout_c"][t] * c_prev + (1.0 - masks["zoneout_c"][t]) * c_new
+            c = masks["zoneout_c"][t] * c_prev + (1.0 - masks["zoneout_c"][t]) * c_new  # c_t = m_c ⊙ c_{t-1} + (1 − m_c) ⊙ c̃_t
         else:
             c = c_new
         if "zoneout_h" in masks:
-            h = masks["zoneout_h"][t] * h_prev + (1.0 - masks["zoneout_h"][t]) * h_new
+            h = masks["zoneout_h"][t] * h_prev + (1.0 - masks["zoneout_h"][t]) * h_new  # h_t = m_h ⊙ h_{t-1} + (1 − m_h) ⊙ h̃_t
         else:
             h = h_new
         for name, value in (("f", f), ("i", i), ("g", g), ("o", o), ("c", c), ("c_new", c_new),
