@@ -65,6 +65,7 @@ def main(out_dir: str) -> None:
     mean = dist_.reduce_mean_loss(ctx, loss_sum.item(), y.numel())
     sums = dist_.all_reduce_sums(ctx, ctx.rank + 1, 10 * (ctx.rank + 1))
     step = dist_.broadcast_int(ctx, 1000 + ctx.rank)
+    rows_of = dist_.gather_rows(ctx, torch.full((2, 1, 3), float(ctx.rank)), dim=1)  # (2, world, 3)
 
     def write(path: Path, obj) -> str:
         path.write_text(json.dumps(obj))
@@ -78,7 +79,7 @@ def main(out_dir: str) -> None:
         save_file(grads, str(out / "grads.safetensors"))
         (out / "result.json").write_text(json.dumps({
             "world_size": ctx.world_size, "backend": ctx.backend, "mean_loss": mean,
-            "sums": sums, "broadcast": step, "marker_visible_on": flags[0], "writers": flags[1]}))
+            "sums": sums, "broadcast": step, "gathered": rows_of.tolist(), "marker_visible_on": flags[0], "writers": flags[1]}))
     dist_.teardown(ctx)
 
 

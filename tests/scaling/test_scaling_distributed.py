@@ -42,6 +42,8 @@ def test_a_lone_process_is_rank_zero_of_one(monkeypatch, tmp_path):
     assert dist_.broadcast_int(ctx, 7) == 7
     assert dist_.split_batch(8, ctx) == slice(0, 8)
     assert dist_.on_main(ctx, lambda: "ran") == "ran"
+    t = torch.arange(6.0).view(1, 2, 3)
+    assert dist_.gather_rows(ctx, t, dim=1) is t
     dist_.teardown(ctx)
 
 
@@ -77,6 +79,7 @@ def test_two_gloo_processes_compute_the_one_process_gradient(tmp_path):
     assert result["world_size"] == 2 and result["backend"] == "gloo"
     assert result["sums"] == [3.0, 30.0]
     assert result["broadcast"] == 1000  # rank 0's value
+    assert result["gathered"] == [[[0.0] * 3, [1.0] * 3]] * 2  # rank order along dim 1
     assert result["writers"] == 1.0 and result["marker_visible_on"] == 2.0
     assert json.loads((tmp_path / "marker.json").read_text()) == {"rank": 0}
 

@@ -136,6 +136,21 @@ def broadcast_int(ctx: Context, value: int) -> int:
     return int(buf.item())
 
 
+def gather_rows(ctx: Context, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+    """Every process's equal share of a batch, concatenated along `dim` in rank order.
+
+    The inverse of taking `split_batch` rows: e.g. the recurrent state each process carries
+    for its rows (L, B / world_size, H) becomes the state of the global batch (L, B, H),
+    which a checkpoint stores so that a resume with any number of processes can take its
+    own rows from it. For one process the tensor comes back as it is.
+    """
+    if not ctx.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
 def on_main(ctx: Context, fn, *args, **kwargs):
     """Call `fn(*args, **kwargs)` on rank 0 only, then wait for every process.
 
