@@ -1,0 +1,229 @@
+"""The training loop of the character model.
+
+One step: the window starts of (seed, step) -> one fancy index into the flat token array
+-> forward, cross-entropy, backward -> clip -> AdamW. No per-character Python work, so
+the loop's own cost is small next to the model's forward + backward; the trainer measures
+both and reports the overhead.
+
+Exact resume: the batch order and the dropout masks are functions of (seed, step), the
+learning rate a function of the step, and the checkpoint holds the model, the optimizer
+and the carried state; so a run resumed from its checkpoint at step k computes exactly
+what the uninterrupted run computed from step k on.
+
+Processes: `ctx` (gatelab.lm.distributed.Context) says which share of each global batch
+this process computes and whether it is the one that writes (rank 0); with one process
+everything reduces to the plain loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gatelab.data.text import unigram_entropy
+from gatelab.errors import UsageError
+from gatelab.lm import checkpoint as ckpt
+from gatelab.lm.batches import DROPOUT, INIT, BatchSampler, derived_seed, make_batch, seeded_rng
+from gatelab.lm.config import RunConfig, TrainConfig
+from gatelab.lm.distributed import Context, on_main
+from gatelab.lm.evaluate import validation_bpc
+from gatelab.lm.model import CharLM, count_parameters, detach_state
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    step: int  # optimizer steps completed
+    val_bpc: float  # bits per character over the whole validation part
+    unigram_bits: float  # the training text's character entropy, for context
+    wall_s: float  # training wall time over all sessions of the run
+    tokens_per_s: float  # training characters per second in this session (0 if none ran)
+    loop_overhead: float  # (step time - model forward/backward time) / model time, this session
+
+
+def split(n_chars: int, cfg: TrainConfig) -> int:
+    """The number of training characters; the rest, contiguous at the end, is validation.
+
+    UsageError when either part is shorter than one window of seq_len + 1 characters.
+    """
+    n_val = int(round(n_chars * cfg.val_fraction))
+    n_train = n_chars - n_val
+    need = cfg.seq_len + 1
+    if n_train < need or n_val < 2:
+        raise UsageError(f"the corpus has {n_chars} characters: too short for one training window of "
+                         f"--seq-len {cfg.seq_len} + 1 and a {cfg.val_fraction:.0%} validation part "
+                         f"(needs at least {math.ceil(max(need / (1 - cfg.val_fraction), 2 / cfg.val_fraction))})")
+    return n_train
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The learning rate of a step: linear warm-up, then cosine decay to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_model(run: RunConfig, backend: str = "auto") -> CharLM:
+    """The model with its initial parameters, a function of the run's seed only."""
+    with seeded_rng(derived_seed(run.train.seed, INIT)):
+        return CharLM(run.model, backend=backend)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over every parameter (fused kernel where torch has one)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                             weight_decay=cfg.weight_decay, fused=True)
+
+
+class _Clock:
+    """Seconds spent in the model's forward + backward, and in whole training steps."""
+
+    def __init__(self):
+        self.model_s = 0.0
+        self.step_s = 0.0
+        self.steps = 0
+
+    @property
+    def overhead(self) -> float:
+        return self.step_s / self.model_s - 1.0 if self.model_s > 0 else float("nan")
+
+
+def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context | None = None,
+          backend: str = "auto", progress: bool = True, echo=print, on_step=None) -> TrainResult:
+    """Train (or continue training) the run in `run_dir` to run.train.steps steps.
+
+    Arguments:
+        run: the configuration (for a resumed run, the one in its config.json, steps possibly raised).
+        corpus: a TextCorpus or MemmapCorpus whose fingerprint the config records.
+        run_dir: the run folder; created by the caller, empty unless resuming.
+        resume: continue from checkpoint.safetensors.
+        ctx: this process's place in a distributed job (None: one process).
+        backend: gatelab.nn's engine.
+        progress: show a progress bar (on rank 0).
+        echo: where the few summary lines go (rank 0 only).
+        on_step: called as on_step(step) after each completed step (tests use it to kill a run).
+    """
+    ctx = ctx or Context()
+    cfg = run.train
+    run_dir = Path(run_dir)
+    say = echo if ctx.is_main else (lambda *a, **k: None)
+    n_train = split(len(corpus), cfg)
+    n = len(corpus)
+    sampler = BatchSampler(n_train, cfg.seq_len, cfg.batch_size, cfg.seed, tbptt=cfg.tbptt,
+                           rank=ctx.rank, world_size=ctx.world_size)
+    model = build_model(run, backend).to(ctx.device)
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    V = run.model.vocab_size
+    unigram = unigram_entropy(corpus.read(0, min(n_train, 1 << 24)), V)
+
+    start, carry, counters, records = 0, None, {"wall_s": 0.0}, []
+    if resume:
+        start, carry, counters = ckpt.load_checkpoint(run_dir, model, optimizer)
+        records = [r for r in ckpt.read_metrics(run_dir) if r["step"] <= start and not r.get("final")]
+        if start > cfg.steps:
+            raise UsageError(f"the run is at step {start}, past --steps {cfg.steps}")
+    else:
+        on_main(ctx, ckpt.write_config, run_dir, run)
+
+    say(f"corpus: {run.corpus.get('source')}: {n:,} characters ({n_train:,} train, {n - n_train:,} "
+        f"validation), vocabulary {V}, unigram entropy {unigram:.3f} bits/char")
+    say(f"model: {run.model.cell.upper()} {run.model.num_layers}x{run.model.hidden_size}, "
+        f"{count_parameters(model):,} parameters; {cfg.steps} steps of {cfg.batch_size}x{cfg.seq_len} "
+        f"characters" + (f", resuming at step {start}" if resume else ""))
+
+    clock = _Clock()
+    wall0, wall_before = time.perf_counter(), float(counters.get("wall_s", 0.0))
+    eval_stop = n_train + (min(cfg.eval_chars, n - n_train) if cfg.eval_chars else n - n_train)
+    window_bits, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+    val_bpc = records[-1].get("val_bpc") if records else None
+    bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (progress and ctx.is_main),
+               dynamic_ncols=True, mininterval=1.0)
+
+    def save(step):
+        counters["wall_s"] = wall_before + time.perf_counter() - wall0
+        on_main(ctx, ckpt.save_checkpoint, run_dir, model, optimizer, step, carry, dict(counters))
+        on_main(ctx, ckpt.write_metrics, run_dir, records)
+
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    try:
+        for step in range(start, cfg.steps):
+            t_step = time.perf_counter()
+            starts = sampler.starts(step)
+            x, y = make_batch(corpus, starts, cfg.seq_len)  # (T, B_r) each
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            if sampler.resets_state(step):
+                carry = None
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            with seeded_rng(derived_seed(cfg.seed, DROPOUT, step, ctx.rank), ctx.device):
+                t_model = time.perf_counter()
+                logits, state = model(x, carry)  # (T, B_r, V)
+                loss = F.cross_entropy(logits.view(-1, V), y.reshape(-1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clock.model_s += time.perf_counter() - t_model
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            carry = detach_state(state) if cfg.tbptt else None
+            done = step + 1
+            window_bits += float(loss.detach()) / math.log(2.0)
+            window_steps += 1
+            clock.step_s += time.perf_counter() - t_step
+            clock.steps += 1
+
+            if done % cfg.log_every == 0 or done % cfg.eval_every == 0 or done == cfg.steps:
+                now = time.perf_counter()
+                tok_s = window_steps * tokens_per_step / max(now - window_t0, 1e-9)
+                record = {"step": done, "train_bpc": window_bits / window_steps, "lr": lr_at(step, cfg),
+                          "tokens_per_s": tok_s, "wall_s": wall_before + now - wall0}
+                if done % cfg.eval_every == 0 and done != cfg.steps:
+                    val_bpc = validation_bpc(model, corpus, n_train, eval_stop, seq_len=cfg.seq_len, ctx=ctx)
+                    record["val_bpc"] = val_bpc
+                records.append(record)
+                bar.set_postfix_str(f"bpc {record['train_bpc']:.3f}"
+                                    + (f" val {val_bpc:.3f}" if val_bpc is not None else "")
+                                    + f" {tok_s:,.0f} tok/s", refresh=False)
+                window_bits, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+            if done % cfg.checkpoint_every == 0 and done != cfg.steps:
+                save(done)
+            bar.update(1)
+            if on_step is not None:
+                on_step(done)
+    finally:
+        bar.close()
+
+    train_s = clock.step_s
+    val_bpc = validation_bpc(model, corpus, n_train, n, seq_len=cfg.seq_len, ctx=ctx)
+    records.append({"step": cfg.steps, "val_bpc": val_bpc, "final": True, "val_chars": n - n_train,
+                    "unigram_bits": unigram, "loop_overhead": clock.overhead if clock.steps else None,
+                    "wall_s": wall_before + time.perf_counter() - wall0})
+    save(cfg.steps)
+    tok_s = clock.steps * tokens_per_step / train_s if train_s > 0 else 0.0
+    wall = wall_before + time.perf_counter() - wall0
+    if clock.steps:
+        say(f"trained {clock.steps} steps in {train_s:.0f} s: {tok_s:,.0f} characters/s; the loop adds "
+            f"{100 * clock.overhead:.1f}% to the model's forward+backward")
+    say(f"validation: {val_bpc:.3f} bits per character (unigram entropy {unigram:.3f}) at step {cfg.steps}")
+    if ctx.is_main:
+        _plot(run_dir, records, unigram)
+    return TrainResult(step=cfg.steps, val_bpc=val_bpc, unigram_bits=unigram, wall_s=wall,
+                       tokens_per_s=tok_s, loop_overhead=clock.overhead)
+
+
+def _plot(run_dir: Path, records: list[dict], unigram: float) -> None:
+    """curve.png beside the metrics (matplotlib loads only here)."""
+    from gatelab.viz.curve import plot_curve
+
+    plot_curve(records, run_dir / ckpt.CURVE, unigram_bits=unigram)
