@@ -146,6 +146,12 @@ def run(spec, x, state, weights, *, batch_sizes=None, reverse=False, record=Fals
     if masks:
         raise NotImplementedError("eager engine: masks (zoneout, recurrent dropout) come with issue 7")
     T, B, _ = x.shape
+    if batch_sizes is not None and any(int(n) < B for n in batch_sizes):
+        # padded positions may hold anything (even NaN): zero them so that nothing of
+        # theirs reaches an output or, through x^T·∂xw, the gradient of weight_ih
+        real = torch.arange(B, device=x.device)[None, :] < torch.as_tensor(
+            [int(n) for n in batch_sizes], device=x.device)[:, None]  # (T, B)
+        x = x.masked_fill(~real[:, :, None], 0)  # (T, B, I)
     xw = _linear(x, weights["weight_ih"], weights.get("bias_ih"))  # (T, B, G*H)
     steps = list(zip(range(T), xw.unbind(0)))
     if reverse:

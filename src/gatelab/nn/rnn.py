@@ -40,12 +40,6 @@ class RNN(RNNBase):
             raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, *args, **kwargs)
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        return s
-
     def forward(self, input, hx=None, *, return_gates=False):
         output, (h_n,), gates = self._forward(input, None if hx is None else (hx,), return_gates)
         if return_gates:
