@@ -66,17 +66,13 @@ def _flat_weights(spec, weights) -> list:
     return flat
 
 
-def _lengths(batch_sizes, B: int) -> list[int]:
-    """Each row's number of real steps, from the packed batch sizes."""
-    return [sum(1 for n in batch_sizes if n > b) for b in range(B)]
-
-
 def _reverse_index(T: int, B: int, batch_sizes, device) -> torch.Tensor:
     """(T, B) time index that reverses each row's real steps and keeps its padding."""
     t = torch.arange(T, device=device)[:, None]  # (T, 1)
     if batch_sizes is None:
         return (T - 1 - t).expand(T, B)  # (T, B)
-    L = torch.tensor(_lengths(batch_sizes, B), device=device)[None, :]  # (1, B)
+    sizes = torch.as_tensor(list(batch_sizes), device=device)  # (T,)
+    L = (sizes[:, None] > torch.arange(B, device=device)[None, :]).sum(0, keepdim=True)  # (1, B) real steps per row
     return torch.where(t < L, L - 1 - t, t)  # (T, B)
 
 
