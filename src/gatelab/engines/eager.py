@@ -3,8 +3,8 @@
 The readable engine. It runs one layer-direction (see `gatelab.engines` for the
 contract) as the equations are written, and lets autograd do backpropagation through
 time. The input projection `x_t W_ih^T + b_ih` of every step is hoisted out of the loop
-as one matmul; the loop walks the steps with `unbind` (indexing `x[t]` would make
-backward quadratic in T).
+as one matmul (LSTM and RNN fold b_hh into it too); the loop walks the steps with `unbind`
+(indexing `x[t]` would make backward quadratic in T).
 
 LSTM (rows of the weights stacked i|f|g|o, as in torch.nn):
     a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
@@ -59,7 +59,7 @@ def lstm_step(xw_t, h, c, weights, spec):
     """One LSTM step on the rows of `h`, `c`.
 
     Arguments:
-        xw_t: (n, 4H) the hoisted input projection x_t W_ih^T + b_ih of these rows.
+        xw_t: (n, 4H) the hoisted x_t W_ih^T + b_ih + b_hh of these rows.
         h: (n, H_out) h_{t-1}.   c: (n, H) c_{t-1}.
         weights: the layer-direction's parameters (weight_hh, bias_hh, weight_hr).
         spec: the CellSpec (activations by name).
@@ -67,7 +67,7 @@ def lstm_step(xw_t, h, c, weights, spec):
     """
     sigma = ACTIVATIONS[spec.gate_activation]
     phi = ACTIVATIONS[spec.cell_activation]
-    a = xw_t + _linear(h, weights["weight_hh"], weights.get("bias_hh"))  # (n, 4H)
+    a = torch.addmm(xw_t, h, weights["weight_hh"].t())  # (n, 4H): xw_t already holds b_ih + b_hh
     a_i, a_f, a_g, a_o = a.chunk(4, dim=1)  # each (n, H)
     f = sigma(a_f)
     i = sigma(a_i)
@@ -103,12 +103,23 @@ def rnn_step(xw_t, h, weights, spec):
     """One plain RNN step: h_t = tanh|relu(x W_ih^T + b_ih + h W_hh^T + b_hh); gates {"h": h_t}.
 
     Arguments:
-        xw_t: (n, H) x_t W_ih^T + b_ih.   h: (n, H) h_{t-1}.
-        weights: weight_hh (H, H), bias_hh (H,) when spec.bias.   spec: the CellSpec.
+        xw_t: (n, H) the hoisted x_t W_ih^T + b_ih + b_hh.   h: (n, H) h_{t-1}.
+        weights: weight_hh (H, H).   spec: the CellSpec.
     """
     act = torch.relu if spec.mode == "RNN_RELU" else ACTIVATIONS[spec.cell_activation]
-    h_t = act(xw_t + _linear(h, weights["weight_hh"], weights.get("bias_hh")))  # (n, H)
+    h_t = act(torch.addmm(xw_t, h, weights["weight_hh"].t()))  # (n, H): xw_t holds b_ih + b_hh
     return h_t, {"h": h_t}
+
+
+def _hoisted_bias(spec, weights):
+    """The bias added to the hoisted input projection: b_ih + b_hh for the LSTM and the RNN
+    (both sit outside every nonlinearity's product), b_ih alone for the GRU, whose b_hn
+    sits inside r ⊙ (h W_hn^T + b_hn); None without biases."""
+    if not spec.bias:
+        return None
+    if spec.mode == "GRU":
+        return weights["bias_ih"]
+    return weights["bias_ih"] + weights["bias_hh"]  # (G*H,)
 
 
 def _pad_rows(t, B):
@@ -152,7 +163,7 @@ def run(spec, x, state, weights, *, batch_sizes=None, reverse=False, record=Fals
         real = torch.arange(B, device=x.device)[None, :] < torch.as_tensor(
             [int(n) for n in batch_sizes], device=x.device)[:, None]  # (T, B)
         x = x.masked_fill(~real[:, :, None], 0)  # (T, B, I)
-    xw = _linear(x, weights["weight_ih"], weights.get("bias_ih"))  # (T, B, G*H)
+    xw = _linear(x, weights["weight_ih"], _hoisted_bias(spec, weights))  # (T, B, G*H)
     steps = list(zip(range(T), xw.unbind(0)))
     if reverse:
         steps.reverse()
@@ -164,13 +175,14 @@ def run(spec, x, state, weights, *, batch_sizes=None, reverse=False, record=Fals
     for t, xw_t in steps:
         n = B if batch_sizes is None else int(batch_sizes[t])
         xw_t = xw_t[:n] if n < B else xw_t  # (n, G*H)
+        h_prev = h[:n] if n < B else h  # (n, H_out)
         if lstm:
-            h_t, c_t, gates = lstm_step(xw_t, h[:n], c[:n], weights, spec)
+            h_t, c_t, gates = lstm_step(xw_t, h_prev, c[:n] if n < B else c, weights, spec)
             c = _merge_rows(c_t, c)
         elif spec.mode == "GRU":
-            h_t, gates = gru_step(xw_t, h[:n], weights, spec)
+            h_t, gates = gru_step(xw_t, h_prev, weights, spec)
         else:
-            h_t, gates = rnn_step(xw_t, h[:n], weights, spec)
+            h_t, gates = rnn_step(xw_t, h_prev, weights, spec)
         h = _merge_rows(h_t, h)
         outs[t] = _pad_rows(h_t, B)
         if record:
