@@ -293,7 +293,8 @@ def _check_state_dims(hx, batched):
 def _check_input(module, x, expected_dim, dtype_error=ValueError):
     """dtype (ValueError), number of dimensions and input size (RuntimeError), as torch.nn."""
     weight = module.weight_ih_l0
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled():
+    autocast = getattr(torch._C, "_is_any_autocast_enabled", torch.is_autocast_enabled)  # torch.nn's test
+    if x.dtype != weight.dtype and not autocast():
         raise dtype_error(f"RNN input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
                          f"Convert input: input.to({weight.dtype}), or convert model: "
                          f"model.to({x.dtype})")
