@@ -89,7 +89,7 @@ _C32 = tuple(np.float32(1.0 / math.factorial(n)) for n in range(8))
 _X32 = np.float32(87.0)
 
 
-@overload(exp, inline="always")
+@overload(exp)
 def _exp_impl(x):
     if x == types.float64:
         c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13 = _C64
@@ -140,7 +140,7 @@ def _exp_impl(x):
     return None
 
 
-@overload(one, inline="always")
+@overload(one)
 def _one_impl(x):
     if isinstance(x, types.Float):
         value = np.float32(1) if x == types.float32 else np.float64(1)
@@ -148,7 +148,7 @@ def _one_impl(x):
     return None
 
 
-@overload(sigmoid, inline="always")
+@overload(sigmoid)
 def _sigmoid_impl(x):
     if isinstance(x, types.Float):
 
@@ -159,7 +159,7 @@ def _sigmoid_impl(x):
     return None
 
 
-@overload(tanh, inline="always")
+@overload(tanh)
 def _tanh_impl(x):
     if isinstance(x, types.Float):
 

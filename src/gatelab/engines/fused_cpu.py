@@ -19,8 +19,6 @@ three never compete for cores (benchmarks/threads.md).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from gatelab.engines.fused_common import schedule
@@ -31,8 +29,6 @@ DTYPES = (torch.float32, torch.float64)
 
 def unsupported(spec, x, record) -> str | None:
     """None when this engine runs the request, else the reason in a few words."""
-    if os.environ.get("GATELAB_FUSED_WIP") != "1":
-        return "work in progress"
     if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
         return "fused engine runs on the CPU only"
     if x.dtype not in DTYPES:

@@ -77,32 +77,30 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
     tm = t if dm_seq.shape[0] > 1 else 0
     has_dg = dgates.shape[1] > 0
     for b in range(n):
+        i_, f_, g_, o_, c_ = gi[t, b], gf[t, b], gg[t, b], go[t, b], c_seq[t, b]  # (H,)
+        cp_ = c_seq[tp, b] if b < n_prev else c0[b]  # (H,) c_{t-1}
+        dm_, dh_, dc_ = dm_seq[tm, b], dh_state[b], dc_state[b]  # (H,)
+        da_ = da[t, b]  # (4H,)
+        if has_dg:  # the recorded gates' gradients join first
+            for j in range(H):
+                dc_[j] += dgates[4, t, b, j]
         for j in range(H):
-            i = gi[t, b, j]
-            f = gf[t, b, j]
-            g = gg[t, b, j]
-            o = go[t, b, j]
-            c = c_seq[t, b, j]
-            c_prev = c_seq[tp, b, j] if b < n_prev else c0[b, j]
-            dm = dm_seq[tm, b, j] + dh_state[b, j]
-            tc = tanh(c)
-            dc = dc_state[b, j] + dm * o * (one(c) - tc * tc)
-            do = dm * tc
-            if has_dg:
-                dc += dgates[4, t, b, j]
-            di = dc * g
-            dg = dc * i
-            df = dc * c_prev
-            if has_dg:
-                df += dgates[0, t, b, j]
-                di += dgates[1, t, b, j]
-                dg += dgates[2, t, b, j]
-                do += dgates[3, t, b, j]
-            dc_state[b, j] = dc * f
-            da[t, b, j] = di * i * (one(i) - i)
-            da[t, b, H + j] = df * f * (one(f) - f)
-            da[t, b, 2 * H + j] = dg * (one(g) - g * g)
-            da[t, b, 3 * H + j] = do * o * (one(o) - o)
+            i, f, g, o = i_[j], f_[j], g_[j], o_[j]
+            dm = dm_[j] + dh_[j]
+            tc = tanh(c_[j])
+            dc = dc_[j] + dm * o * (one(tc) - tc * tc)
+            dc_[j] = dc * f
+            da_[j] = dc * g * i * (one(i) - i)  # δa_i = δc g i (1 - i)
+            da_[H + j] = dc * cp_[j] * f * (one(f) - f)  # δa_f = δc c_{t-1} f (1 - f)
+            da_[2 * H + j] = dc * i * (one(g) - g * g)  # δa_g = δc i (1 - g²)
+            da_[3 * H + j] = dm * tc * o * (one(o) - o)  # δa_o = δm tanh(c) o (1 - o)
+        if has_dg:  # the recorded f i g o, through their activations
+            for j in range(H):
+                i, f, g, o = i_[j], f_[j], g_[j], o_[j]
+                da_[j] += dgates[1, t, b, j] * i * (one(i) - i)
+                da_[H + j] += dgates[0, t, b, j] * f * (one(f) - f)
+                da_[2 * H + j] += dgates[2, t, b, j] * (one(g) - g * g)
+                da_[3 * H + j] += dgates[3, t, b, j] * o * (one(o) - o)
 
 
 def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
@@ -205,7 +203,7 @@ class LSTMFunction(torch.autograd.Function):
             gi, gf, gg, go = gates
             m = go * np.tanh(c_seq)  # (T, B, H), zero at padded positions
             dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
-        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, db, dw_hr)
+        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, None if db is None else db.copy(), dw_hr)
         return tuple(None if g is None else tensor(g) for g in grads) + (None, None)
 
 

@@ -1,0 +1,190 @@
+"""The fused GRU (torch.nn's "reset after" form): one layer-direction with hand-written BPTT.
+
+Forward, with rows r|z|n of xa = x_t W_ih^T + b_ih and hw = h_{t-1} W_hh^T:
+
+    r = σ(xa_r + hw_r + b_hr)     z = σ(xa_z + hw_z + b_hz)
+    n = tanh(xa_n + r ⊙ (hw_n + b_hn))          h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+    xa for all steps is one GEMM (b_hr and b_hz folded into it); per step one GEMM for hw
+    and one numba pass. Saved for backward: r, z, n, hn = hw_n + b_hn (T, B, H) and h.
+
+Backward, per step from the last:
+
+    δh = δout_t + δh_t (carried)
+    δn = δh ⊙ (1 - z)   δz = δh ⊙ (h_{t-1} - n)   δa_n = δn ⊙ (1 - n²)   δr = δa_n ⊙ hn
+    δxa = [δr r(1-r) | δz z(1-z) | δa_n]      δhw = [δr r(1-r) | δz z(1-z) | δa_n ⊙ r]
+    δh_{t-1} = δh ⊙ z + δhw W_hh
+
+    then over all steps: δW_ih = δXA^T X, δW_hh = δHW^T H_prev, δb_ih = Σ δXA,
+    δb_hh = Σ δHW, δX = δXA W_ih.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch.autograd.function import once_differentiable
+
+from gatelab.engines._kernels import JIT, one, sigmoid, tanh
+from gatelab.engines.fused_common import (
+    add_rows_sum, arr, mm, needs_grad, previous, tensor)
+
+
+@njit(**JIT)
+def forward_step(t, n, ta, xa, hw, b_hn, h_state, gr, gz, gn, hn_seq, out):
+    """One step's gate pass for rows [:n].
+
+    xa (T, B, 3H) x W_ih^T + b_ih (+ b_hr, b_hz); hw (B, 3H) h_{t-1} W_hh^T; b_hn (H,);
+    h_state (B, H) h_{t-1} in, h_t out; gr gz gn hn_seq (Ta, B, H) written at ta;
+    out (T, B, H) written at t.
+    """
+    H = h_state.shape[1]
+    for b in range(n):
+        for j in range(H):
+            r = sigmoid(xa[t, b, j] + hw[b, j])
+            z = sigmoid(xa[t, b, H + j] + hw[b, H + j])
+            hn = hw[b, 2 * H + j] + b_hn[j]
+            nn = tanh(xa[t, b, 2 * H + j] + r * hn)
+            h = (one(z) - z) * nn + z * h_state[b, j]
+            gr[ta, b, j] = r
+            gz[ta, b, j] = z
+            gn[ta, b, j] = nn
+            hn_seq[ta, b, j] = hn
+            out[t, b, j] = h
+            h_state[b, j] = h
+
+
+@njit(**JIT)
+def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates,
+                  dxa, dhw):
+    """One step of BPTT for rows [:n].
+
+    d_out (T, B, H); dh_state (B, H) δh carried in, δh ⊙ z out (the GEMM adds δhw W_hh);
+    gr gz gn hn_seq out (T, B, H) saved; h0 (B, H) initial state of rows [n_prev, n);
+    dgates (3, Tg, B, H) δ of the recorded r z n (Tg = 0 when none);
+    dxa, dhw (T, B, 3H) out.
+    """
+    H = dh_state.shape[1]
+    has_dg = dgates.shape[1] > 0
+    for b in range(n):
+        for j in range(H):
+            r = gr[t, b, j]
+            z = gz[t, b, j]
+            nn = gn[t, b, j]
+            hn = hn_seq[t, b, j]
+            h_prev = out[tp, b, j] if b < n_prev else h0[b, j]
+            dh = d_out[t, b, j] + dh_state[b, j]
+            dn = dh * (one(z) - z)
+            dz = dh * (h_prev - nn)
+            if has_dg:
+                dn += dgates[2, t, b, j]
+                dz += dgates[1, t, b, j]
+            dan = dn * (one(nn) - nn * nn)
+            dr = dan * hn
+            if has_dg:
+                dr += dgates[0, t, b, j]
+            dar = dr * r * (one(r) - r)
+            daz = dz * z * (one(z) - z)
+            dxa[t, b, j] = dar
+            dxa[t, b, H + j] = daz
+            dxa[t, b, 2 * H + j] = dan
+            dhw[t, b, j] = dar
+            dhw[t, b, H + j] = daz
+            dhw[t, b, 2 * H + j] = dan * r
+            dh_state[b, j] = dh * z
+
+
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
+    """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn)."""
+    T, B, _ = x.shape  # (T, B, I)
+    H = h0.shape[1]
+    dt = x.dtype
+    packed = any(s.n < B for s in steps)
+    xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
+    xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
+    b_hn = np.zeros(H, dt)  # (H,)
+    if b_ih is not None:
+        bias = b_ih.copy()  # (3H,)
+        bias[:2 * H] += b_hh[:2 * H]  # b_hr, b_hz join the input bias; b_hn stays inside r ⊙ (.)
+        xa += bias
+        b_hn = b_hh[2 * H:]
+    full = keep or record
+    Ta = T if full else 1
+    zeros_or_empty = np.zeros if packed else np.empty
+    saved = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # r z n hn, (Ta, B, H)
+    out = zeros_or_empty((T, B, H), dt)  # (T, B, H)
+    h_state = h0.copy()  # (B, H)
+    hw = np.empty((B, 3 * H), dt)  # (B, 3H)
+    w_hh_t = w_hh.T  # (H, 3H)
+    for t, n, _, _ in steps:
+        mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, 3H)
+        forward_step(t, n, t if full else 0, xa, hw, b_hn, h_state, *saved, out)
+    return out, h_state, (saved if full else None)
+
+
+class GRUFunction(torch.autograd.Function):
+    """One GRU layer-direction; outputs out, h_T and, with record, the gates r z n."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, steps, record):
+        xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
+        out, h_T, saved = _forward(xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), steps,
+                                   keep=True, record=record)
+        ctx.set_materialize_grads(False)
+        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved)
+        ctx.steps, ctx.has_bias = steps, b_ih is not None
+        outs = (tensor(out), tensor(h_T))
+        if record:
+            outs += tuple(tensor(a) for a in saved[:3])
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT, *d_gates):
+        xs, h0s, w_ihs, w_hhs, out, saved = ctx.arrays
+        steps = ctx.steps
+        T, B, _ = xs.shape  # (T, B, I)
+        H = h0s.shape[1]
+        dt = xs.dtype
+        d_out = np.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
+        dh_state = np.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
+        dgates = np.zeros((3, 0, B, H), dt)  # (3, 0, B, H): none
+        if d_gates and any(g is not None for g in d_gates):
+            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g)
+                               for g in d_gates])  # (3, T, B, H) r z n
+        packed = any(s.n < B for s in steps)
+        dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
+        dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
+        tmp = np.empty((B, H), dt)  # (B, H)
+        for t, n, tp, n_prev in reversed(steps):
+            backward_step(t, n, tp, n_prev, d_out, dh_state, *saved, out, h0s, dgates, dxa, dhw)
+            mm(dhw[t, :n], w_hhs, tmp[:n])  # (n, 3H) x (3H, H)
+            np.add(dh_state[:n], tmp[:n], out=dh_state[:n])
+        need = ctx.needs_input_grad
+        dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
+        dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(dxa2.T, xs.reshape(T * B, -1), np.empty_like(w_ihs)) if need[2] else None
+        h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
+        dw_hh = mm(dhw2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
+        db_ih = add_rows_sum(dxa) if ctx.has_bias else None  # (3H,)
+        db_hh = add_rows_sum(dhw) if ctx.has_bias else None  # (3H,)
+        grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh)
+        return tuple(None if g is None else tensor(g) for g in grads) + (None, None)
+
+
+def run(spec, x, state, weights, steps, record):
+    """One GRU layer-direction; see gatelab.engines for the contract."""
+    (h0,) = state
+    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    if needs_grad(*inputs):
+        out, h_T, *rec = GRUFunction.apply(*inputs, steps, record)
+    else:  # inference: nothing saved, gates kept only when recorded
+        out, h_T, saved = _forward(arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih),
+                                   arr(b_hh), steps, keep=False, record=record)
+        out, h_T = tensor(out), tensor(h_T)
+        rec = [tensor(a) for a in saved[:3]] if record else []
+    gates = dict(zip(("r", "z", "n"), rec)) if record else None
+    return out, (h_T,), gates

@@ -1,0 +1,133 @@
+"""The fused plain RNN (tanh or ReLU): one layer-direction with hand-written BPTT.
+
+    h_t = φ(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),   φ = tanh or relu
+
+    xa = X W_ih^T + b_ih + b_hh for all steps is one GEMM; per step one GEMM and one pass.
+    Saved for backward: h only (φ' is read off h: 1 - h² for tanh, [h > 0] for relu).
+
+Backward: δa_t = (δout_t + δh_t) ⊙ φ'(h_t), δh_{t-1} = δa_t W_hh; then over all steps
+δW_ih = δA^T X, δW_hh = δA^T H_prev, δb = Σ δA, δX = δA W_ih.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch.autograd.function import once_differentiable
+
+from gatelab.engines._kernels import JIT, one, tanh
+from gatelab.engines.fused_common import (
+    add_rows_sum, arr, mm, needs_grad, previous, tensor)
+
+
+@njit(**JIT)
+def forward_step(t, n, relu, xa, hw, h_state, out):
+    """h_t = φ(xa[t] + hw) for rows [:n]: xa (T, B, H), hw (B, H), h_state (B, H),
+    out (T, B, H)."""
+    H = h_state.shape[1]
+    for b in range(n):
+        for j in range(H):
+            a = xa[t, b, j] + hw[b, j]
+            h = max(a, a - a) if relu else tanh(a)
+            out[t, b, j] = h
+            h_state[b, j] = h
+
+
+@njit(**JIT)
+def backward_step(t, n, relu, d_out, d_rec, dh_state, out, da):
+    """δa_t = (δout_t + δrecord_t + δh_t) ⊙ φ'(h_t) for rows [:n].
+
+    d_out (T, B, H); d_rec (Tg, B, H) δ of the recorded h (Tg = 0 when none);
+    dh_state (B, H) carried δh; out (T, B, H) saved h; da (T, B, H) out.
+    """
+    H = dh_state.shape[1]
+    has_dg = d_rec.shape[0] > 0
+    for b in range(n):
+        for j in range(H):
+            h = out[t, b, j]
+            dh = d_out[t, b, j] + dh_state[b, j]
+            if has_dg:
+                dh += d_rec[t, b, j]
+            if relu:
+                da[t, b, j] = dh if h > h - h else dh - dh
+            else:
+                da[t, b, j] = dh * (one(h) - h * h)
+
+
+def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
+    """The forward pass on arrays: out (T, B, H) and h_T."""
+    T, B, _ = x.shape  # (T, B, I)
+    H = h0.shape[1]
+    dt = x.dtype
+    packed = any(s.n < B for s in steps)
+    xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, H), dt))  # (T*B, H)
+    if bias is not None:
+        xa += bias
+    xa = xa.reshape(T, B, H)  # (T, B, H)
+    out = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
+    h_state = h0.copy()  # (B, H)
+    hw = np.empty((B, H), dt)  # (B, H)
+    w_hh_t = w_hh.T  # (H, H)
+    for t, n, _, _ in steps:
+        mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, H)
+        forward_step(t, n, relu, xa, hw, h_state, out)
+    return out, h_state
+
+
+class RNNFunction(torch.autograd.Function):
+    """One RNN layer-direction; outputs out, h_T and, with record, a copy of out as "h"."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, steps, relu, record):
+        xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
+        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)  # (H,)
+        out, h_T = _forward(xs, h0s, w_ihs, w_hhs, bias, steps, relu)
+        ctx.set_materialize_grads(False)
+        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out)
+        ctx.steps, ctx.relu, ctx.has_bias = steps, relu, b_ih is not None
+        outs = (tensor(out), tensor(h_T))
+        return outs + (tensor(out.copy()),) if record else outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT, *d_rec):
+        xs, h0s, w_ihs, w_hhs, out = ctx.arrays
+        steps = ctx.steps
+        T, B, _ = xs.shape  # (T, B, I)
+        H = h0s.shape[1]
+        dt = xs.dtype
+        d_out = np.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
+        dh_state = np.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
+        d_rec = arr(d_rec[0]) if d_rec and d_rec[0] is not None else np.zeros((0, B, H), dt)
+        packed = any(s.n < B for s in steps)
+        da = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
+        for t, n, _, _ in reversed(steps):
+            backward_step(t, n, ctx.relu, d_out, d_rec, dh_state, out, da)
+            mm(da[t, :n], w_hhs, dh_state[:n])  # (n, H) x (H, H)
+        need = ctx.needs_input_grad
+        da2 = da.reshape(T * B, H)  # (T*B, H)
+        dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(da2.T, xs.reshape(T * B, -1), np.empty_like(w_ihs)) if need[2] else None
+        h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
+        dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
+        db = add_rows_sum(da) if ctx.has_bias else None  # (H,)
+        grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
+        return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)
+
+
+def run(spec, x, state, weights, steps, record):
+    """One RNN layer-direction; see gatelab.engines for the contract."""
+    (h0,) = state
+    relu = spec.mode == "RNN_RELU"
+    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    if needs_grad(*inputs):
+        out, h_T, *rec = RNNFunction.apply(*inputs, steps, relu, record)
+    else:
+        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+        out, h_T = _forward(arr(x), arr(h0), arr(w_ih), arr(w_hh), bias, steps, relu)
+        out, h_T = tensor(out), tensor(h_T)
+        rec = [out.clone()] if record else []
+    return out, (h_T,), ({"h": rec[0]} if record else None)

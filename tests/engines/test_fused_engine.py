@@ -1,0 +1,168 @@
+"""The fused CPU engine equals torch.nn and the eager engine: outputs, final states and the
+gradient of every input and weight, for every option of one layer-direction (LSTM, GRU,
+RNN tanh/relu; reverse; packed; proj_size; bias=False; recorded gates), float64 to
+1e-10 and float32 to 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fused_seam import (batch_sizes_of, leaves, make_case, max_diffs, run_engine,
+                        run_torch, collect)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatelab.engines import CellSpec, eager, fused_cpu
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+# torch.nn warns that oneDNN has no projection and falls back to its own kernel: expected.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")
+LENGTHS = [5, 5, 3, 1]  # B = 4, T = 5: rows end at different steps, one after one step
+
+
+def check(mode, dtype, reverse=False, lengths=None, proj=0, bias=True, T=5, B=4, I=3, H=6,
+          seed=0):
+    x, state, w, g = make_case(mode, T, B, I, H, proj=proj, bias=bias, dtype=dtype,
+                               seed=seed, lengths=lengths)
+    spec = CellSpec(mode, I, H, proj_size=proj, bias=bias)
+    bs = None if lengths is None else batch_sizes_of(lengths, T)
+    assert fused_cpu.unsupported(spec, x, False) is None
+    ours = run_engine(fused_cpu, spec, x, state, w, g, batch_sizes=bs, reverse=reverse)
+    ref = run_torch(mode, x, state, w, g, proj=proj, bias=bias, lengths=lengths,
+                    reverse=reverse)
+    diffs = max_diffs(ours, ref)
+    assert set(diffs) == set(ref), "every output and gradient is compared"
+    bad = {k: v for k, v in diffs.items() if not v <= TOL[dtype]}
+    assert not bad, f"{mode} reverse={reverse} lengths={lengths}: {bad}"
+    if lengths is not None:  # padded positions of the output are zero
+        for b, n in enumerate(lengths):
+            assert not ours["out"][n:, b].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["dense", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_torch(mode, reverse, lengths, dtype):
+    check(mode, dtype, reverse, lengths)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["dense", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_lstm_projection_matches_torch(reverse, lengths, dtype):
+    check("LSTM", dtype, reverse, lengths, proj=4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_without_bias_matches_torch(mode):
+    check(mode, torch.float64, reverse=True, lengths=LENGTHS, bias=False)
+    if mode == "LSTM":
+        check(mode, torch.float64, lengths=LENGTHS, bias=False, proj=2)
+
+
+@settings(max_examples=12, deadline=None)
+@given(mode=st.sampled_from(MODES), reverse=st.booleans(), data=st.data(),
+       T=st.integers(1, 7), B=st.integers(1, 5), H=st.integers(1, 9), I=st.integers(1, 4))
+def test_random_shapes_and_lengths(mode, reverse, data, T, B, H, I):
+    lengths = sorted(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B)),
+                     reverse=True)
+    packed = data.draw(st.booleans())
+    check(mode, torch.float64, reverse, lengths if packed else None, T=T, B=B, I=I, H=H,
+          seed=T * 100 + B * 10 + H)
+
+
+def gate_case(mode, lengths, reverse, dtype, proj=0):
+    T, B, I, H = 5, 4, 3, 6
+    x, state, w, g = make_case(mode, T, B, I, H, proj=proj, dtype=dtype, lengths=lengths)
+    spec = CellSpec(mode, I, H, proj_size=proj)
+    gen = torch.Generator().manual_seed(7)
+    gate_grads = {name: torch.randn(T, B, H, generator=gen, dtype=dtype) for name in spec.gates}
+    bs = None if lengths is None else batch_sizes_of(lengths, T)
+    results = [run_engine(e, spec, x, state, w, g, batch_sizes=bs, reverse=reverse,
+                          record=True, gate_grads=gate_grads) for e in (fused_cpu, eager)]
+    return spec, results
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["dense", "packed"])
+@pytest.mark.parametrize("mode", MODES)
+def test_recorded_gates_and_their_gradients_match_eager(mode, lengths, dtype):
+    """The record holds the same gates as the eager engine, zero at padded positions, and
+    a loss on the gates backpropagates to the same gradients."""
+    for reverse in (False, True):
+        spec, (ours, ref) = gate_case(mode, lengths, reverse, dtype)
+        assert {k for k in ours if k.startswith("gate_")} == {f"gate_{k}" for k in spec.gates}
+        diffs = max_diffs(ours, ref)
+        bad = {k: v for k, v in diffs.items() if not v <= TOL[dtype]}
+        assert not bad, f"{mode} reverse={reverse}: {bad}"
+        if lengths is not None:
+            for b, n in enumerate(lengths):
+                assert all(not ours[f"gate_{k}"][n:, b].any() for k in spec.gates)
+
+
+def test_recorded_gates_with_projection_match_eager():
+    spec, (ours, ref) = gate_case("LSTM", LENGTHS, True, torch.float64, proj=2)
+    diffs = max_diffs(ours, ref)
+    assert max(diffs.values()) <= 1e-10, diffs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inference_equals_training_path(mode):
+    """Without autograd the engine saves nothing, and computes the same values."""
+    x, state, w, g = make_case(mode, 5, 4, 3, 6, lengths=LENGTHS)
+    spec = CellSpec(mode, 3, 6)
+    bs = batch_sizes_of(LENGTHS, 5)
+    with_grad = fused_cpu.run(spec, x, state, w, batch_sizes=bs, reverse=True, record=True)
+    with torch.inference_mode():
+        no_grad = fused_cpu.run(spec, x, state, w, batch_sizes=bs, reverse=True, record=True)
+    assert not no_grad[0].requires_grad
+    torch.testing.assert_close(no_grad[0], with_grad[0].detach(), rtol=0, atol=0)
+    for a, b in zip(no_grad[1], with_grad[1]):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    for k in spec.gates:
+        torch.testing.assert_close(no_grad[2][k], with_grad[2][k].detach(), rtol=0, atol=0)
+
+
+def test_gradients_only_for_what_requires_them():
+    """Weights alone requiring grad (a frozen input) give the same weight gradients."""
+    x, state, w, g = make_case("LSTM", 5, 4, 3, 6)
+    spec = CellSpec("LSTM", 3, 6)
+    full = run_engine(fused_cpu, spec, x, state, w, g)
+    x2 = x.detach()
+    state2 = tuple(s.detach() for s in state)
+    out, state_T, _ = fused_cpu.run(spec, x2, state2, w)
+    part = collect(out, state_T, g, dict(w))
+    for name in w:
+        torch.testing.assert_close(part[f"d_{name}"], full[f"d_{name}"], rtol=0, atol=0)
+
+
+def test_double_backward_is_refused_with_a_clear_error():
+    x, state, w, g = make_case("GRU", 3, 2, 3, 4)
+    out, _, _ = fused_cpu.run(CellSpec("GRU", 3, 4), x, state, w)
+    (dx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)  # a gradient penalty
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dx.sum().backward()
+
+
+def test_unsupported_says_why():
+    spec = CellSpec("LSTM", 3, 4)
+    assert fused_cpu.unsupported(spec, torch.zeros(2, 1, 3), False) is None
+    assert "float32" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, dtype=torch.bfloat16), False)
+    assert "CPU" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, device="meta"), False)
+    assert "variant" in fused_cpu.unsupported(CellSpec("LSTM", 3, 4, peephole=True),
+                                              torch.zeros(2, 1, 3), False)
+
+
+def test_stochastic_masks_are_refused():
+    x, state, w, _ = make_case("LSTM", 3, 2, 3, 4)
+    masks = {"zoneout_h": torch.zeros(3, 2, 4)}
+    with pytest.raises(ValueError, match="masks"):
+        fused_cpu.run(CellSpec("LSTM", 3, 4), x, state, w, masks=masks)
+
+
+def test_leaves_cover_every_input():
+    x, state, w, _ = make_case("LSTM", 3, 2, 3, 4, proj=2)
+    assert set(leaves(x, state, w)) == {"x", "state0", "state1", "weight_ih", "weight_hh",
+                                        "bias_ih", "bias_hh", "weight_hr"}
