@@ -1,0 +1,92 @@
+"""`gatelab experiment NAME [--out DIR] [--quick] [--seed N]`: reproduce one claim.
+
+Each experiment module provides `run(out, quick=False, seed=0, ...) -> dict`; it writes
+`results.json` and its PNG figures into `out` (default `runs/experiments/NAME`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from gatelab.errors import UsageError
+
+# name -> (module, one-line description)
+EXPERIMENTS = {
+    "gradient-flow": ("gatelab.experiments.gradient_flow", "‖∂ŷ_T/∂h_t‖ against distance, at init and after training"),
+    "adding": ("gatelab.experiments.adding", "the adding problem at T = 50, 100, 200"),
+    "copy": ("gatelab.experiments.copy_memory", "recall 10 symbols after a delay of 50 and 100 steps"),
+    "noise": ("gatelab.experiments.noise", "remember a flagged symbol among distractors; input-gate means"),
+    "cost": ("gatelab.experiments.cost", "parameters, FLOPs, time and memory per step across hidden sizes"),
+}
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 50,100,200, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `gatelab experiment`."""
+    lines = "\n".join(f"  {name:14s} {desc}" for name, (_, desc) in EXPERIMENTS.items())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "experiments:\n" + lines
+    parser.add_argument("name", metavar="NAME", help="one of: " + ", ".join(EXPERIMENTS))
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiments/NAME)")
+    parser.add_argument("--quick", action="store_true", help="a small version that runs in under 30 s")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="models trained at once, each in its own process with one torch thread "
+                        "(default: the number of cores; --quick: 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of this process, used by the cost timings (default 1)")
+    parser.add_argument("--lengths", type=_positive_ints, default=None,
+                        help="adding: sequence lengths, e.g. 50,100,200,400 (default 50,100,200)")
+    parser.add_argument("--delays", type=_positive_ints, default=None,
+                        help="copy: delays, e.g. 50,100 (default 50,100)")
+    parser.add_argument("--T", dest="T", type=int, default=None,
+                        help="gradient-flow: sequence length (default 100)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the named experiment and print where its results went and its summary."""
+    if args.name not in EXPERIMENTS:
+        raise UsageError(f"unknown experiment {args.name!r}; choose from {', '.join(EXPERIMENTS)}")
+    extra = {"adding": ("lengths",), "copy": ("delays",), "gradient-flow": ("T",)}.get(args.name, ())
+    for option in ("lengths", "delays", "T"):
+        if getattr(args, option) is not None and option not in extra:
+            raise UsageError(f"--{option} does not apply to the {args.name} experiment")
+    if args.T is not None and args.T < 2:
+        raise UsageError(f"--T must be at least 2, got {args.T}")
+    for option in ("jobs", "threads"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise UsageError(f"--{option} must be at least 1, got {getattr(args, option)}")
+    workers = args.jobs or (1 if args.quick else os.cpu_count() or 1)
+    out = args.out or Path("runs") / "experiments" / args.name
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    module = importlib.import_module(EXPERIMENTS[args.name][0])
+    options = {k: getattr(args, k) for k in extra if getattr(args, k) is not None}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    try:
+        results = module.run(out, quick=args.quick, seed=args.seed, workers=workers, **options)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    summary = results.get("summary") or {"all_params_match_formula": results.get("all_params_match_formula")}
+    print(json.dumps(summary, indent=1))
+    print(f"{args.name}: wrote {out / 'results.json'} and {', '.join(results['figures'])} in {seconds:.0f} s")
+    return 0

@@ -1,0 +1,158 @@
+"""`gatelab experiment cost`: what the gates cost in parameters, arithmetic, time and memory.
+
+Claim: an LSTM layer has four gates' worth of weights, G·(H·I + H·H + 2H) with G = 4 against
+the GRU's 3 and the plain RNN's 1, and pays about that ratio in arithmetic and time; the GRU
+exists to be cheaper.
+
+For each cell and hidden size H (input size I fixed):
+    params          counted from the module, and the closed form G·(H·I + H·H + 2H)
+    flops_per_step  multiply-adds counted as 2 FLOPs: the two matrix products 2·G·H·(I + H)
+                    per sequence, plus the element-wise work (`ELEMENTWISE` per hidden unit)
+    forward / train time per step: median wall time of a forward pass (no gradient) and of
+                    forward + backward, divided by T (per batch of B sequences)
+    memory          bytes of the parameters, and bytes of the tensors saved for backward in
+                    one training forward pass (autograd's saved tensors, counted with
+                    `torch.autograd.graph.saved_tensors_hooks`; the activation memory that
+                    dominates training on long sequences)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from gatelab.experiments.parallel import progress
+from gatelab.experiments.models import CELLS, GATE_ROWS, parameter_count, recurrent
+from gatelab.experiments.output import COLORS, pyplot, save_figure, write_results
+
+NAME = "cost"
+
+# element-wise FLOPs per hidden unit and step, beyond the matrix products (bias adds counted
+# with them): rnn tanh; gru 2 sigmoid + tanh, r ⊙ (.), +, (1 − z) n + z h; lstm 3 sigmoid +
+# 2 tanh, f ⊙ c + i ⊙ g, o ⊙ tanh(c). Activations count as 1.
+ELEMENTWISE = {"rnn": 3, "gru": 12, "lstm": 13}
+
+
+@dataclass(frozen=True)
+class CostRecipe:
+    """The shapes measured and how often."""
+
+    hidden_sizes: tuple = (32, 64, 128, 256, 512)
+    input_size: int = 64
+    T: int = 100
+    batch: int = 32
+    repeats: int = 5  # timed repetitions (median reported), after one warm-up
+
+
+RECIPE = CostRecipe()
+QUICK_RECIPE = CostRecipe(hidden_sizes=(8, 16), input_size=4, T=10, batch=4, repeats=2)
+
+
+def flops_per_step(cell: str, input_size: int, hidden_size: int) -> int:
+    """FLOPs of one step for one sequence: 2·G·H·(I + H) + 2·G·H bias adds + element-wise."""
+    G, H = GATE_ROWS[cell], hidden_size
+    return 2 * G * H * (input_size + H) + 2 * G * H + ELEMENTWISE[cell] * H
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward pass of `module`."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)[0].sum()
+    return total
+
+
+def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) -> dict:
+    """All numbers for one cell and hidden size."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        module = recurrent(cell, recipe.input_size, hidden)
+    x = torch.randn(recipe.T, recipe.batch, recipe.input_size, generator=gen)  # (T, B, I)
+    x_grad = x.clone().requires_grad_(True)
+
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def train():
+        module.zero_grad(set_to_none=True)
+        module(x_grad)[0].sum().backward()
+
+    counted = sum(p.numel() for p in module.parameters())
+    return {
+        "cell": cell,
+        "hidden": hidden,
+        "params": counted,
+        "params_formula": parameter_count(cell, recipe.input_size, hidden),
+        "flops_per_step": flops_per_step(cell, recipe.input_size, hidden),
+        "forward_us_per_step": 1e6 * _median_seconds(forward, recipe.repeats) / recipe.T,
+        "train_us_per_step": 1e6 * _median_seconds(train, recipe.repeats) / recipe.T,
+        "param_bytes": sum(p.numel() * p.element_size() for p in module.parameters()),
+        "saved_for_backward_bytes": saved_bytes(module, x_grad),
+    }
+
+
+def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict:
+    """Measure every cell at every hidden size, write results.json and cost.png; return the results.
+
+    Timings run one at a time in this process (with its torch threads); `workers` is unused.
+    """
+    recipe = QUICK_RECIPE if quick else RECIPE
+    gen = torch.Generator().manual_seed(seed)
+    jobs = [(cell, h) for h in recipe.hidden_sizes for cell in CELLS]
+    rows = [measure(cell, h, recipe, gen) for cell, h in progress(jobs, desc="cost")]
+    results = {
+        "experiment": NAME,
+        "quick": quick,
+        "seed": seed,
+        "recipe": asdict(recipe),
+        "formula": "params = G * (H*I + H*H + 2*H), G = rnn 1, gru 3, lstm 4",
+        "elementwise_flops_per_unit": ELEMENTWISE,
+        "all_params_match_formula": all(r["params"] == r["params_formula"] for r in rows),
+        "rows": rows,
+        "figures": ["cost.png"],
+    }
+    write_results(out, results)
+    draw(rows, recipe, out / "cost.png")
+    return results
+
+
+def draw(rows: list[dict], recipe: CostRecipe, path: Path) -> Path:
+    """Four log-log panels against H: parameters, FLOPs, training time per step, saved memory."""
+    plt = pyplot()
+    panels = [
+        ("params", "parameters"),
+        ("flops_per_step", "FLOPs per step (one sequence)"),
+        ("train_us_per_step", f"train time per step, µs (B = {recipe.batch})"),
+        ("saved_for_backward_bytes", f"saved for backward, bytes (T = {recipe.T})"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
+    for ax, (key, label) in zip(axes, panels):
+        for cell in CELLS:
+            mine = [r for r in rows if r["cell"] == cell]
+            ax.loglog([r["hidden"] for r in mine], [r[key] for r in mine], "o-", color=COLORS[cell], label=cell)
+        ax.set_xlabel("hidden size H")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
