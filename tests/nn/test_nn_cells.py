@@ -40,9 +40,10 @@ def _step(cell, x, hx, record, seed):
     arg = None if not hx else (hx if len(hx) == 2 else hx[0])
     result = cell(x, arg, return_gates=True) if record else cell(x, arg)
     gates = None
-    if record:
-        result, gates = result
-    state = result if isinstance(result, tuple) else (result,)
+    if record:  # one more element: (h, c, gates) or (h, gates)
+        *result, gates = result
+        assert isinstance(gates, dict)
+    state = tuple(result) if isinstance(result, (tuple, list)) else (result,)
     g = torch.Generator().manual_seed(seed)
     loss = sum((s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum() for s in state)
     grads = torch.autograd.grad(loss, [x, *hx, *cell.parameters()])
@@ -92,7 +93,7 @@ def test_a_cell_step_equals_a_one_step_lstm():
     cell, lstm = gnn.LSTMCell(3, 4, dtype=torch.float64), gnn.LSTM(3, 4, dtype=torch.float64)
     lstm.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
     x = torch.randn(2, 3, dtype=torch.float64)
-    (h, c), g = cell(x, return_gates=True)
+    h, c, g = cell(x, return_gates=True)
     _, (h_n, c_n), g_seq = lstm(x[None], return_gates=True)
     assert torch.equal(h, h_n[0]) and torch.equal(c, c_n[0])
     assert all(torch.equal(g[k], g_seq[k][0, 0]) for k in g)

@@ -120,7 +120,8 @@ class LSTMCell(RNNCellBase):
 
     forward(input, hx=None, *, return_gates=False):
         input (B, I) or (I,); hx optional (h_0, c_0), each (B, H) or (H,).
-        Returns (h_1, c_1), and with return_gates=True also dict f, i, g, o, c -> (B, H) or (H,).
+        Returns (h_1, c_1); with return_gates=True one more element,
+        (h_1, c_1, gates) with gates a dict f, i, g, o, c -> (B, H) or (H,).
     """
 
     _mode, _name = "LSTM", "LSTMCell"
@@ -132,7 +133,7 @@ class LSTMCell(RNNCellBase):
     def forward(self, input, hx=None, *, return_gates=False):
         (h, c), gates = self._step(input, None if hx is None else tuple(hx), return_gates,
                                    ("hx[0]", "hx[1]"))
-        return ((h, c), gates) if return_gates else (h, c)
+        return (h, c, gates) if return_gates else (h, c)
 
 
 class GRUCell(RNNCellBase):
