@@ -162,7 +162,8 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     for name, value in meta["scalars"].items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}  # JSON made the betas tuple a list
 
 
 def save_checkpoint(run_dir, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

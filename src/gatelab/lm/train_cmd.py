@@ -29,6 +29,8 @@ OPTIONS = {
     "--seq-len": ("train", "seq_len", int, "characters per window (BPTT length)"),
     "--batch-size": ("train", "batch_size", int, "windows per step"),
     "--lr": ("train", "lr", float, "peak learning rate (AdamW, warm-up then cosine decay)"),
+    "--warmup-steps": ("train", "warmup_steps", int, "steps of linear learning-rate warm-up"),
+    "--min-lr-ratio": ("train", "min_lr_ratio", float, "final learning rate / peak learning rate"),
     "--weight-decay": ("train", "weight_decay", float, "AdamW weight decay"),
     "--grad-clip": ("train", "grad_clip", float, "clip the gradient norm (0: off)"),
     "--val-fraction": ("train", "val_fraction", float, "held-out fraction at the end of the corpus"),
