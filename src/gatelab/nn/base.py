@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,31 @@ from torch.nn.utils.rnn import PackedSequence
 from gatelab import engines, gates as gate_record
 
 GATE_ROWS = engines.GATE_ROWS
+
+
+@dataclass
+class _Batch:
+    """The input as the engines take it, and what is needed to give it back.
+
+    x: (T, B, I) time-major, or (N, I) packed data when batch_sizes is set.
+    batch_sizes: None or T ints; index: (N,) packed row -> t*B + b; sorted_indices /
+    unsorted_indices: the PackedSequence's; batched: False for unbatched input;
+    hx: the initial states, (L*D, B, H_out) [, (L*D, B, H)], in the engines' batch order.
+    """
+
+    x: torch.Tensor
+    T: int
+    B: int
+    batch_sizes: list | None = None
+    index: torch.Tensor | None = None
+    sorted_indices: torch.Tensor | None = None
+    unsorted_indices: torch.Tensor | None = None
+    batched: bool = True
+    hx: tuple = ()
+
+    @property
+    def packed(self) -> bool:
+        return self.batch_sizes is not None
 
 
 class RNNBase(nn.Module):
@@ -156,21 +182,39 @@ class RNNBase(nn.Module):
 
         Returns (output, state tuple, gates or None) in the caller's layout.
         """
+        batch = self._time_major(input, hx)
+        out, state, records = self._run_layers(batch, return_gates)
+        gates = None
+        if return_gates:
+            gates = gate_record.arrange(gate_record.stack_layers(records, self._gate_names()),
+                                        unsorted_indices=batch.unsorted_indices,
+                                        batch_first=self.batch_first, batched=batch.batched)
+        if batch.packed:
+            output = PackedSequence(out, input.batch_sizes, batch.sorted_indices, batch.unsorted_indices)
+            if batch.unsorted_indices is not None:
+                state = tuple(s.index_select(1, batch.unsorted_indices) for s in state)
+            return output, state, gates
+        output = out.transpose(0, 1) if self.batch_first else out
+        if not batch.batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            state = tuple(s.squeeze(1) for s in state)
+        return output, state, gates
+
+    def _time_major(self, input, hx) -> _Batch:
+        """Check the input and the initial states as torch.nn does, and bring them to the
+        engines' layout: time-major, batched, initial states in sorted (packed) order."""
         lstm = self.mode == "LSTM"
         D = 2 if self.bidirectional else 1
-        L = self.num_layers
         H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
-        packed = isinstance(input, PackedSequence)
-        batched = True
-        if packed:
+        if isinstance(input, PackedSequence):
             data, batch_sizes_t, sorted_indices, unsorted_indices = input
             batch_sizes = [int(b) for b in batch_sizes_t]
             # torch.nn.LSTM skips its Python checks for packed input; its C++ core then
             # raises RuntimeError for a wrong dtype too (GRU and RNN raise ValueError)
             _check_input(self, data, expected_dim=2, dtype_error=RuntimeError if lstm else ValueError)
-            B, T = batch_sizes[0], len(batch_sizes)
-            index = _packed_index(batch_sizes, data.device)  # (N,)
-            layer_in = data  # (N, I)
+            batch = _Batch(x=data, T=len(batch_sizes), B=batch_sizes[0], batch_sizes=batch_sizes,
+                           index=_packed_index(batch_sizes, data.device), sorted_indices=sorted_indices,
+                           unsorted_indices=unsorted_indices)  # x: (N, I) packed data
         else:
             name = "RNN" if self.mode.startswith("RNN") else self.mode
             if input.dim() not in (2, 3):
@@ -181,62 +225,55 @@ class RNNBase(nn.Module):
                 input = input.unsqueeze(0 if self.batch_first else 1)
                 hx = None if hx is None else tuple(s.unsqueeze(1) for s in hx)
             _check_input(self, input, expected_dim=3)
-            layer_in = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
-            T, B = layer_in.shape[0], layer_in.shape[1]
-            if T == 0:
+            x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+            if x.shape[0] == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN, "
                                    f"got input of shape {tuple(input.shape)}")
-            batch_sizes = sorted_indices = unsorted_indices = None
-        sizes = [(L * D, B, H_out), (L * D, B, self.hidden_size)][: 2 if lstm else 1]
+            batch = _Batch(x=x, T=x.shape[0], B=x.shape[1], batched=batched)
+        sizes = [(self.num_layers * D, batch.B, H_out), (self.num_layers * D, batch.B, self.hidden_size)]
+        sizes = sizes[: 2 if lstm else 1]
         if hx is None:
-            dtype, device = layer_in.dtype, layer_in.device
-            hx = tuple(torch.zeros(s, dtype=dtype, device=device) for s in sizes)
+            hx = tuple(torch.zeros(s, dtype=batch.x.dtype, device=batch.x.device) for s in sizes)
         else:
             for k, (s, size) in enumerate(zip(hx, sizes)):
                 if tuple(s.shape) != size:
                     which = f"hidden[{k}]" if lstm else "hidden"
                     raise RuntimeError(f"Expected {which} size {size}, got {list(s.shape)}")
-            if sorted_indices is not None:
-                hx = tuple(s.index_select(1, sorted_indices) for s in hx)
+            if batch.sorted_indices is not None:
+                hx = tuple(s.index_select(1, batch.sorted_indices) for s in hx)
+        batch.hx = hx  # (L*D, B, H_out) [, (L*D, B, H)]
+        return batch
 
-        final, records = [[] for _ in hx], []
-        for layer in range(L):
-            x = _pad(layer_in, index, T, B) if packed else layer_in  # (T, B, I_k)
+    def _run_layers(self, batch: _Batch, record: bool):
+        """Every layer and direction through its engine, dropout between layers.
+
+        Returns (output (T, B, D*H_out) or packed data (N, D*H_out), final states
+        (L*D, B, *), the engines' gate records in the order layer * D + direction).
+        """
+        D = 2 if self.bidirectional else 1
+        layer_in, final, records = batch.x, [[] for _ in batch.hx], []
+        for layer in range(self.num_layers):
+            x = _pad(layer_in, batch.index, batch.T, batch.B) if batch.packed else layer_in  # (T, B, I_k)
             spec = self._cell_spec(layer)
             outs = []
             for direction in range(D):
                 k = layer * D + direction
-                engine = engines.select(self.backend, spec, x, return_gates)
-                out, state_T, g = engine.run(
-                    spec, x, tuple(s[k] for s in hx), self._layer_weights(layer, direction),
-                    batch_sizes=batch_sizes, reverse=direction == 1, record=return_gates,
+                engine = engines.select(self.backend, spec, x, record)
+                out, state_T, gates = engine.run(
+                    spec, x, tuple(s[k] for s in batch.hx), self._layer_weights(layer, direction),
+                    batch_sizes=batch.batch_sizes, reverse=direction == 1, record=record,
                     training=self.training, masks=self._layer_masks(layer, direction, x))
                 outs.append(out)  # (T, B, H_out)
                 for acc, s in zip(final, state_T):
                     acc.append(s)
-                records.append(g)
+                records.append(gates)
             layer_out = outs[0] if D == 1 else torch.cat(outs, dim=2)  # (T, B, D*H_out)
-            if packed:
-                layer_out = _pack(layer_out, index)  # (N, D*H_out)
-            if self.dropout > 0 and self.training and layer < L - 1:
+            if batch.packed:
+                layer_out = _pack(layer_out, batch.index)  # (N, D*H_out), as torch.nn drops out packed data
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_out = F.dropout(layer_out, self.dropout, training=True)
             layer_in = layer_out
-        state = tuple(torch.stack(acc, 0) for acc in final)  # (L*D, B, H_out | H)
-        gates = None
-        if return_gates:
-            gates = gate_record.arrange(gate_record.stack_layers(records, self._gate_names()),
-                                        unsorted_indices=unsorted_indices,
-                                        batch_first=self.batch_first, batched=batched)
-        if packed:
-            output = PackedSequence(layer_in, batch_sizes_t, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                state = tuple(s.index_select(1, unsorted_indices) for s in state)
-            return output, state, gates
-        output = layer_in.transpose(0, 1) if self.batch_first else layer_in
-        if not batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            state = tuple(s.squeeze(1) for s in state)
-        return output, state, gates
+        return layer_in, tuple(torch.stack(acc, 0) for acc in final), records
 
     def _gate_names(self):
         return gate_record.GATE_NAMES[self.mode]
