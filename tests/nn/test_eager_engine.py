@@ -151,4 +151,5 @@ def test_auto_falls_back_to_eager_and_says_why(monkeypatch, caplog):
     with caplog.at_level(logging.DEBUG, logger="gatelab.engines"):
         out, _ = auto(x)
     assert "backend auto: not fused (declined in this test)" in caplog.text
+    assert "GRU layer 0: eager engine (backend='auto')" in caplog.text
     assert torch.equal(out, explicit(x)[0])

@@ -259,6 +259,9 @@ class RNNBase(nn.Module):
             for direction in range(D):
                 k = layer * D + direction
                 engine = engines.select(self.backend, spec, x, record)
+                if direction == 0:
+                    engines.log.debug("%s layer %d: %s engine (backend=%r)", self.mode, layer,
+                                      engine.NAME, self.backend)
                 out, state_T, gates = engine.run(
                     spec, x, tuple(s[k] for s in batch.hx), self._layer_weights(layer, direction),
                     batch_sizes=batch.batch_sizes, reverse=direction == 1, record=record,
