@@ -40,19 +40,22 @@ def forward_step(t, n, ta, xa, hw, b_hn, h_state, gr, gz, gn, hn_seq, out):
     out (T, B, H) written at t.
     """
     H = h_state.shape[1]
-    for b in range(n):
+    for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
+        x_r, x_z, x_n = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:]  # (H,)
+        h_r, h_z, h_n = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:]  # (H,)
+        h_, r_, z_, n_, hn_, out_ = h_state[b], gr[ta, b], gz[ta, b], gn[ta, b], hn_seq[ta, b], out[t, b]
         for j in range(H):
-            r = sigmoid(xa[t, b, j] + hw[b, j])
-            z = sigmoid(xa[t, b, H + j] + hw[b, H + j])
-            hn = hw[b, 2 * H + j] + b_hn[j]
-            nn = tanh(xa[t, b, 2 * H + j] + r * hn)
-            h = (one(z) - z) * nn + z * h_state[b, j]
-            gr[ta, b, j] = r
-            gz[ta, b, j] = z
-            gn[ta, b, j] = nn
-            hn_seq[ta, b, j] = hn
-            out[t, b, j] = h
-            h_state[b, j] = h
+            r = sigmoid(x_r[j] + h_r[j])
+            z = sigmoid(x_z[j] + h_z[j])
+            hn = h_n[j] + b_hn[j]
+            nn = tanh(x_n[j] + r * hn)
+            h = (one(z) - z) * nn + z * h_[j]
+            r_[j] = r
+            z_[j] = z
+            n_[j] = nn
+            hn_[j] = hn
+            out_[j] = h
+            h_[j] = h
 
 
 @njit(**JIT)
@@ -67,32 +70,36 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
     """
     H = dh_state.shape[1]
     has_dg = dgates.shape[1] > 0
-    for b in range(n):
+    for b in range(n):  # 1-D row views keep the inner loops simple enough to vectorise
+        r_, z_, n_, hn_, do_, dh_ = gr[t, b], gz[t, b], gn[t, b], hn_seq[t, b], d_out[t, b], dh_state[b]
+        hp_ = out[tp, b] if b < n_prev else h0[b]  # (H,) h_{t-1}
+        dx_r, dx_z, dx_n = dxa[t, b, :H], dxa[t, b, H:2 * H], dxa[t, b, 2 * H:]  # (H,)
+        dw_r, dw_z, dw_n = dhw[t, b, :H], dhw[t, b, H:2 * H], dhw[t, b, 2 * H:]  # (H,)
         for j in range(H):
-            r = gr[t, b, j]
-            z = gz[t, b, j]
-            nn = gn[t, b, j]
-            hn = hn_seq[t, b, j]
-            h_prev = out[tp, b, j] if b < n_prev else h0[b, j]
-            dh = d_out[t, b, j] + dh_state[b, j]
-            dn = dh * (one(z) - z)
-            dz = dh * (h_prev - nn)
-            if has_dg:
-                dn += dgates[2, t, b, j]
-                dz += dgates[1, t, b, j]
-            dan = dn * (one(nn) - nn * nn)
-            dr = dan * hn
-            if has_dg:
-                dr += dgates[0, t, b, j]
-            dar = dr * r * (one(r) - r)
-            daz = dz * z * (one(z) - z)
-            dxa[t, b, j] = dar
-            dxa[t, b, H + j] = daz
-            dxa[t, b, 2 * H + j] = dan
-            dhw[t, b, j] = dar
-            dhw[t, b, H + j] = daz
-            dhw[t, b, 2 * H + j] = dan * r
-            dh_state[b, j] = dh * z
+            r, z, nn, hn = r_[j], z_[j], n_[j], hn_[j]
+            dh = do_[j] + dh_[j]
+            dan = dh * (one(z) - z) * (one(nn) - nn * nn)  # δa_n = δh (1 - z)(1 - n²)
+            dar = dan * hn * r * (one(r) - r)  # δa_r = δa_n hn r (1 - r)
+            daz = dh * (hp_[j] - nn) * z * (one(z) - z)  # δa_z = δh (h_{t-1} - n) z (1 - z)
+            dx_r[j] = dar
+            dx_z[j] = daz
+            dx_n[j] = dan
+            dw_r[j] = dar
+            dw_z[j] = daz
+            dw_n[j] = dan * r
+            dh_[j] = dh * z
+        if has_dg:  # the recorded r z n: δn joins before tanh', δr after, δz after
+            dgr, dgz, dgn = dgates[0, t, b], dgates[1, t, b], dgates[2, t, b]  # (H,)
+            for j in range(H):
+                r, z, nn, hn = r_[j], z_[j], n_[j], hn_[j]
+                dan = dgn[j] * (one(nn) - nn * nn)
+                dar = (dan * hn + dgr[j]) * r * (one(r) - r)
+                dx_r[j] += dar
+                dx_z[j] += dgz[j] * z * (one(z) - z)
+                dx_n[j] += dan
+                dw_r[j] += dar
+                dw_z[j] += dgz[j] * z * (one(z) - z)
+                dw_n[j] += dan * r
 
 
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):

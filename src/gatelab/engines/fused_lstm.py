@@ -44,22 +44,26 @@ def forward_step(t, n, ta, xa, hw, c_state, gi, gf, gg, go, c_seq, m_seq, m_stat
     """
     H = c_state.shape[1]
     tm = t if m_seq.shape[0] > 1 else 0
-    for b in range(n):
+    for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
+        x_i, x_f, x_g, x_o = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:3 * H], xa[t, b, 3 * H:]
+        h_i, h_f, h_g, h_o = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:3 * H], hw[b, 3 * H:]
+        c_, i_, f_, g_, o_ = c_state[b], gi[ta, b], gf[ta, b], gg[ta, b], go[ta, b]  # (H,)
+        cs_, ms_, m_ = c_seq[ta, b], m_seq[tm, b], m_state[b]  # (H,)
         for j in range(H):
-            i = sigmoid(xa[t, b, j] + hw[b, j])
-            f = sigmoid(xa[t, b, H + j] + hw[b, H + j])
-            g = tanh(xa[t, b, 2 * H + j] + hw[b, 2 * H + j])
-            o = sigmoid(xa[t, b, 3 * H + j] + hw[b, 3 * H + j])
-            c = f * c_state[b, j] + i * g
+            i = sigmoid(x_i[j] + h_i[j])
+            f = sigmoid(x_f[j] + h_f[j])
+            g = tanh(x_g[j] + h_g[j])
+            o = sigmoid(x_o[j] + h_o[j])
+            c = f * c_[j] + i * g
             m = o * tanh(c)
-            c_state[b, j] = c
-            gi[ta, b, j] = i
-            gf[ta, b, j] = f
-            gg[ta, b, j] = g
-            go[ta, b, j] = o
-            c_seq[ta, b, j] = c
-            m_seq[tm, b, j] = m
-            m_state[b, j] = m
+            c_[j] = c
+            i_[j] = i
+            f_[j] = f
+            g_[j] = g
+            o_[j] = o
+            cs_[j] = c
+            ms_[j] = m
+            m_[j] = m
 
 
 @njit(**JIT)
@@ -76,31 +80,33 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
     H = dc_state.shape[1]
     tm = t if dm_seq.shape[0] > 1 else 0
     has_dg = dgates.shape[1] > 0
-    for b in range(n):
+    for b in range(n):  # 1-D row views keep the inner loops simple enough to vectorise
         i_, f_, g_, o_, c_ = gi[t, b], gf[t, b], gg[t, b], go[t, b], c_seq[t, b]  # (H,)
         cp_ = c_seq[tp, b] if b < n_prev else c0[b]  # (H,) c_{t-1}
         dm_, dh_, dc_ = dm_seq[tm, b], dh_state[b], dc_state[b]  # (H,)
-        da_ = da[t, b]  # (4H,)
-        if has_dg:  # the recorded gates' gradients join first
+        da_i, da_f, da_g, da_o = da[t, b, :H], da[t, b, H:2 * H], da[t, b, 2 * H:3 * H], da[t, b, 3 * H:]
+        if has_dg:  # the recorded c joins the carried δc
+            dgc = dgates[4, t, b]  # (H,)
             for j in range(H):
-                dc_[j] += dgates[4, t, b, j]
+                dc_[j] += dgc[j]
         for j in range(H):
             i, f, g, o = i_[j], f_[j], g_[j], o_[j]
             dm = dm_[j] + dh_[j]
             tc = tanh(c_[j])
             dc = dc_[j] + dm * o * (one(tc) - tc * tc)
             dc_[j] = dc * f
-            da_[j] = dc * g * i * (one(i) - i)  # δa_i = δc g i (1 - i)
-            da_[H + j] = dc * cp_[j] * f * (one(f) - f)  # δa_f = δc c_{t-1} f (1 - f)
-            da_[2 * H + j] = dc * i * (one(g) - g * g)  # δa_g = δc i (1 - g²)
-            da_[3 * H + j] = dm * tc * o * (one(o) - o)  # δa_o = δm tanh(c) o (1 - o)
+            da_i[j] = dc * g * i * (one(i) - i)  # δa_i = δc g i (1 - i)
+            da_f[j] = dc * cp_[j] * f * (one(f) - f)  # δa_f = δc c_{t-1} f (1 - f)
+            da_g[j] = dc * i * (one(g) - g * g)  # δa_g = δc i (1 - g²)
+            da_o[j] = dm * tc * o * (one(o) - o)  # δa_o = δm tanh(c) o (1 - o)
         if has_dg:  # the recorded f i g o, through their activations
+            dgf, dgi, dgg, dgo = dgates[0, t, b], dgates[1, t, b], dgates[2, t, b], dgates[3, t, b]
             for j in range(H):
                 i, f, g, o = i_[j], f_[j], g_[j], o_[j]
-                da_[j] += dgates[1, t, b, j] * i * (one(i) - i)
-                da_[H + j] += dgates[0, t, b, j] * f * (one(f) - f)
-                da_[2 * H + j] += dgates[2, t, b, j] * (one(g) - g * g)
-                da_[3 * H + j] += dgates[3, t, b, j] * o * (one(o) - o)
+                da_i[j] += dgi[j] * i * (one(i) - i)
+                da_f[j] += dgf[j] * f * (one(f) - f)
+                da_g[j] += dgg[j] * (one(g) - g * g)
+                da_o[j] += dgo[j] * o * (one(o) - o)
 
 
 def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):

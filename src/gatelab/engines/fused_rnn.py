@@ -26,12 +26,19 @@ def forward_step(t, n, relu, xa, hw, h_state, out):
     """h_t = φ(xa[t] + hw) for rows [:n]: xa (T, B, H), hw (B, H), h_state (B, H),
     out (T, B, H)."""
     H = h_state.shape[1]
-    for b in range(n):
-        for j in range(H):
-            a = xa[t, b, j] + hw[b, j]
-            h = max(a, a - a) if relu else tanh(a)
-            out[t, b, j] = h
-            h_state[b, j] = h
+    for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
+        xa_, hw_, h_, out_ = xa[t, b], hw[b], h_state[b], out[t, b]  # (H,)
+        if relu:
+            for j in range(H):
+                a = xa_[j] + hw_[j]
+                h = max(a, a - a)
+                out_[j] = h
+                h_[j] = h
+        else:
+            for j in range(H):
+                h = tanh(xa_[j] + hw_[j])
+                out_[j] = h
+                h_[j] = h
 
 
 @njit(**JIT)
@@ -43,16 +50,20 @@ def backward_step(t, n, relu, d_out, d_rec, dh_state, out, da):
     """
     H = dh_state.shape[1]
     has_dg = d_rec.shape[0] > 0
-    for b in range(n):
-        for j in range(H):
-            h = out[t, b, j]
-            dh = d_out[t, b, j] + dh_state[b, j]
-            if has_dg:
-                dh += d_rec[t, b, j]
-            if relu:
-                da[t, b, j] = dh if h > h - h else dh - dh
-            else:
-                da[t, b, j] = dh * (one(h) - h * h)
+    for b in range(n):  # 1-D row views keep the inner loops simple enough to vectorise
+        h_, do_, dh_, da_ = out[t, b], d_out[t, b], dh_state[b], da[t, b]  # (H,)
+        if has_dg:
+            dr_ = d_rec[t, b]  # (H,)
+            for j in range(H):
+                dh_[j] += dr_[j]
+        if relu:
+            for j in range(H):
+                dh = do_[j] + dh_[j]
+                da_[j] = dh if h_[j] > h_[j] - h_[j] else dh - dh
+        else:
+            for j in range(H):
+                h = h_[j]
+                da_[j] = (do_[j] + dh_[j]) * (one(h) - h * h)
 
 
 def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
