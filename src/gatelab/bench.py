@@ -1,0 +1,232 @@
+"""`gatelab bench`: time gatelab.nn against torch.nn on this machine.
+
+For each cell (LSTM, GRU), shape (T, B, I, H) and kind, one process runs the contenders
+round-robin (torch, gatelab, gatelab with return_gates=True, torch, ...) after warm-up and
+reports the median of the repeats:
+
+    inference   forward under torch.inference_mode()
+    training    forward + backward of a fixed random projection of the output, with x,
+                h0 and every weight requiring grad (the general case of a stacked layer)
+
+FLOPs count the GEMMs only: forward 2·T·B·G·H·(I + H) with G = 4 (LSTM) or 3 (GRU);
+training three times that (forward, δx/δh, δW). "of peak" divides by the large-GEMM
+GFLOP/s measured in the same run (the better of NumPy/OpenBLAS and torch on 2048³
+float32). Threads: torch's intra-op pool and NumPy's OpenBLAS pool, both reported;
+`--threads N` sets both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import time
+
+from gatelab.errors import UsageError
+
+SHAPES = [(100, 32, 128, 256), (128, 64, 256, 256), (256, 32, 512, 512), (100, 1, 128, 256),
+          (50, 16, 64, 128)]
+QUICK_SHAPES = [(20, 4, 16, 32)]
+KINDS = ("inference", "training")
+CELLS = ("LSTM", "GRU")
+GATE_ROWS = {"LSTM": 4, "GRU": 3}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cells", default="LSTM,GRU", help="comma-separated: LSTM,GRU")
+    parser.add_argument("--shapes", default=None,
+                        help="semicolon-separated T,B,I,H shapes (default: the five of issue 4)")
+    parser.add_argument("--kinds", default="inference,training",
+                        help="comma-separated: inference,training")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per contender (>= 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--no-gates", action="store_true", help="skip the return_gates=True runs")
+    parser.add_argument("--backend", default="auto", help="gatelab backend (auto|fused|eager)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="set torch's and OpenBLAS's thread count (default: leave both)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: one small shape, 3 repeats, 1 warm-up")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write every number here")
+
+
+def _parse_shapes(text):
+    try:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in text.split(";") if s.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 4 or min(s) < 1 for s in shapes):
+        raise UsageError(f"--shapes wants T,B,I,H;T,B,I,H... of positive ints, got {text!r}")
+    return shapes
+
+
+def _openblas():
+    """NumPy's OpenBLAS library (ctypes), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.lower() and "/" in ln})
+    except OSError:
+        return None
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    return get, put
+    return None
+
+
+def machine_info(torch, numpy) -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    blas = _openblas()
+    import numba
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "numba": numba.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "openblas_threads": blas[0]() if blas else None,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def gemm_peak(torch, numpy, n=2048, repeats=5) -> dict:
+    """Large-GEMM GFLOP/s (float32, n³) of NumPy/OpenBLAS and of torch, median of repeats."""
+    a = numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32)
+    out = numpy.empty_like(a)
+    ta, tout = torch.from_numpy(a), torch.from_numpy(out)
+    runs = {"numpy": lambda: numpy.matmul(a, a, out=out), "torch": lambda: torch.mm(ta, ta, out=tout)}
+    times = _round_robin(runs, warmup=1, repeats=repeats)
+    return {k: 2 * n ** 3 / statistics.median(v) / 1e9 for k, v in times.items()}
+
+
+def _round_robin(runs: dict, warmup: int, repeats: int) -> dict:
+    for f in runs.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, f in runs.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _contenders(torch, gnn, cell, shape, kind, backend, dtype, gates):
+    """name -> a function running one forward (inference) or forward + backward."""
+    T, B, I, H = shape
+    gen = torch.Generator().manual_seed(0)
+    ref = getattr(torch.nn, cell)(I, H, dtype=dtype)
+    ours = getattr(gnn, cell)(I, H, dtype=dtype, backend=backend)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype)
+    h0 = torch.zeros(1, B, H, dtype=dtype)
+    state = (h0, h0.clone()) if cell == "LSTM" else h0
+    grad = torch.randn(T, B, H, generator=gen, dtype=dtype)
+
+    def inference(module, **kw):
+        def f():
+            with torch.inference_mode():
+                module(x, state, **kw)
+        return f
+
+    def training(module, **kw):
+        xg = x.clone().requires_grad_()
+        sg = tuple(s.clone().requires_grad_() for s in state) if cell == "LSTM" else state.clone().requires_grad_()
+
+        def f():
+            module.zero_grad(set_to_none=True)
+            xg.grad = None
+            out = module(xg, sg, **kw)[0]
+            out.backward(grad)
+        return f
+
+    make = inference if kind == "inference" else training
+    runs = {"torch": make(ref), "gatelab": make(ours)}
+    if gates:
+        runs["gatelab+gates"] = make(ours, return_gates=True)
+    return runs
+
+
+def run(args) -> int:
+    import numpy
+    import torch
+
+    import gatelab.nn as gnn
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+        blas = _openblas()
+        if blas:
+            blas[1](args.threads)
+    cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not cells or any(c not in CELLS for c in cells):
+        raise UsageError(f"--cells takes {','.join(CELLS)}, got {args.cells!r}")
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise UsageError(f"--kinds takes {','.join(KINDS)}, got {args.kinds!r}")
+    shapes = QUICK_SHAPES if args.quick and args.shapes is None else (
+        _parse_shapes(args.shapes) if args.shapes else SHAPES)
+    repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
+    if repeats < 1 or warmup < 0:
+        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    dtype = getattr(torch, args.dtype)
+
+    info = machine_info(torch, numpy)
+    peak = gemm_peak(torch, numpy, n=512 if args.quick else 2048, repeats=3 if args.quick else 5)
+    best = max(peak.values())
+    print(f"gatelab bench: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
+          f"({info['torch_threads']} threads), OpenBLAS threads {info['openblas_threads']}, "
+          f"numba {info['numba']}; backend={args.backend}, {args.dtype}, "
+          f"median of {repeats} after {warmup} warm-up")
+    print("large GEMM (float32): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    head = (f"{'cell':5} {'T,B,I,H':>16} {'kind':9} {'torch ms':>9} {'gatelab ms':>10} "
+            f"{'speed-up':>8} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>7} {'gates ms':>9} "
+            f"{'gates +':>7}")
+    print(head)
+    results = []
+    for cell in cells:
+        for shape in shapes:
+            T, B, I, H = shape
+            fwd_flops = 2 * T * B * GATE_ROWS[cell] * H * (I + H)
+            for kind in kinds:
+                runs = _contenders(torch, gnn, cell, shape, kind, args.backend, dtype,
+                                   gates=not args.no_gates)
+                times = _round_robin(runs, warmup, repeats)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                flops = fwd_flops * (3 if kind == "training" else 1)
+                row = {"cell": cell, "shape": list(shape), "kind": kind, "flops": flops,
+                       "times_s": times, "median_s": med,
+                       "speedup": med["torch"] / med["gatelab"],
+                       "tokens_per_s": T * B / med["gatelab"],
+                       "gflops": flops / med["gatelab"] / 1e9,
+                       "torch_gflops": flops / med["torch"] / 1e9,
+                       "fraction_of_peak": flops / med["gatelab"] / 1e9 / best}
+                gates = ""
+                if "gatelab+gates" in med:
+                    row["gates_overhead"] = med["gatelab+gates"] / med["gatelab"] - 1
+                    gates = f"{med['gatelab+gates'] * 1e3:9.2f} {row['gates_overhead']:+7.0%}"
+                results.append(row)
+                print(f"{cell:5} {','.join(map(str, shape)):>16} {kind:9} "
+                      f"{med['torch'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} "
+                      f"{row['speedup']:8.2f} {row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
+                      f"{row['fraction_of_peak']:7.0%} {gates}", flush=True)
+    if args.json:
+        report = {"machine": info, "gemm_peak_gflops": peak, "backend": args.backend,
+                  "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
+                  "results": results}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
