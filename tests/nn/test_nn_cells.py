@@ -51,7 +51,7 @@ def _step(cell, x, hx, record, seed):
 
 
 @pytest.mark.parametrize("backend", backend_params())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=cases())
 def test_cells_match_torch_and_record_the_reference_gates(backend, case):
     torch.manual_seed(case["seed"])

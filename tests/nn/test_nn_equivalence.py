@@ -96,7 +96,7 @@ def _close(a, b, tol, what):
 # torch.nn's own notice that its float32 oneDNN path has no projection: not ours to fix
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("backend", backend_params())
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(case=cases())
 def test_same_outputs_states_and_gradients_as_torch(backend, case):
     with warnings.catch_warnings():

@@ -37,7 +37,7 @@ def cases(draw):
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("backend", backend_params())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=cases())
 def test_recorded_gates_equal_the_reference(backend, case):
     kw, T, B, dtype = case["kw"], case["T"], case["B"], case["kw"]["dtype"]
