@@ -107,3 +107,17 @@ def test_gates_keep_the_autograd_graph_with_the_eager_engine():
     _, _, g = lstm(torch.randn(4, 1, 2), return_gates=True)
     g["f"].sum().backward()
     assert lstm.weight_hh_l0.grad is not None and lstm.weight_hh_l0.grad.abs().sum() > 0
+
+
+def test_summary_averages_only_the_real_steps():
+    from gatelab.gates import summary
+
+    lstm = gnn.LSTM(2, 3, num_layers=2, dtype=torch.float64)
+    lengths = [4, 2]
+    packed = pack_padded_sequence(torch.randn(4, 2, 2, dtype=torch.float64), lengths)
+    _, _, g = lstm(packed, return_gates=True)  # (L, T, B, H), zeros at padded steps
+    means = summary(g, lengths)
+    for name, v in g.items():
+        real = torch.cat([v[:, :4, 0], v[:, :2, 1]], dim=1)  # (L, 6, H): the real steps only
+        torch.testing.assert_close(means[name], real.mean(dim=(1, 2)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(summary(g)["f"], g["f"].mean(dim=(1, 2, 3)), rtol=0, atol=0)
