@@ -8,8 +8,9 @@ A plain `dict` from gate name to tensor:
 
 Every tensor has shape `(num_layers * num_directions, T, B, H)`, index `layer * D + direction`
 like torch.nn's h_n; with batch_first `(L*D, B, T, H)`; for unbatched input `(L*D, T, H)`;
-for a single cell step `(B, H)` or `(H,)`. For packed input the batch is in the original
-(unsorted) order of the sequences and the padded steps are zero.
+for a single cell step `(B, H)` or `(H,)`. For packed input the layout is that of
+`pad_packed_sequence(output, batch_first=module.batch_first)`: T is the longest sequence,
+the batch is in the original (unsorted) order of the sequences, the padded steps are zero.
 
 The tensors are part of the autograd graph (not detached) when the engine records them
 with autograd (the eager engine); recording never changes any output or gradient.
