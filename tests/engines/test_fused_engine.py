@@ -166,3 +166,38 @@ def test_leaves_cover_every_input():
     x, state, w, _ = make_case("LSTM", 3, 2, 3, 4, proj=2)
     assert set(leaves(x, state, w)) == {"x", "state0", "state1", "weight_ih", "weight_hh",
                                         "bias_ih", "bias_hh", "weight_hr"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_python_loop_fallback_matches_torch(mode, monkeypatch):
+    """The time loop driven from Python with NumPy's matmul (used where NumPy's BLAS has
+    no CBLAS symbols to bind) gives the same results."""
+    from gatelab.engines import fused_common
+
+    monkeypatch.setattr(fused_common, "LOOP", "python")
+    assert not fused_common.numba_loop()
+    check(mode, torch.float64, reverse=True, lengths=LENGTHS)
+    check(mode, torch.float64)
+    if mode == "LSTM":
+        check(mode, torch.float64, lengths=LENGTHS, proj=3)
+        spec, (ours, ref) = gate_case(mode, LENGTHS, False, torch.float64)
+        assert max(max_diffs(ours, ref).values()) <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_from_numba_equals_numpy(dtype):
+    import numpy as np
+
+    from gatelab.engines import _kernels_blas
+
+    if not _kernels_blas.bind():
+        pytest.skip("NumPy's BLAS has no CBLAS symbols here; the Python loop runs instead")
+    r = np.random.default_rng(0)
+    a, w = r.random((5, 7)).astype(dtype), r.random((9, 7)).astype(dtype)
+    c = r.random((6, 9)).astype(dtype)
+    expected = a[:4] @ w.T + c[:4]
+    _kernels_blas.gemm_check(a[:4], w, c[:4], True, 1.0)  # c = a w^T + c on a row prefix
+    np.testing.assert_allclose(c[:4], expected, rtol=1e-6)
+    b = r.random((7, 9)).astype(dtype)
+    _kernels_blas.gemm_check(a, b, c[:5], False, 0.0)  # c = a b
+    np.testing.assert_allclose(c[:5], a @ b, rtol=1e-6)

@@ -8,8 +8,11 @@ row prefix `[:n]`: rows beyond it keep their state untouched. This one rule give
 directions of a packed sequence: forward, a row that has ended keeps its final state;
 reverse (t = T-1 .. 0), a row that has not started yet still holds the initial state.
 
-GEMMs run through NumPy (OpenBLAS): on this machine it is faster than torch's MKL for
-both the large input projection and the small per-step product (benchmarks/gemm.md).
+GEMMs run through NumPy's OpenBLAS: on this machine it is faster than torch's MKL for
+both the large input projection and the small per-step product (benchmarks/README.md).
+The time loop itself runs inside numba (`LOOP = "numba"`), calling the same OpenBLAS
+through `_kernels_blas`, so a step costs no Python; `LOOP = "python"` (or a NumPy without
+OpenBLAS's CBLAS symbols) runs the same steps from Python with NumPy's matmul.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from gatelab.engines import _kernels_blas
+
+LOOP = "numba"  # "numba" | "python": who drives the time loop (see the module docstring)
 
 class Step(NamedTuple):
     """One step of the recurrence in processing order.
@@ -45,6 +51,16 @@ def schedule(T: int, B: int, batch_sizes, reverse: bool) -> list[Step]:
         steps.append(Step(t, n, tp, n_prev))
         tp = t
     return steps
+
+
+def numba_loop() -> bool:
+    """True when the time loop runs in numba (OpenBLAS bound), False for the Python loop."""
+    return LOOP == "numba" and _kernels_blas.bind()
+
+
+def steps_array(steps: list[Step]) -> np.ndarray:
+    """The schedule as an (S, 4) int64 array of (t, n, tp, n_prev) for numba."""
+    return np.asarray(steps, dtype=np.int64).reshape(-1, 4)  # (S, 4)
 
 
 def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray:

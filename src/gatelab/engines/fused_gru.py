@@ -27,8 +27,9 @@ from numba import njit
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one, sigmoid, tanh
+from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, previous, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 
 
 @njit(**JIT)
@@ -102,6 +103,28 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
                 dw_n[j] += dan * r
 
 
+@njit(**JIT)
+def forward_loop(steps, full, xa, w_hh, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
+    """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the gate pass.
+    steps (S, 4) rows (t, n, tp, n_prev); w_hh (3H, H); the rest as in forward_step."""
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (H, 3H)
+        forward_step(t, n, t if full else 0, xa, hw, b_hn, h_state, gr, gz, gn, hn_seq, out)
+
+
+@njit(**JIT)
+def backward_loop(steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, dxa, dhw,
+                  w_hh):
+    """The backward time loop, last step first: the BPTT pass leaves δh ⊙ z in dh_state,
+    then the GEMM adds δhw W_hh (beta = 1)."""
+    for s in range(steps.shape[0] - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates,
+                      dxa, dhw)
+        gemm(dhw[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
+
+
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
     """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn)."""
     T, B, _ = x.shape  # (T, B, I)
@@ -123,6 +146,9 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
     out = zeros_or_empty((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
     hw = np.empty((B, 3 * H), dt)  # (B, 3H)
+    if numba_loop():
+        forward_loop(steps_array(steps), full, xa, w_hh, b_hn, h_state, hw, *saved, out)
+        return out, h_state, (saved if full else None)
     w_hh_t = w_hh.T  # (H, 3H)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, 3H)
@@ -163,11 +189,16 @@ class GRUFunction(torch.autograd.Function):
         packed = any(s.n < B for s in steps)
         dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
         dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
-        tmp = np.empty((B, H), dt)  # (B, H)
-        for t, n, tp, n_prev in reversed(steps):
-            backward_step(t, n, tp, n_prev, d_out, dh_state, *saved, out, h0s, dgates, dxa, dhw)
-            mm(dhw[t, :n], w_hhs, tmp[:n])  # (n, 3H) x (3H, H)
-            np.add(dh_state[:n], tmp[:n], out=dh_state[:n])
+        if numba_loop():
+            backward_loop(steps_array(steps), d_out, dh_state, *saved, out, h0s, dgates, dxa,
+                          dhw, w_hhs)
+        else:
+            tmp = np.empty((B, H), dt)  # (B, H)
+            for t, n, tp, n_prev in reversed(steps):
+                backward_step(t, n, tp, n_prev, d_out, dh_state, *saved, out, h0s, dgates,
+                              dxa, dhw)
+                mm(dhw[t, :n], w_hhs, tmp[:n])  # (n, 3H) x (3H, H)
+                np.add(dh_state[:n], tmp[:n], out=dh_state[:n])
         need = ctx.needs_input_grad
         dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
         dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None

@@ -29,8 +29,9 @@ from numba import njit
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one, sigmoid, tanh
+from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, previous, schedule, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 
 
 @njit(**JIT)
@@ -109,6 +110,42 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
                 da_o[j] += dgo[j] * o * (one(o) - o)
 
 
+@njit(**JIT)
+def forward_loop(steps, full, proj, xa, w_hh, w_hr, h_state, c_state, hw, gi, gf, gg, go,
+                 c_seq, m_seq, m_state, out):
+    """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM), the gate pass, and
+    with a projection h_t = m_t W_hr^T. steps (S, 4) rows (t, n, tp, n_prev);
+    w_hh (4H, H_out); w_hr (H_out, H) (any array when not proj); the rest as in
+    forward_step, out (T, B, H_out)."""
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H_out) x (H_out, 4H)
+        forward_step(t, n, t if full else 0, xa, hw, c_state, gi, gf, gg, go, c_seq, m_seq,
+                     m_state)
+        if proj:
+            gemm(m_state[:n], w_hr, h_state[:n], True, 0.0)  # (n, H) x (H, H_out)
+            out[t, :n] = h_state[:n]
+
+
+@njit(**JIT)
+def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates,
+                  da, w_hh, w_hr, dh_seq, dm, zeros_h):
+    """The backward time loop, last step first: the BPTT pass, then δh_{t-1} = δa W_hh.
+    With a projection δh_t is kept in dh_seq (T, B, H_out) and δm = δh_t W_hr (1, B, H)
+    feeds the pass (with zeros_h (B, H) as its carried δ)."""
+    for s in range(steps.shape[0] - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        if proj:
+            dh_seq[t, :n] = d_out[t, :n] + dh_state[:n]  # (n, H_out)
+            gemm(dh_seq[t, :n], w_hr, dm[0, :n], False, 0.0)  # (n, H_out) x (H_out, H)
+            backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, gi, gf, gg, go, c_seq, c0,
+                          dgates, da)
+        else:
+            backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
+                          c0, dgates, da)
+        gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
+
+
 def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
     sequences (gates, c) when `keep` or `record`, else None."""
@@ -135,6 +172,11 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     else:
         m_state = np.empty((B, H), dt)  # (B, H)
         m_seq = m_state[None]  # (1, B, H)
+    if numba_loop():
+        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh,
+                     w_hh if w_hr is None else w_hr, h_state, c_state, hw, *gates, c_seq,
+                     m_seq, m_state, out)
+        return out, h_state, c_state, ((gates, c_seq) if full else None)
     w_hh_t, w_hr_t = w_hh.T, (None if w_hr is None else w_hr.T)  # (H_out, 4H), (H, H_out)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H_out) x (H_out, 4H)
@@ -144,6 +186,21 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
             out[t, :n] = h_state[:n]
     saved = (gates, c_seq) if full else None
     return out, h_state, c_state, saved
+
+
+def _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, w_hh,
+                     w_hr, dh_seq, dm, zeros_h):
+    """backward_loop driven from Python, with NumPy's matmul (the fallback path)."""
+    for t, n, tp, n_prev in reversed(steps):
+        if w_hr is None:
+            backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, *gates, c_seq, c0,
+                          dgates, da)
+        else:
+            np.add(d_out[t, :n], dh_state[:n], out=dh_seq[t, :n])  # (n, H_out)
+            mm(dh_seq[t, :n], w_hr, dm[0, :n])  # (n, H_out) x (H_out, H)
+            backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, *gates, c_seq, c0,
+                          dgates, da)
+        mm(da[t, :n], w_hh, dh_state[:n])  # (n, 4H) x (4H, H_out)
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -183,20 +240,16 @@ class LSTMFunction(torch.autograd.Function):
                                for g in d_gates])  # (5, T, B, H) f i g o c
         packed = any(s.n < B for s in steps)
         da = (np.zeros if packed else np.empty)((T, B, 4 * H), dt)  # (T, B, 4H)
-        if w_hrs is not None:
-            dh_seq = np.zeros((T, B, P), dt)  # (T, B, H_out) δh_t, for δW_hr
-            dm = np.empty((1, B, H), dt)  # (1, B, H)
-            zeros_h = np.zeros((B, H), dt)  # (B, H)
-        for t, n, tp, n_prev in reversed(steps):
-            if w_hrs is None:
-                backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, *gates, c_seq,
-                              c0s, dgates, da)
-            else:
-                np.add(d_out[t, :n], dh_state[:n], out=dh_seq[t, :n])  # (n, H_out)
-                mm(dh_seq[t, :n], w_hrs, dm[0, :n])  # (n, H_out) x (H_out, H)
-                backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, *gates, c_seq, c0s,
-                              dgates, da)
-            mm(da[t, :n], w_hhs, dh_state[:n])  # (n, 4H) x (4H, H_out)
+        proj = w_hrs is not None
+        dh_seq = np.zeros((T, B, P) if proj else (1, 1, 1), dt)  # (T, B, H_out) δh_t, for δW_hr
+        dm = np.empty((1, B, H), dt)  # (1, B, H)
+        zeros_h = np.zeros((B, H), dt)  # (B, H)
+        if numba_loop():
+            backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, c_seq,
+                          c0s, dgates, da, w_hhs, w_hrs if proj else w_hhs, dh_seq, dm, zeros_h)
+        else:
+            _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
+                             w_hhs, w_hrs, dh_seq, dm, zeros_h)
         da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
         need = ctx.needs_input_grad
         dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None

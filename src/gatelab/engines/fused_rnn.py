@@ -17,8 +17,9 @@ from numba import njit
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one, tanh
+from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, previous, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 
 
 @njit(**JIT)
@@ -66,6 +67,24 @@ def backward_step(t, n, relu, d_out, d_rec, dh_state, out, da):
                 da_[j] = (do_[j] + dh_[j]) * (one(h) - h * h)
 
 
+@njit(**JIT)
+def forward_loop(steps, relu, xa, w_hh, h_state, hw, out):
+    """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the pass."""
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (H, H)
+        forward_step(t, n, relu, xa, hw, h_state, out)
+
+
+@njit(**JIT)
+def backward_loop(steps, relu, d_out, d_rec, dh_state, out, da, w_hh):
+    """The backward time loop, last step first: the pass, then δh_{t-1} = δa W_hh."""
+    for s in range(steps.shape[0] - 1, -1, -1):
+        t, n = steps[s, 0], steps[s, 1]
+        backward_step(t, n, relu, d_out, d_rec, dh_state, out, da)
+        gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, H) x (H, H)
+
+
 def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     """The forward pass on arrays: out (T, B, H) and h_T."""
     T, B, _ = x.shape  # (T, B, I)
@@ -79,6 +98,9 @@ def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     out = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
     hw = np.empty((B, H), dt)  # (B, H)
+    if numba_loop():
+        forward_loop(steps_array(steps), relu, xa, w_hh, h_state, hw, out)
+        return out, h_state
     w_hh_t = w_hh.T  # (H, H)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, H)
@@ -113,9 +135,12 @@ class RNNFunction(torch.autograd.Function):
         d_rec = arr(d_rec[0]) if d_rec and d_rec[0] is not None else np.zeros((0, B, H), dt)
         packed = any(s.n < B for s in steps)
         da = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
-        for t, n, _, _ in reversed(steps):
-            backward_step(t, n, ctx.relu, d_out, d_rec, dh_state, out, da)
-            mm(da[t, :n], w_hhs, dh_state[:n])  # (n, H) x (H, H)
+        if numba_loop():
+            backward_loop(steps_array(steps), ctx.relu, d_out, d_rec, dh_state, out, da, w_hhs)
+        else:
+            for t, n, _, _ in reversed(steps):
+                backward_step(t, n, ctx.relu, d_out, d_rec, dh_state, out, da)
+                mm(da[t, :n], w_hhs, dh_state[:n])  # (n, H) x (H, H)
         need = ctx.needs_input_grad
         da2 = da.reshape(T * B, H)  # (T*B, H)
         dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None

@@ -1,0 +1,124 @@
+"""GEMM callable from numba code: NumPy's own OpenBLAS, bound at run time.
+
+The fused engines run the whole time loop (per step one GEMM and one gate pass) inside
+one numba function, so a step costs no Python. numba has no BLAS of its own without
+SciPy, but NumPy's wheels ship OpenBLAS with a CBLAS interface; `bind()` finds that
+library in the process, registers its `cblas_sgemm`/`cblas_dgemm` addresses with LLVM
+under fixed names, and numba code calls them as external functions (so compiled code can
+be cached: it refers to the names, not to addresses).
+
+    gemm(a, b, c, trans_b, beta):   c = a @ op(b) + beta * c
+        a (M, K), c (M, N) row-major with unit column stride; b (K, N), or (N, K) with
+        trans_b (then op(b) = b^T: how a weight matrix (G*H, K) is used).
+
+Where NumPy is not linked to an OpenBLAS with CBLAS symbols (another build), `bind()`
+returns False and the engines take their Python-loop path (NumPy matmul per step).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from llvmlite import binding as llvm
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+_SYMBOLS = {"gatelab_sgemm": ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "cblas_sgemm"),
+            "gatelab_dgemm": ("scipy_cblas_dgemm64_", "cblas_dgemm64_", "cblas_dgemm")}
+_ILP64 = ("64_",)  # symbol suffixes of the 64-bit-integer interface
+_state = {"bound": None}
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+def _signature(real):
+    i32, i64, ptr = types.int32, types.int64, types.voidptr
+    return types.void(i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64)
+
+
+_sgemm = types.ExternalFunction("gatelab_sgemm", _signature(types.float32))
+_dgemm = types.ExternalFunction("gatelab_dgemm", _signature(types.float64))
+
+
+def _find_openblas():
+    """The path of the OpenBLAS library NumPy loaded, or None."""
+    import numpy  # noqa: F401  (loads its BLAS)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.lower() and "/" in ln})
+    except OSError:
+        return None
+    return paths[0] if paths else None
+
+
+def bind() -> bool:
+    """Register NumPy's CBLAS GEMMs for numba code (once); False when there are none."""
+    if _state["bound"] is not None:
+        return _state["bound"]
+    ok = False
+    path = _find_openblas()
+    if path is not None:
+        lib = ctypes.CDLL(path)
+        found = {}
+        for name, candidates in _SYMBOLS.items():
+            for sym in candidates:
+                if hasattr(lib, sym) and sym.endswith(_ILP64):
+                    found[name] = ctypes.cast(getattr(lib, sym), ctypes.c_void_p).value
+                    break
+        if len(found) == len(_SYMBOLS):
+            for name, address in found.items():
+                llvm.add_symbol(name, address)
+            ok = True
+    _state["bound"] = ok
+    return ok
+
+
+@intrinsic
+def _data(typingctx, arr):
+    """The address of arr's first element, as void*."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, value=args[0])
+        return builder.bitcast(ary.data, cgutils.voidptr_t)
+
+    return types.voidptr(arr), codegen
+
+
+def gemm(a, b, c, trans_b, beta):
+    """c = a @ op(b) + beta * c (numba only; see the module docstring)."""
+    raise NotImplementedError("gemm runs inside numba code")
+
+
+@overload(gemm)
+def _gemm_impl(a, b, c, trans_b, beta):
+    if not all(isinstance(v, types.Array) for v in (a, b, c)):
+        return None
+    if a.dtype == types.float32:
+        fn = _sgemm
+    elif a.dtype == types.float64:
+        fn = _dgemm
+    else:
+        return None
+
+    def impl(a, b, c, trans_b, beta):
+        M, K = a.shape
+        N = c.shape[1]
+        if M == 0:
+            return
+        size = a.itemsize
+        fn(_ROW_MAJOR, _NO_TRANS, _TRANS if trans_b else _NO_TRANS, M, N, K,
+           1.0,  # alpha
+           _data(a), a.strides[0] // size, _data(b), b.strides[0] // size,
+           beta, _data(c), c.strides[0] // size)
+
+    return impl
+
+
+@njit(nogil=True, cache=True)
+def gemm_check(a, b, c, trans_b, beta):  # for the tests and the workbench
+    gemm(a, b, c, trans_b, beta)
+
