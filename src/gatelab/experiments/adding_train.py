@@ -28,7 +28,7 @@ class AddingRecipe:
     batch: int = 64  # training sequences per step
     lr: float = 1e-2  # Adam learning rate
     clip: float = 1.0  # gradient-norm clipping
-    steps: int = 1500  # most training steps
+    steps: int = 2000  # most training steps (T <= 100; ∝ T beyond)
     eval_every: int = 50  # steps between test evaluations
     test_size: int = 1000  # test sequences (one fixed set per T)
     stop_mse: float = 1e-3  # stop early once test MSE falls below this (0 never stops)

@@ -10,10 +10,9 @@ For each cell and hidden size H (input size I fixed):
                     per sequence, plus the element-wise work (`ELEMENTWISE` per hidden unit)
     forward / train time per step: median wall time of a forward pass (no gradient) and of
                     forward + backward, divided by T (per batch of B sequences)
-    memory          bytes of the parameters, and bytes of the tensors saved for backward in
-                    one training forward pass (autograd's saved tensors, counted with
-                    `torch.autograd.graph.saved_tensors_hooks`; the activation memory that
-                    dominates training on long sequences)
+    memory          bytes of the parameters, and the activation memory of one training
+                    forward pass: the bytes its autograd graph keeps for backward
+                    (`activation_bytes`), which dominates training on long sequences
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gatelab.experiments.parallel import progress
@@ -67,18 +67,40 @@ def _median_seconds(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves for backward in one forward pass of `module`."""
-    total = 0
+def _arrays(value):
+    """(address, bytes) of every tensor or NumPy array in value (tuples and lists searched)."""
+    if isinstance(value, torch.Tensor):
+        yield value.data_ptr(), value.numel() * value.element_size()
+    elif isinstance(value, np.ndarray):
+        yield value.__array_interface__["data"][0], value.nbytes
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _arrays(v)
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)[0].sum()
-    return total
+def activation_bytes(output: torch.Tensor, exclude=()) -> int:
+    """Bytes the autograd graph behind `output` keeps for the backward pass.
+
+    Walks the graph from `output.grad_fn` and adds up, once per address, the tensors each
+    node saved (`_saved_*`) and the tensors or arrays a custom `autograd.Function` stored on
+    its context (how fused engines keep their activations), leaving out `exclude` (the
+    parameters and the input, which exist anyway).
+    """
+    skip = {t.data_ptr() for t in exclude}
+    seen, found, stack = set(), {}, [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        values = [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+        values += list(getattr(node, "__dict__", {}).values())
+        for value in values:
+            for address, nbytes in _arrays(value):
+                if address not in skip:
+                    found[address] = max(found.get(address, 0), nbytes)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return sum(found.values())
 
 
 def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) -> dict:
@@ -107,7 +129,7 @@ def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) ->
         "forward_us_per_step": 1e6 * _median_seconds(forward, recipe.repeats) / recipe.T,
         "train_us_per_step": 1e6 * _median_seconds(train, recipe.repeats) / recipe.T,
         "param_bytes": sum(p.numel() * p.element_size() for p in module.parameters()),
-        "saved_for_backward_bytes": saved_bytes(module, x_grad),
+        "activation_bytes": activation_bytes(module(x_grad)[0].sum(), [*module.parameters(), x_grad]),
     }
 
 
@@ -143,7 +165,7 @@ def draw(rows: list[dict], recipe: CostRecipe, path: Path) -> Path:
         ("params", "parameters"),
         ("flops_per_step", "FLOPs per step (one sequence)"),
         ("train_us_per_step", f"train time per step, µs (B = {recipe.batch})"),
-        ("saved_for_backward_bytes", f"saved for backward, bytes (T = {recipe.T})"),
+        ("activation_bytes", f"kept for backward, bytes (T = {recipe.T}, B = {recipe.batch})"),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
     for ax, (key, label) in zip(axes, panels):

@@ -43,8 +43,8 @@ def hidden_gradients(model: SequenceModel, x: torch.Tensor) -> torch.Tensor:
     """
     T, B, _ = x.shape
     H = model.rnn.hidden_size
-    h = torch.zeros(1, B, H)  # (1, B, H) initial state
-    state = (h, torch.zeros(1, B, H)) if model.cell == "lstm" else h
+    h = x.new_zeros(1, B, H)  # (1, B, H) initial state
+    state = (h, x.new_zeros(1, B, H)) if model.cell == "lstm" else h
     hs = []
     for t in range(T):
         _, state = model.rnn(x[t : t + 1], state)  # state h: (1, B, H)
