@@ -128,15 +128,27 @@ def test_steps_are_taken_with_unbind_not_indexing():
     assert "SelectBackward0" not in names
 
 
-def test_declines_variants_and_masks_for_now():
+def test_runs_variants_and_declines_what_no_cell_defines():
     plain = engines.CellSpec(mode="GRU", input_size=2, hidden_size=3)
     assert eager.unsupported(plain, torch.zeros(1, 1, 2), True) is None
-    peephole = engines.CellSpec(mode="LSTM", input_size=2, hidden_size=3, peephole=True)
-    assert "issue 7" in eager.unsupported(peephole, torch.zeros(1, 1, 2), False)
+    peephole = engines.CellSpec(mode="LSTM", input_size=2, hidden_size=3, peephole=True, layer_norm=True)
+    assert eager.unsupported(peephole, torch.zeros(1, 1, 2), False) is None
+    bad = {"gate activation": dict(mode="LSTM", gate_activation="relu"),
+           "cell activation": dict(mode="GRU", cell_activation="sigmoid"),
+           "GRU peephole": dict(mode="GRU", peephole=True),
+           "GRU layer norm reset before": dict(mode="GRU", layer_norm=True, reset_after=False),
+           "RNN variant": dict(mode="RNN_TANH", layer_norm=True),
+           "coupled without input gate": dict(mode="LSTM", coupled_gates=True, remove=frozenset({"input_gate"}))}
+    for case, fields in bad.items():
+        spec = engines.CellSpec(input_size=2, hidden_size=3, **fields)
+        assert isinstance(eager.unsupported(spec, torch.zeros(1, 1, 2), False), str), case
     w = _weights("GRU", 2, 3)
-    with pytest.raises(NotImplementedError, match="masks"):
+    with pytest.raises(ValueError, match="zoneout_c"):  # the GRU has no cell
         eager.run(plain, torch.zeros(1, 1, 2, dtype=F64), (torch.zeros(1, 3, dtype=F64),), w,
-                  masks={"recurrent_dropout": torch.ones(1, 3)})
+                  masks={"zoneout_c": torch.ones(1, 1, 3, dtype=F64)})
+    with pytest.raises(ValueError, match="recurrent_dropout"):
+        eager.run(plain, torch.zeros(1, 1, 2, dtype=F64), (torch.zeros(1, 3, dtype=F64),), w,
+                  masks={"recurrent_dropout": torch.ones(2, 3, dtype=F64)})
 
 
 def test_auto_falls_back_to_eager_and_says_why(monkeypatch, caplog):

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gatelab import engines, gates as gate_record
+from gatelab.nn import options as opts
 
 GATE_ROWS = engines.GATE_ROWS
 
@@ -74,11 +75,16 @@ class RNNBase(nn.Module):
         backend: keyword-only, "auto" | "fused" | "eager": which engine runs the recurrence.
             "auto" takes the fused engine when it can run the request, else eager (why is
             logged at DEBUG on logger `gatelab.engines`).
+        **options: keyword-only LSTM-family options (gatelab.nn.options): forget_bias,
+            peephole, layer_norm, coupled_gates, remove, no_forget_gate, no_input_gate,
+            no_output_gate, no_output_activation, no_candidate_activation,
+            gate_activation, cell_activation, zoneout, recurrent_dropout, weight_drop,
+            reset_after. All off by default (torch.nn's cell).
     """
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
-                 device=None, dtype=None, *, backend="auto"):
+                 device=None, dtype=None, *, backend="auto", **options):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.mode = mode
@@ -93,6 +99,7 @@ class RNNBase(nn.Module):
         self.backend = backend
         _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, proj_size, backend)
+        self.options = _parse_options(type(self).__name__, mode, bias, options)
         gate_size = GATE_ROWS[mode] * hidden_size
         num_directions = 2 if bidirectional else 1
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
@@ -107,23 +114,32 @@ class RNNBase(nn.Module):
                     shapes.update(bias_ih=(gate_size,), bias_hh=(gate_size,))
                 if proj_size > 0:
                     shapes["weight_hr"] = (proj_size, hidden_size)
+                n_plain = len(shapes)
+                shapes.update(opts.extra_shapes(mode, self.options, hidden_size))
                 suffix = "_reverse" if direction == 1 else ""
                 names = []
                 for base, shape in shapes.items():
                     name = f"{base}_l{layer}{suffix}"
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
                     names.append(name)
-                self._flat_weights_names.extend(names)
-                self._all_weights.append(names)
+                self._flat_weights_names.extend(names[:n_plain])  # torch.nn's own parameters
+                self._all_weights.append(names)  # with the variants' parameters
         self.reset_parameters()
 
     # ---- torch.nn compatibility -------------------------------------------------------
 
     def reset_parameters(self) -> None:
-        """Every parameter from U(-sqrt(k), sqrt(k)), k = 1/hidden_size (torch.nn's init)."""
+        """Every parameter from U(-sqrt(k), sqrt(k)), k = 1/hidden_size (torch.nn's init),
+        torch.nn's parameters first and in its order (so a seed gives torch.nn's values),
+        then the variants' (weight_ph); then layer-norm gains 1 and biases 0, and with
+        forget_bias=b the f rows of bias_ih = b and of bias_hh = 0."""
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        plain = set(self._flat_weights_names)
+        names = [n for ns in self._all_weights for n in ns]
+        for name in [n for n in names if n in plain] + [n for n in names if n not in plain]:
+            nn.init.uniform_(getattr(self, name), -stdv, stdv)
+        for name in names:
+            opts.initialise(name.rsplit("_l", 1)[0], getattr(self, name), self.options, self.hidden_size)
 
     def flatten_parameters(self) -> None:
         """No-op, kept so code written for torch.nn (cuDNN weight flattening) runs unchanged."""
@@ -153,7 +169,8 @@ class RNNBase(nn.Module):
             s += ", bidirectional={bidirectional}"
         if self.backend != "auto":
             s += ", backend={backend!r}"
-        return s.format(**self.__dict__)
+        s = s.format(**self.__dict__)
+        return s + "".join(f", {k}={v}" for k, v in _repr_options(self.options, self.mode).items())
 
     # ---- hooks for the LSTM family (issue 7) -------------------------------------------
 
@@ -163,7 +180,7 @@ class RNNBase(nn.Module):
         H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
         return engines.CellSpec(mode=self.mode, hidden_size=self.hidden_size,
                                 input_size=self.input_size if layer == 0 else D * H_out,
-                                proj_size=self.proj_size, bias=self.bias)
+                                proj_size=self.proj_size, bias=self.bias, **self.options.spec_fields())
 
     def _layer_weights(self, layer: int, direction: int) -> dict:
         """The engine's weights dict of one layer-direction: torch.nn names without suffix."""
@@ -171,19 +188,67 @@ class RNNBase(nn.Module):
         names = self._all_weights[layer * (2 if self.bidirectional else 1) + direction]
         return {n[: -len(suffix)]: getattr(self, n) for n in names}
 
-    def _layer_masks(self, layer, direction, x):
-        """The stochastic variants' masks for one layer-direction (None: plain cells)."""
-        return None
+    def _mask_shapes(self, T: int, B: int) -> dict:
+        """name -> shape of the masks one layer-direction can take (see draw_masks)."""
+        H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        G = GATE_ROWS[self.mode]
+        return opts.mask_shapes(self.mode, T, B, self.hidden_size, H_out, (G * self.hidden_size, H_out))
+
+    def draw_masks(self, seq_len: int, batch_size: int, *, dtype=None, device=None) -> list:
+        """The masks a forward of this module draws, one dict per layer-direction.
+
+        A forward without `masks=` calls this first (before any dropout between layers),
+        so `torch.manual_seed(s); m(x)` equals `torch.manual_seed(s); m(x, masks=m.draw_masks(T, B))`.
+        Per layer-direction (index layer * D + direction), drawn in this order with
+        Tensor.bernoulli_ from torch's global RNG, only for the options that are on:
+            weight_hh (G*H, H_out): M / (1 - weight_drop), the DropConnect mask   (training)
+            recurrent_dropout (B, H_out): d / (1 - p), one per sequence            (training)
+            zoneout_h (T, B, H_out), zoneout_c (T, B, H) (LSTM): 1 = keep the previous
+                value; in evaluation the constant p (the expectation)
+        The batch is in the input's order (for a PackedSequence: the order of its
+        sequences, as the output), the time axis that of the input in both directions.
+
+        Arguments:
+            seq_len: T.   batch_size: B (1 for unbatched input).
+            dtype, device: of the masks (default: those of weight_ih_l0).
+        """
+        w = self.weight_ih_l0
+        dtype, device = dtype or w.dtype, device or w.device
+        H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        G = GATE_ROWS[self.mode]
+        return [opts.draw_masks(self.options, seq_len, batch_size, self.hidden_size, H_out,
+                                (G * self.hidden_size, H_out), training=self.training, dtype=dtype, device=device)
+                for _ in range(self.num_layers * (2 if self.bidirectional else 1))]
+
+    def _layer_masks(self, batch, masks):
+        """Every layer-direction's masks in the engines' batch order: the given `masks`
+        (checked) or, when None, freshly drawn ones (draw_masks); a list of dicts."""
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        if masks is None:
+            if not self.options.stochastic:
+                return [{} for _ in range(LD)]
+            masks = self.draw_masks(batch.T, batch.B, dtype=batch.x.dtype, device=batch.x.device)
+        elif not isinstance(masks, (list, tuple)) or len(masks) != LD:
+            raise ValueError(f"masks: expected a list of {LD} dicts (one per layer-direction), got "
+                             f"{type(masks).__name__}{'' if not hasattr(masks, '__len__') else f' of {len(masks)}'}")
+        else:
+            shapes = self._mask_shapes(batch.T, batch.B)
+            masks = [opts.check_given_masks(m, shapes, f"masks[{k}]") for k, m in enumerate(masks)]
+        if batch.sorted_indices is not None:  # the engines run the sorted batch
+            masks = [{k: v if k == "weight_hh" else v.index_select(0 if v.dim() == 2 else 1, batch.sorted_indices)
+                      for k, v in m.items()} for m in masks]
+        return masks
 
     # ---- forward ----------------------------------------------------------------------
 
-    def _forward(self, input, hx, return_gates):
-        """The shared forward. `hx` is a tuple of state tensors ((h0, c0) or (h0,)) or None.
+    def _forward(self, input, hx, return_gates, masks=None):
+        """The shared forward. `hx` is a tuple of state tensors ((h0, c0) or (h0,)) or None;
+        `masks` None (drawn as needed) or the list draw_masks returns.
 
         Returns (output, state tuple, gates or None) in the caller's layout.
         """
         batch = self._time_major(input, hx)
-        out, state, records = self._run_layers(batch, return_gates)
+        out, state, records = self._run_layers(batch, return_gates, self._layer_masks(batch, masks))
         gates = None
         if return_gates:
             gates = gate_record.arrange(gate_record.stack_layers(records, self._gate_names()),
@@ -244,8 +309,9 @@ class RNNBase(nn.Module):
         batch.hx = hx  # (L*D, B, H_out) [, (L*D, B, H)]
         return batch
 
-    def _run_layers(self, batch: _Batch, record: bool):
-        """Every layer and direction through its engine, dropout between layers.
+    def _run_layers(self, batch: _Batch, record: bool, masks: list):
+        """Every layer and direction through its engine, dropout between layers; `masks`
+        one dict per layer-direction (weight_hh is applied here, the rest by the engine).
 
         Returns (output (T, B, D*H_out) or packed data (N, D*H_out), final states
         (L*D, B, *), the engines' gate records in the order layer * D + direction).
@@ -258,14 +324,17 @@ class RNNBase(nn.Module):
             outs = []
             for direction in range(D):
                 k = layer * D + direction
-                engine = engines.select(self.backend, spec, x, record)
+                weights = self._layer_weights(layer, direction)
+                step_masks = dict(masks[k])
+                weights["weight_hh"] = opts.drop_weight(weights["weight_hh"], step_masks.pop("weight_hh", None))
+                engine = select_engine(self.backend, spec, x, record, step_masks)
                 if direction == 0:
                     engines.log.debug("%s layer %d: %s engine (backend=%r)", self.mode, layer,
                                       engine.NAME, self.backend)
                 out, state_T, gates = engine.run(
-                    spec, x, tuple(s[k] for s in batch.hx), self._layer_weights(layer, direction),
+                    spec, x, tuple(s[k] for s in batch.hx), weights,
                     batch_sizes=batch.batch_sizes, reverse=direction == 1, record=record,
-                    training=self.training, masks=self._layer_masks(layer, direction, x))
+                    training=self.training, masks=step_masks or None)
                 outs.append(out)  # (T, B, H_out)
                 for acc, s in zip(final, state_T):
                     acc.append(s)
@@ -280,6 +349,50 @@ class RNNBase(nn.Module):
 
     def _gate_names(self):
         return gate_record.GATE_NAMES[self.mode]
+
+
+def select_engine(backend: str, spec, x, record: bool, masks: dict):
+    """engines.select, and an engine that takes the `masks` (its MASKS attribute lists the
+    mask names it applies; an engine without one takes none).
+
+    With masks the engine cannot apply, "auto" falls back to the eager engine and logs why
+    (DEBUG, logger gatelab.engines); a named backend raises ValueError.
+    """
+    engine = engines.select(backend, spec, x, record)
+    missing = sorted(set(masks or ()) - set(getattr(engine, "MASKS", ())))
+    if not missing:
+        return engine
+    reason = f"masks {missing} (zoneout / recurrent_dropout) not supported"
+    if backend != "auto":
+        raise ValueError(f"backend={engine.NAME!r} cannot run this request: {reason}")
+    engines.log.debug("backend auto: not %s (%s)", engine.NAME, reason)
+    return engines.select("eager", spec, x, record)
+
+
+KNOWN_OPTIONS = ("forget_bias", "peephole", "layer_norm", "coupled_gates", "remove", "no_forget_gate",
+                 "no_input_gate", "no_output_gate", "no_output_activation", "no_candidate_activation",
+                 "gate_activation", "cell_activation", "zoneout", "recurrent_dropout", "weight_drop",
+                 "reset_after")
+
+
+def _parse_options(cls_name: str, mode: str, bias, options: dict):
+    """opts.parse, with TypeError for a keyword that is no option (as Python would raise)."""
+    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+    if unknown:
+        raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+    return opts.parse(mode, bias=bias is True, **options)
+
+
+def _repr_options(options, mode: str) -> dict:
+    """The non-default options as repr shows them: name -> text (zoneout as one number
+    when p_h == p_c or for the GRU, remove as a sorted set)."""
+    shown = {k: repr(v) for k, v in options.non_defaults().items()}
+    p_h, p_c = options.zoneout
+    if "zoneout" in shown and (p_h == p_c or mode != "LSTM"):
+        shown["zoneout"] = repr(p_h)
+    if "remove" in shown:
+        shown["remove"] = "{" + ", ".join(repr(p) for p in sorted(options.remove)) + "}"
+    return shown
 
 
 def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,

@@ -31,8 +31,8 @@ class GRU(RNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def forward(self, input, hx=None, *, return_gates=False):
-        output, (h_n,), gates = self._forward(input, None if hx is None else (hx,), return_gates)
+    def forward(self, input, hx=None, *, return_gates=False, masks=None):
+        output, (h_n,), gates = self._forward(input, None if hx is None else (hx,), return_gates, masks)
         if return_gates:
             return output, h_n, gates
         return output, h_n

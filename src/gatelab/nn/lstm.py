@@ -31,9 +31,9 @@ class LSTM(RNNBase):
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
 
-    def forward(self, input, hx=None, *, return_gates=False):
+    def forward(self, input, hx=None, *, return_gates=False, masks=None):
         output, (h_n, c_n), gates = self._forward(input, None if hx is None else tuple(hx),
-                                                  return_gates)
+                                                  return_gates, masks)
         if return_gates:
             return output, (h_n, c_n), gates
         return output, (h_n, c_n)
