@@ -14,7 +14,7 @@ from gatelab.errors import UsageError
 DEFAULT_OUT = "runs/demo"
 SAMPLE_PRIME = "def "
 SAMPLE_LENGTH = 600
-REPORT_CHARS = 1200
+REPORT_CHARS = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
