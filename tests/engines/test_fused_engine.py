@@ -201,3 +201,8 @@ def test_gemm_from_numba_equals_numpy(dtype):
     b = r.random((7, 9)).astype(dtype)
     _kernels_blas.gemm_check(a, b, c[:5], False, 0.0)  # c = a b
     np.testing.assert_allclose(c[:5], a @ b, rtol=1e-6)
+    for trans, m in ((True, w), (False, b)):  # one row: the GEMV path
+        c1 = c[2:3].copy()
+        expected = a[1:2] @ (m.T if trans else m) + c1
+        _kernels_blas.gemm_check(a[1:2], m, c1, trans, 1.0)
+        np.testing.assert_allclose(c1, expected, rtol=1e-6)

@@ -10,6 +10,7 @@ be cached: it refers to the names, not to addresses).
     gemm(a, b, c, trans_b, beta):   c = a @ op(b) + beta * c
         a (M, K), c (M, N) row-major with unit column stride; b (K, N), or (N, K) with
         trans_b (then op(b) = b^T: how a weight matrix (G*H, K) is used).
+        M = 1 (a batch of one, or the last rows of a packed batch) calls GEMV instead.
 
 Where NumPy is not linked to an OpenBLAS with CBLAS symbols (another build), `bind()`
 returns False and the engines take their Python-loop path (NumPy matmul per step).
@@ -24,8 +25,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-_SYMBOLS = {"gatelab_sgemm": ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "cblas_sgemm"),
-            "gatelab_dgemm": ("scipy_cblas_dgemm64_", "cblas_dgemm64_", "cblas_dgemm")}
+_SYMBOLS = {"gatelab_sgemm": ("scipy_cblas_sgemm64_", "cblas_sgemm64_"),
+            "gatelab_dgemm": ("scipy_cblas_dgemm64_", "cblas_dgemm64_"),
+            "gatelab_sgemv": ("scipy_cblas_sgemv64_", "cblas_sgemv64_"),
+            "gatelab_dgemv": ("scipy_cblas_dgemv64_", "cblas_dgemv64_")}
 _ILP64 = ("64_",)  # symbol suffixes of the 64-bit-integer interface
 _state = {"bound": None}
 
@@ -37,8 +40,15 @@ def _signature(real):
     return types.void(i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64)
 
 
+def _signature_gemv(real):
+    i32, i64, ptr = types.int32, types.int64, types.voidptr
+    return types.void(i32, i32, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64)
+
+
 _sgemm = types.ExternalFunction("gatelab_sgemm", _signature(types.float32))
 _dgemm = types.ExternalFunction("gatelab_dgemm", _signature(types.float64))
+_sgemv = types.ExternalFunction("gatelab_sgemv", _signature_gemv(types.float32))
+_dgemv = types.ExternalFunction("gatelab_dgemv", _signature_gemv(types.float64))
 
 
 def _find_openblas():
@@ -98,9 +108,9 @@ def _gemm_impl(a, b, c, trans_b, beta):
     if not all(isinstance(v, types.Array) for v in (a, b, c)):
         return None
     if a.dtype == types.float32:
-        fn = _sgemm
+        fn, fv = _sgemm, _sgemv
     elif a.dtype == types.float64:
-        fn = _dgemm
+        fn, fv = _dgemm, _dgemv
     else:
         return None
 
@@ -110,6 +120,12 @@ def _gemm_impl(a, b, c, trans_b, beta):
         if M == 0:
             return
         size = a.itemsize
+        if M == 1:  # one row: GEMV, several times faster than OpenBLAS's GEMM with M = 1
+            # c^T = op(b)^T a^T: b (N, K) with trans_b is used as is, b (K, N) transposed
+            fv(_ROW_MAJOR, _NO_TRANS if trans_b else _TRANS, b.shape[0], b.shape[1], 1.0,
+               _data(b), b.strides[0] // size, _data(a), a.strides[1] // size, beta, _data(c),
+               c.strides[1] // size)
+            return
         fn(_ROW_MAJOR, _NO_TRANS, _TRANS if trans_b else _NO_TRANS, M, N, K,
            1.0,  # alpha
            _data(a), a.strides[0] // size, _data(b), b.strides[0] // size,
