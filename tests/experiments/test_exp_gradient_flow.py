@@ -50,8 +50,11 @@ def test_lstm_gradient_matches_torch_nn_lstm_cell():
 def test_profile_is_indexed_by_distance_and_leaves_no_gradients():
     model = build("gru", 2, 4, 1, seed=3)
     x = torch.randn(6, 2, 2)
+    assert profile(model, x) and model.head.weight.dtype == torch.float32  # model left as it was
     g = profile(model, x)
-    assert g == hidden_gradients(model, x).detach().flip(0).tolist()
+    expected = hidden_gradients(model.double(), x.double()).detach().flip(0)
+    torch.testing.assert_close(torch.tensor(g, dtype=torch.float64), expected)
+    model.zero_grad(set_to_none=True)
     profile(model, x)
     assert all(p.grad is None for p in model.parameters())
     # at distance 0 the gradient is the readout weight itself

@@ -35,7 +35,7 @@ class CopyRecipe:
     batch: int = 64
     lr: float = 2e-3  # Adam
     clip: float = 1.0
-    steps: int = 1200
+    steps: int = 2500
     eval_every: int = 50
     test_size: int = 500
     lstm_forget_bias: float = 1.0

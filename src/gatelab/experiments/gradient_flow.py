@@ -15,6 +15,7 @@ training on the adding problem of the same length.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -57,10 +58,13 @@ def hidden_gradients(model: SequenceModel, x: torch.Tensor) -> torch.Tensor:
 
 
 def profile(model: SequenceModel, x: torch.Tensor) -> list[float]:
-    """g(d) for d = 0 .. T-1 (distance from the last step)."""
-    model.zero_grad(set_to_none=True)
-    g = hidden_gradients(model, x).detach()  # (T,) indexed by t
-    model.zero_grad(set_to_none=True)
+    """g(d) for d = 0 .. T-1 (distance from the last step), computed in float64.
+
+    Float64 keeps gradients that vanish to 1e-40 and below representable (float32 would
+    end in subnormals, then zero); the model itself is left unchanged.
+    """
+    probe = copy.deepcopy(model).double()
+    g = hidden_gradients(probe, x.double()).detach()  # (T,) indexed by t
     return g.flip(0).tolist()  # indexed by d = T - 1 - t
 
 

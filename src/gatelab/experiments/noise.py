@@ -9,7 +9,8 @@ the sequence, distractor symbols of amplitude `noise` at every other step, class
 flagged symbol after the last step. For each noise level and cell the same recipe trains one
 model; recorded: test accuracy (chance 1/symbols), and for the LSTM the mean input gate i_t
 on signal versus distractor steps (for the GRU its write gate 1 − z_t, the share of the new
-candidate in h_t), over all units and test sequences.
+candidate in h_t), over all units and test sequences, and for the one unit whose gate
+separates signal from distractors most.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ NAME = "noise"
 class NoiseRecipe:
     """The task and how every cell is trained on it."""
 
-    T: int = 60  # sequence length
+    T: int = 30  # sequence length
     symbols: int = 4  # classes (chance accuracy 1/symbols)
     levels: tuple = (0.0, 0.5, 1.0, 2.0)  # distractor amplitudes
     hidden: int = 32
     batch: int = 64
     lr: float = 5e-3  # Adam
     clip: float = 1.0
-    steps: int = 600
+    steps: int = 1500
     test_size: int = 500
     lstm_forget_bias: float = 1.0
 
@@ -50,13 +51,29 @@ QUICK_RECIPE = NoiseRecipe(T=12, levels=(0.0, 1.0), hidden=8, batch=32, steps=30
 
 
 def write_gate(model: SequenceModel, x: torch.Tensor) -> torch.Tensor | None:
-    """(T, B) mean over units of the gate that admits new input: LSTM i, GRU 1 − z; rnn None."""
+    """(T, B, H) the gate that admits new input: LSTM i, GRU 1 − z; None for the rnn."""
     if model.cell == "rnn":
         return None
     with torch.no_grad():
         gates = model.rnn(x, return_gates=True)[-1]  # dict of (1, T, B, H)
     gate = gates["i"] if model.cell == "lstm" else 1 - gates["z"]
-    return gate[0].mean(dim=-1)  # (T, B)
+    return gate[0]  # (T, B, H)
+
+
+def gate_means(gate: torch.Tensor | None, signal: torch.Tensor) -> dict:
+    """Write-gate means on signal and distractor steps: over all units, and for the unit
+    whose gate separates them most (mean on signal minus mean on distractors)."""
+    if gate is None:
+        return {"write_gate_signal": None, "write_gate_distractor": None, "top_unit_signal": None,
+                "top_unit_distractor": None}
+    on_signal, on_noise = gate[signal].mean(0), gate[~signal].mean(0)  # (H,) each
+    top = int((on_signal - on_noise).argmax())
+    return {
+        "write_gate_signal": float(on_signal.mean()),
+        "write_gate_distractor": float(on_noise.mean()),
+        "top_unit_signal": float(on_signal[top]),
+        "top_unit_distractor": float(on_noise[top]),
+    }
 
 
 def train_noise(cell: str, noise: float, recipe: NoiseRecipe, seed: int) -> dict:
@@ -77,14 +94,12 @@ def train_noise(cell: str, noise: float, recipe: NoiseRecipe, seed: int) -> dict
     model.eval()
     with torch.no_grad():
         accuracy = float((model(x_test, last_only=True).argmax(-1) == y_test).float().mean())
-    gate = write_gate(model, x_test)  # (T, B) or None
     return {
         "cell": cell,
         "noise": noise,
         "seed": seed,
         "accuracy": accuracy,
-        "write_gate_signal": None if gate is None else float(gate[signal].mean()),
-        "write_gate_distractor": None if gate is None else float(gate[~signal].mean()),
+        **gate_means(write_gate(model, x_test), signal),
         "seconds": time.perf_counter() - start,
     }
 
@@ -95,7 +110,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict
     jobs = [(cell, lvl, recipe, seed + 10 * k) for lvl in recipe.levels for k, cell in enumerate(CELLS)]
     runs = map_jobs(train_noise, jobs, workers, desc="noise")
     summary = {
-        f"noise={r['noise']} {r['cell']}": {k: r[k] for k in ("accuracy", "write_gate_signal", "write_gate_distractor")}
+        f"noise={r['noise']} {r['cell']}": {
+            k: r[k] for k in ("accuracy", "write_gate_signal", "write_gate_distractor", "top_unit_signal", "top_unit_distractor")
+        }
         for r in runs
     }
     results = {
@@ -105,7 +122,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict
         "cells": list(CELLS),
         "recipe": asdict(recipe),
         "chance_accuracy": 1 / recipe.symbols,
-        "write_gate": "lstm: input gate i_t; gru: 1 - z_t; mean over units and test sequences",
+        "write_gate": "lstm: input gate i_t; gru: 1 - z_t; mean over test sequences, over all units "
+        "(write_gate_*) and for the unit with the largest signal - distractor gap (top_unit_*)",
         "summary": summary,
         "runs": runs,
         "figures": ["noise.png"],

@@ -23,6 +23,7 @@ def _init_worker() -> None:
     global _IN_WORKER
     _IN_WORKER = True
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # see gatelab.experiments.cli
 
 
 def progress(iterable, desc: str, **kwargs):
