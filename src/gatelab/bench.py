@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--threads", type=int, default=None,
                         help="set torch's and OpenBLAS's thread count (default: leave both)")
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                        help="wall: elapsed time (default); cpu: this thread's CPU time, which "
+                             "ignores time lost to other processes on a busy machine (use only "
+                             "with --threads 1: other threads' work is not counted)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: one small shape, 3 repeats, 1 warm-up")
     parser.add_argument("--json", default=None, metavar="PATH", help="write every number here")
@@ -98,26 +102,26 @@ def machine_info(torch, numpy) -> dict:
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
-def gemm_peak(torch, numpy, n=2048, repeats=5) -> dict:
+def gemm_peak(torch, numpy, n=2048, repeats=5, clock=time.perf_counter) -> dict:
     """Large-GEMM GFLOP/s (float32, n³) of NumPy/OpenBLAS and of torch, median of repeats."""
     a = numpy.random.default_rng(0).standard_normal((n, n), dtype=numpy.float32)
     out = numpy.empty_like(a)
     ta, tout = torch.from_numpy(a), torch.from_numpy(out)
     runs = {"numpy": lambda: numpy.matmul(a, a, out=out), "torch": lambda: torch.mm(ta, ta, out=tout)}
-    times = _round_robin(runs, warmup=1, repeats=repeats)
+    times = _round_robin(runs, warmup=1, repeats=repeats, clock=clock)
     return {k: 2 * n ** 3 / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
-def _round_robin(runs: dict, warmup: int, repeats: int) -> dict:
+def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter) -> dict:
     for f in runs.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in runs}
     for _ in range(repeats):
         for k, f in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return times
 
 
@@ -182,13 +186,17 @@ def run(args) -> int:
     if repeats < 1 or warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     dtype = getattr(torch, args.dtype)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu" and (torch.get_num_threads() != 1):
+        raise UsageError("--clock cpu counts this thread only: use it with --threads 1")
 
     info = machine_info(torch, numpy)
-    peak = gemm_peak(torch, numpy, n=512 if args.quick else 2048, repeats=3 if args.quick else 5)
+    peak = gemm_peak(torch, numpy, n=512 if args.quick else 2048, repeats=3 if args.quick else 5,
+                     clock=clock)
     best = max(peak.values())
     print(f"gatelab bench: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
           f"({info['torch_threads']} threads), OpenBLAS threads {info['openblas_threads']}, "
-          f"numba {info['numba']}; backend={args.backend}, {args.dtype}, "
+          f"numba {info['numba']}; backend={args.backend}, {args.dtype}, {args.clock} clock, "
           f"median of {repeats} after {warmup} warm-up")
     print("large GEMM (float32): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     head = (f"{'cell':5} {'T,B,I,H':>16} {'kind':9} {'torch ms':>9} {'gatelab ms':>10} "
@@ -203,7 +211,7 @@ def run(args) -> int:
             for kind in kinds:
                 runs = _contenders(torch, gnn, cell, shape, kind, args.backend, dtype,
                                    gates=not args.no_gates)
-                times = _round_robin(runs, warmup, repeats)
+                times = _round_robin(runs, warmup, repeats, clock)
                 med = {k: statistics.median(v) for k, v in times.items()}
                 flops = fwd_flops * (3 if kind == "training" else 1)
                 row = {"cell": cell, "shape": list(shape), "kind": kind, "flops": flops,
@@ -224,6 +232,7 @@ def run(args) -> int:
                       f"{row['fraction_of_peak']:7.0%} {gates}", flush=True)
     if args.json:
         report = {"machine": info, "gemm_peak_gflops": peak, "backend": args.backend,
+                  "clock": args.clock,
                   "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
                   "results": results}
         with open(args.json, "w") as f:

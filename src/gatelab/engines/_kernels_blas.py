@@ -98,6 +98,18 @@ def _data(typingctx, arr):
     return types.voidptr(arr), codegen
 
 
+@njit(inline="always")
+def _ld(x):
+    """Row stride in elements (NumPy may give a size-1 axis any stride; BLAS wants >= cols)."""
+    return x.strides[0] // x.itemsize if x.shape[0] > 1 else max(x.shape[1], 1)
+
+
+@njit(inline="always")
+def _inc(x):
+    """Element stride along a row."""
+    return x.strides[1] // x.itemsize if x.shape[1] > 1 else 1
+
+
 def gemm(a, b, c, trans_b, beta):
     """c = a @ op(b) + beta * c (numba only; see the module docstring)."""
     raise NotImplementedError("gemm runs inside numba code")
@@ -119,17 +131,14 @@ def _gemm_impl(a, b, c, trans_b, beta):
         N = c.shape[1]
         if M == 0:
             return
-        size = a.itemsize
         if M == 1:  # one row: GEMV, several times faster than OpenBLAS's GEMM with M = 1
             # c^T = op(b)^T a^T: b (N, K) with trans_b is used as is, b (K, N) transposed
             fv(_ROW_MAJOR, _NO_TRANS if trans_b else _TRANS, b.shape[0], b.shape[1], 1.0,
-               _data(b), b.strides[0] // size, _data(a), a.strides[1] // size, beta, _data(c),
-               c.strides[1] // size)
+               _data(b), _ld(b), _data(a), _inc(a), beta, _data(c), _inc(c))
             return
         fn(_ROW_MAJOR, _NO_TRANS, _TRANS if trans_b else _NO_TRANS, M, N, K,
            1.0,  # alpha
-           _data(a), a.strides[0] // size, _data(b), b.strides[0] // size,
-           beta, _data(c), c.strides[0] // size)
+           _data(a), _ld(a), _data(b), _ld(b), beta, _data(c), _ld(c))
 
     return impl
 

@@ -33,10 +33,11 @@ from gatelab.engines.fused_common import (
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, b_hn, h_state, gr, gz, gn, hn_seq, out):
+def forward_step(t, n, ta, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out):
     """One step's gate pass for rows [:n].
 
-    xa (T, B, 3H) x W_ih^T + b_ih (+ b_hr, b_hz); hw (B, 3H) h_{t-1} W_hh^T; b_hn (H,);
+    xa (T, B, 3H) x W_ih^T; hw (B, 3H) h_{t-1} W_hh^T; bias (3H,) b_ih + [b_hr, b_hz, 0];
+    b_hn (H,);
     h_state (B, H) h_{t-1} in, h_t out; gr gz gn hn_seq (Ta, B, H) written at ta;
     out (T, B, H) written at t.
     """
@@ -44,12 +45,13 @@ def forward_step(t, n, ta, xa, hw, b_hn, h_state, gr, gz, gn, hn_seq, out):
     for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
         x_r, x_z, x_n = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:]  # (H,)
         h_r, h_z, h_n = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:]  # (H,)
+        b_r, b_z, b_n = bias[:H], bias[H:2 * H], bias[2 * H:]  # (H,)
         h_, r_, z_, n_, hn_, out_ = h_state[b], gr[ta, b], gz[ta, b], gn[ta, b], hn_seq[ta, b], out[t, b]
         for j in range(H):
-            r = sigmoid(x_r[j] + h_r[j])
-            z = sigmoid(x_z[j] + h_z[j])
+            r = sigmoid(x_r[j] + h_r[j] + b_r[j])
+            z = sigmoid(x_z[j] + h_z[j] + b_z[j])
             hn = h_n[j] + b_hn[j]
-            nn = tanh(x_n[j] + r * hn)
+            nn = tanh(x_n[j] + b_n[j] + r * hn)
             h = (one(z) - z) * nn + z * h_[j]
             r_[j] = r
             z_[j] = z
@@ -104,13 +106,15 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
 
 
 @njit(**JIT)
-def forward_loop(steps, full, xa, w_hh, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
+def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the gate pass.
-    steps (S, 4) rows (t, n, tp, n_prev); w_hh (3H, H); the rest as in forward_step."""
+    steps (S, 4) rows (t, n, tp, n_prev); w_hh_t (H, 3H) = W_hh^T; the rest as in
+    forward_step."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (H, 3H)
-        forward_step(t, n, t if full else 0, xa, hw, b_hn, h_state, gr, gz, gn, hn_seq, out)
+        gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, 3H)
+        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq,
+                     out)
 
 
 @njit(**JIT)
@@ -133,12 +137,12 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
     packed = any(s.n < B for s in steps)
     xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
-    b_hn = np.zeros(H, dt)  # (H,)
+    bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)  # (3H,), (H,)
     if b_ih is not None:
         bias = b_ih.copy()  # (3H,)
         bias[:2 * H] += b_hh[:2 * H]  # b_hr, b_hz join the input bias; b_hn stays inside r ⊙ (.)
-        xa += bias
         b_hn = b_hh[2 * H:]
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H): the per-step GEMM runs A @ B
     full = keep or record
     Ta = T if full else 1
     zeros_or_empty = np.zeros if packed else np.empty
@@ -147,12 +151,11 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
     h_state = h0.copy()  # (B, H)
     hw = np.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, b_hn, h_state, hw, *saved, out)
+        forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, h_state, hw, *saved, out)
         return out, h_state, (saved if full else None)
-    w_hh_t = w_hh.T  # (H, 3H)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, 3H)
-        forward_step(t, n, t if full else 0, xa, hw, b_hn, h_state, *saved, out)
+        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, *saved, out)
     return out, h_state, (saved if full else None)
 
 

@@ -35,10 +35,10 @@ from gatelab.engines.fused_common import (
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, c_state, gi, gf, gg, go, c_seq, m_seq, m_state):
+def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state):
     """One step's gate pass for rows [:n]; writes gates at ta, c at ta, m at t.
 
-    xa (T, B, 4H) input projection + both biases; hw (B, 4H) h_{t-1} W_hh^T;
+    xa (T, B, 4H) input projection; hw (B, 4H) h_{t-1} W_hh^T; bias (4H,) b_ih + b_hh;
     c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
     m_seq (Tm, B, H) and m_state (B, H) receive m_t = o ⊙ tanh(c_t) (m_seq at index t
     when Tm > 1, else 0).
@@ -48,13 +48,14 @@ def forward_step(t, n, ta, xa, hw, c_state, gi, gf, gg, go, c_seq, m_seq, m_stat
     for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
         x_i, x_f, x_g, x_o = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:3 * H], xa[t, b, 3 * H:]
         h_i, h_f, h_g, h_o = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:3 * H], hw[b, 3 * H:]
+        b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
         c_, i_, f_, g_, o_ = c_state[b], gi[ta, b], gf[ta, b], gg[ta, b], go[ta, b]  # (H,)
         cs_, ms_, m_ = c_seq[ta, b], m_seq[tm, b], m_state[b]  # (H,)
         for j in range(H):
-            i = sigmoid(x_i[j] + h_i[j])
-            f = sigmoid(x_f[j] + h_f[j])
-            g = tanh(x_g[j] + h_g[j])
-            o = sigmoid(x_o[j] + h_o[j])
+            i = sigmoid(x_i[j] + h_i[j] + b_i[j])
+            f = sigmoid(x_f[j] + h_f[j] + b_f[j])
+            g = tanh(x_g[j] + h_g[j] + b_g[j])
+            o = sigmoid(x_o[j] + h_o[j] + b_o[j])
             c = f * c_[j] + i * g
             m = o * tanh(c)
             c_[j] = c
@@ -111,17 +112,17 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
 
 
 @njit(**JIT)
-def forward_loop(steps, full, proj, xa, w_hh, w_hr, h_state, c_state, hw, gi, gf, gg, go,
+def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, h_state, c_state, hw, gi, gf, gg, go,
                  c_seq, m_seq, m_state, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM), the gate pass, and
     with a projection h_t = m_t W_hr^T. steps (S, 4) rows (t, n, tp, n_prev);
-    w_hh (4H, H_out); w_hr (H_out, H) (any array when not proj); the rest as in
-    forward_step, out (T, B, H_out)."""
+    w_hh_t (H_out, 4H) = W_hh^T; w_hr (H_out, H) (any array when not proj); the rest as
+    in forward_step, out (T, B, H_out)."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H_out) x (H_out, 4H)
-        forward_step(t, n, t if full else 0, xa, hw, c_state, gi, gf, gg, go, c_seq, m_seq,
-                     m_state)
+        gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
+        forward_step(t, n, t if full else 0, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
+                     m_seq, m_state)
         if proj:
             gemm(m_state[:n], w_hr, h_state[:n], True, 0.0)  # (n, H) x (H, H_out)
             out[t, :n] = h_state[:n]
@@ -155,9 +156,9 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     dt = x.dtype
     packed = any(s.n < B for s in steps)
     xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
-    if bias is not None:
-        xa += bias
     xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
+    bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,), added in the gate pass
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H): the per-step GEMM runs A @ B
     full = keep or record
     Ta = T if full else 1
     zeros_or_empty = np.zeros if packed else np.empty
@@ -173,14 +174,14 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
         m_state = np.empty((B, H), dt)  # (B, H)
         m_seq = m_state[None]  # (1, B, H)
     if numba_loop():
-        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh,
+        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh_t, bias,
                      w_hh if w_hr is None else w_hr, h_state, c_state, hw, *gates, c_seq,
                      m_seq, m_state, out)
         return out, h_state, c_state, ((gates, c_seq) if full else None)
-    w_hh_t, w_hr_t = w_hh.T, (None if w_hr is None else w_hr.T)  # (H_out, 4H), (H, H_out)
+    w_hr_t = None if w_hr is None else w_hr.T  # (H, H_out)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H_out) x (H_out, 4H)
-        forward_step(t, n, t if full else 0, xa, hw, c_state, *gates, c_seq, m_seq, m_state)
+        forward_step(t, n, t if full else 0, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state)
         if w_hr is not None:
             mm(m_state[:n], w_hr_t, h_state[:n])  # (n, H) x (H, H_out)
             out[t, :n] = h_state[:n]

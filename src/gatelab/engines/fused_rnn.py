@@ -23,21 +23,21 @@ from gatelab.engines.fused_common import (
 
 
 @njit(**JIT)
-def forward_step(t, n, relu, xa, hw, h_state, out):
-    """h_t = φ(xa[t] + hw) for rows [:n]: xa (T, B, H), hw (B, H), h_state (B, H),
-    out (T, B, H)."""
+def forward_step(t, n, relu, xa, hw, bias, h_state, out):
+    """h_t = φ(xa[t] + hw + bias) for rows [:n]: xa (T, B, H), hw (B, H), bias (H,),
+    h_state (B, H), out (T, B, H)."""
     H = h_state.shape[1]
     for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
         xa_, hw_, h_, out_ = xa[t, b], hw[b], h_state[b], out[t, b]  # (H,)
         if relu:
             for j in range(H):
-                a = xa_[j] + hw_[j]
+                a = xa_[j] + hw_[j] + bias[j]
                 h = max(a, a - a)
                 out_[j] = h
                 h_[j] = h
         else:
             for j in range(H):
-                h = tanh(xa_[j] + hw_[j])
+                h = tanh(xa_[j] + hw_[j] + bias[j])
                 out_[j] = h
                 h_[j] = h
 
@@ -68,12 +68,12 @@ def backward_step(t, n, relu, d_out, d_rec, dh_state, out, da):
 
 
 @njit(**JIT)
-def forward_loop(steps, relu, xa, w_hh, h_state, hw, out):
+def forward_loop(steps, relu, xa, w_hh_t, bias, h_state, hw, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the pass."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (H, H)
-        forward_step(t, n, relu, xa, hw, h_state, out)
+        gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, H)
+        forward_step(t, n, relu, xa, hw, bias, h_state, out)
 
 
 @njit(**JIT)
@@ -92,19 +92,18 @@ def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     dt = x.dtype
     packed = any(s.n < B for s in steps)
     xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, H), dt))  # (T*B, H)
-    if bias is not None:
-        xa += bias
     xa = xa.reshape(T, B, H)  # (T, B, H)
+    bias = np.zeros(H, dt) if bias is None else bias  # (H,), added in the pass
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, H): the per-step GEMM runs A @ B
     out = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
     hw = np.empty((B, H), dt)  # (B, H)
     if numba_loop():
-        forward_loop(steps_array(steps), relu, xa, w_hh, h_state, hw, out)
+        forward_loop(steps_array(steps), relu, xa, w_hh_t, bias, h_state, hw, out)
         return out, h_state
-    w_hh_t = w_hh.T  # (H, H)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, H)
-        forward_step(t, n, relu, xa, hw, h_state, out)
+        forward_step(t, n, relu, xa, hw, bias, h_state, out)
     return out, h_state
 
 
