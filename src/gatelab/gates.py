@@ -12,6 +12,10 @@ for a single cell step `(B, H)` or `(H,)`. For packed input the layout is that o
 `pad_packed_sequence(output, batch_first=module.batch_first)`: T is the longest sequence,
 the batch is in the original (unsorted) order of the sequences, the padded steps are zero.
 
+LSTM-family variants (gatelab.nn options): a removed gate is recorded as its constant
+(f = 1, i = 1, o = 1; g = a_g without the candidate activation), a coupled input gate as
+i = 1 - f; `c` is the carried cell c_t (after zoneout).
+
 The tensors are part of the autograd graph (not detached) when the engine records them
 with autograd (the eager engine); recording never changes any output or gradient.
 """

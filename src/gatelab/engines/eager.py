@@ -18,6 +18,11 @@ GRU (rows r|z|n, "reset after" as torch.nn):
 RNN:
     h_t = tanh(x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)     (RNN_RELU: relu)
 
+Every CellSpec field of the LSTM family (peephole, layer_norm, coupled_gates, remove,
+gate_activation, cell_activation, GRU reset_after) and every mask (zoneout_h, zoneout_c,
+recurrent_dropout) runs here, as defined in `gatelab.engines` ("The LSTM family"); a
+removed gate is recorded as its constant 1, a coupled i as 1 - f.
+
 With `batch_sizes` only the first batch_sizes[t] rows take step t; the other rows keep
 their state (a finished row keeps its final state; in the reverse direction a row that
 has not started yet still holds the initial state, so it starts from h0 at its own last
