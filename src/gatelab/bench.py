@@ -167,13 +167,6 @@ def run(args) -> int:
 
     import gatelab.nn as gnn
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-        blas = _openblas()
-        if blas:
-            blas[1](args.threads)
     cells = [c.strip().upper() for c in args.cells.split(",") if c.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not cells or any(c not in CELLS for c in cells):
@@ -187,8 +180,26 @@ def run(args) -> int:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     dtype = getattr(torch, args.dtype)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    if args.clock == "cpu" and (torch.get_num_threads() != 1):
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    threads = torch.get_num_threads() if args.threads is None else args.threads
+    if args.clock == "cpu" and threads != 1:
         raise UsageError("--clock cpu counts this thread only: use it with --threads 1")
+    blas = _openblas()
+    before = (torch.get_num_threads(), blas[0]() if blas else None)
+    if args.threads is not None:  # after every check: a refused run changes nothing
+        torch.set_num_threads(args.threads)
+        if blas:
+            blas[1](args.threads)
+    try:
+        return _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, dtype)
+    finally:  # leave the process's thread pools as they were
+        torch.set_num_threads(before[0])
+        if blas and before[1]:
+            blas[1](before[1])
+
+
+def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, dtype) -> int:
 
     info = machine_info(torch, numpy)
     peak = gemm_peak(torch, numpy, n=512 if args.quick else 2048, repeats=3 if args.quick else 5,
