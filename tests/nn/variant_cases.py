@@ -21,15 +21,15 @@ F64 = torch.float64
 TOL = 1e-10
 
 
-def build(mode, kw, options, backend, seed):
+def build(mode, kw, options, backend, seed, dtype=F64):
     """gatelab.nn `mode` module with `options`, every parameter moved off its initial value
     (so layer-norm gains, biases and peepholes are all non-trivial)."""
     torch.manual_seed(seed)
-    module = getattr(gnn, mode)(backend=backend, dtype=F64, **kw, **options)
+    module = getattr(gnn, mode)(backend=backend, dtype=dtype, **kw, **options)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=F64))
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=F64).to(dtype))
     return module
 
 
@@ -53,6 +53,13 @@ def can_run(backend, module, x, record, masks) -> str | None:
 
 
 def check_against_reference(module, *, T, B, form, seed, training, with_masks=True):
+    """See _check; float32 modules are compared with the float64 reference at 1e-5."""
+    dtype = module.weight_ih_l0.dtype
+    return _check(module, T=T, B=B, form=form, seed=seed, training=training, with_masks=with_masks,
+                  dtype=dtype, tol=TOL if dtype == F64 else 1e-5)
+
+
+def _check(module, *, T, B, form, seed, training, with_masks, dtype, tol):
     """Run `module` and the reference on the same input, states and masks; assert equality.
 
     Arguments:
@@ -84,10 +91,11 @@ def check_against_reference(module, *, T, B, form, seed, training, with_masks=Tr
 
     if training:
         torch.manual_seed(seed)
-        masks = module.draw_masks(T, B, dtype=F64) if with_masks else None
+        masks = module.draw_masks(T, B, dtype=dtype) if with_masks else None
     else:
         masks = None
-    masks_np = [{k: v.numpy() for k, v in m.items()} for m in masks] if masks else [{} for _ in range(L * D)]
+    masks_np = ([{k: v.numpy().astype(np.float64) for k, v in m.items()} for m in masks] if masks
+                else [{} for _ in range(L * D)])
     if not training:  # the documented expectation: zoneout mask = p, nothing else
         p_h, p_c = module.options.zoneout
         for m in masks_np:
@@ -96,6 +104,8 @@ def check_against_reference(module, *, T, B, form, seed, training, with_masks=Tr
             if p_c > 0:
                 m["zoneout_c"] = np.full((T, B, H), p_c)
 
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    x_np, h0_np = x_np.astype(np_dtype), tuple(s.astype(np_dtype) for s in h0_np)  # as the module sees them
     x = torch.from_numpy(x_np.copy())
     if module.batch_first:
         x = x.transpose(0, 1)
@@ -123,27 +133,28 @@ def check_against_reference(module, *, T, B, form, seed, training, with_masks=Tr
         gates = {k: v.transpose(1, 2) for k, v in gates.items()}
     if module.batch_first:
         out = out.transpose(0, 1)  # (T, B, D*H_out)
-    loss = (out * torch.from_numpy(d_out)).sum() + sum((s * torch.from_numpy(r)).sum()
-                                                       for s, r in zip(state, d_final))
+    loss = (out * torch.from_numpy(d_out).to(dtype)).sum() + sum((s * torch.from_numpy(r).to(dtype)).sum()
+                                                                 for s, r in zip(state, d_final))
     params = dict(module.named_parameters())
     got = torch.autograd.grad(loss, [x, *h0, *params.values()], allow_unused=True)
 
+    x_np, h0_np = x_np.astype(np.float64), tuple(s.astype(np.float64) for s in h0_np)  # reference in float64
     want_out, want_final, want_gates, want_grads = stack(module, x_np, lengths, h0_np, masks_np, d_out, d_final)
-    np.testing.assert_allclose(out.detach().numpy(), want_out, rtol=0, atol=TOL, err_msg="output")
+    np.testing.assert_allclose(out.detach().numpy(), want_out, rtol=0, atol=tol, err_msg="output")
     for s, w in zip(state, want_final):
-        np.testing.assert_allclose(s.detach().numpy(), w, rtol=0, atol=TOL, err_msg="final state")
+        np.testing.assert_allclose(s.detach().numpy(), w, rtol=0, atol=tol, err_msg="final state")
     for name, w in want_gates.items():
-        np.testing.assert_allclose(gates[name].detach().numpy(), w, rtol=0, atol=TOL, err_msg=f"gate {name}")
+        np.testing.assert_allclose(gates[name].detach().numpy(), w, rtol=0, atol=tol, err_msg=f"gate {name}")
     dx = got[0].numpy()
     if module.batch_first:
         dx = dx.transpose(1, 0, 2)
-    np.testing.assert_allclose(dx, want_grads["x"], rtol=0, atol=TOL, err_msg="grad x")
+    np.testing.assert_allclose(dx, want_grads["x"], rtol=0, atol=tol, err_msg="grad x")
     for g, w, name in zip(got[1: 1 + len(h0)], want_grads["h0"], ("h0", "c0")):
-        np.testing.assert_allclose(g.numpy(), w, rtol=0, atol=TOL, err_msg=f"grad {name}")
+        np.testing.assert_allclose(g.numpy(), w, rtol=0, atol=tol, err_msg=f"grad {name}")
     for (name, p), g in zip(params.items(), got[1 + len(h0):]):
         want = want_grads[name]
         g = torch.zeros_like(p) if g is None else g
-        np.testing.assert_allclose(g.numpy(), want, rtol=0, atol=TOL, err_msg=f"grad {name}")
+        np.testing.assert_allclose(g.numpy(), want, rtol=0, atol=tol, err_msg=f"grad {name}")
     return masks
 
 

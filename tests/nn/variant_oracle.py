@@ -19,13 +19,13 @@ def suffix(layer: int, direction: int) -> str:
 
 
 def layer_weights(module, layer: int, direction: int, suffix_: str | None = None) -> dict:
-    """numpy copies of one layer-direction's parameters under their base names."""
+    """float64 numpy copies of one layer-direction's parameters under their base names."""
     s = suffix(layer, direction) if suffix_ is None else suffix_
     out = {}
     for name, p in module.named_parameters():
         if s and not name.endswith(s):
             continue
-        out[name[: -len(s)] if s else name] = p.detach().numpy().copy()
+        out[name[: -len(s)] if s else name] = p.detach().numpy().astype(np.float64)  # the reference in float64
     return out
 
 
