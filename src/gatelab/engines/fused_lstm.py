@@ -36,7 +36,8 @@ from gatelab.engines.fused_common import (
 
 @njit(**JIT)
 def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state):
-    """One step's gate pass for rows [:n]; writes gates at ta, c at ta, m at t.
+    """One step's gate pass for rows [:n]; writes gates and c at ta (not at all when
+    ta < 0: inference without a record), m at t.
 
     xa (T, B, 4H) input projection; hw (B, 4H) h_{t-1} W_hh^T; bias (4H,) b_ih + b_hh;
     c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
@@ -45,13 +46,26 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     """
     H = c_state.shape[1]
     tm = t if m_seq.shape[0] > 1 else 0
+    keep = ta >= 0
     for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
         x_i, x_f, x_g, x_o = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:3 * H], xa[t, b, 3 * H:]
         h_i, h_f, h_g, h_o = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:3 * H], hw[b, 3 * H:]
         b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
         c_, i_, f_, g_, o_ = c_state[b], gi[ta, b], gf[ta, b], gg[ta, b], go[ta, b]  # (H,)
         cs_, ms_, m_ = c_seq[ta, b], m_seq[tm, b], m_state[b]  # (H,)
-        for j in range(H):
+        if not keep:  # inference without a record: c and m only
+            for j in range(H):
+                i = sigmoid(x_i[j] + h_i[j] + b_i[j])
+                f = sigmoid(x_f[j] + h_f[j] + b_f[j])
+                g = tanh(x_g[j] + h_g[j] + b_g[j])
+                o = sigmoid(x_o[j] + h_o[j] + b_o[j])
+                c = f * c_[j] + i * g
+                m = o * tanh(c)
+                c_[j] = c
+                ms_[j] = m
+                m_[j] = m
+            continue
+        for j in range(H):  # the same, keeping the gates and c for backward or the record
             i = sigmoid(x_i[j] + h_i[j] + b_i[j])
             f = sigmoid(x_f[j] + h_f[j] + b_f[j])
             g = tanh(x_g[j] + h_g[j] + b_g[j])
@@ -59,13 +73,13 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
             c = f * c_[j] + i * g
             m = o * tanh(c)
             c_[j] = c
+            ms_[j] = m
+            m_[j] = m
             i_[j] = i
             f_[j] = f
             g_[j] = g
             o_[j] = o
             cs_[j] = c
-            ms_[j] = m
-            m_[j] = m
 
 
 @njit(**JIT)
@@ -121,7 +135,7 @@ def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, h_state, c_state, hw
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
-        forward_step(t, n, t if full else 0, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
+        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
                      m_seq, m_state)
         if proj:
             gemm(m_state[:n], w_hr, h_state[:n], True, 0.0)  # (n, H) x (H, H_out)
@@ -172,7 +186,8 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
         m_seq, m_state = out, h_state  # m_t is h_t
     else:
         m_state = np.empty((B, H), dt)  # (B, H)
-        m_seq = m_state[None]  # (1, B, H)
+        m_seq = np.empty((1, B, H), dt)  # (1, B, H): not a view of m_state, which would
+        # make LLVM's overlap check fail and the gate pass run scalar
     if numba_loop():
         forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh_t, bias,
                      w_hh if w_hr is None else w_hr, h_state, c_state, hw, *gates, c_seq,
@@ -181,7 +196,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     w_hr_t = None if w_hr is None else w_hr.T  # (H, H_out)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H_out) x (H_out, 4H)
-        forward_step(t, n, t if full else 0, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state)
+        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state)
         if w_hr is not None:
             mm(m_state[:n], w_hr_t, h_state[:n])  # (n, H) x (H, H_out)
             out[t, :n] = h_state[:n]
