@@ -15,7 +15,7 @@ from variant_oracle import stack
 
 import gatelab.nn as gnn
 from gatelab import engines
-from gatelab.nn.base import select_engine
+from gatelab.nn.options import select_engine
 
 F64 = torch.float64
 TOL = 1e-10

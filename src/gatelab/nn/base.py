@@ -99,7 +99,7 @@ class RNNBase(nn.Module):
         self.backend = backend
         _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, proj_size, backend)
-        self.options = _parse_options(type(self).__name__, mode, bias, options)
+        self.options = opts.parse_keywords(type(self).__name__, mode, bias, options)
         gate_size = GATE_ROWS[mode] * hidden_size
         num_directions = 2 if bidirectional else 1
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
@@ -170,7 +170,7 @@ class RNNBase(nn.Module):
         if self.backend != "auto":
             s += ", backend={backend!r}"
         s = s.format(**self.__dict__)
-        return s + "".join(f", {k}={v}" for k, v in _repr_options(self.options, self.mode).items())
+        return s + "".join(f", {k}={v}" for k, v in opts.repr_options(self.options, self.mode).items())
 
     # ---- hooks for the LSTM family (issue 7) -------------------------------------------
 
@@ -327,7 +327,7 @@ class RNNBase(nn.Module):
                 weights = self._layer_weights(layer, direction)
                 step_masks = dict(masks[k])
                 weights["weight_hh"] = opts.drop_weight(weights["weight_hh"], step_masks.pop("weight_hh", None))
-                engine = select_engine(self.backend, spec, x, record, step_masks)
+                engine = opts.select_engine(self.backend, spec, x, record, step_masks)
                 if direction == 0:
                     engines.log.debug("%s layer %d: %s engine (backend=%r)", self.mode, layer,
                                       engine.NAME, self.backend)
@@ -349,50 +349,6 @@ class RNNBase(nn.Module):
 
     def _gate_names(self):
         return gate_record.GATE_NAMES[self.mode]
-
-
-def select_engine(backend: str, spec, x, record: bool, masks: dict):
-    """engines.select, and an engine that takes the `masks` (its MASKS attribute lists the
-    mask names it applies; an engine without one takes none).
-
-    With masks the engine cannot apply, "auto" falls back to the eager engine and logs why
-    (DEBUG, logger gatelab.engines); a named backend raises ValueError.
-    """
-    engine = engines.select(backend, spec, x, record)
-    missing = sorted(set(masks or ()) - set(getattr(engine, "MASKS", ())))
-    if not missing:
-        return engine
-    reason = f"masks {missing} (zoneout / recurrent_dropout) not supported"
-    if backend != "auto":
-        raise ValueError(f"backend={engine.NAME!r} cannot run this request: {reason}")
-    engines.log.debug("backend auto: not %s (%s)", engine.NAME, reason)
-    return engines.select("eager", spec, x, record)
-
-
-KNOWN_OPTIONS = ("forget_bias", "peephole", "layer_norm", "coupled_gates", "remove", "no_forget_gate",
-                 "no_input_gate", "no_output_gate", "no_output_activation", "no_candidate_activation",
-                 "gate_activation", "cell_activation", "zoneout", "recurrent_dropout", "weight_drop",
-                 "reset_after")
-
-
-def _parse_options(cls_name: str, mode: str, bias, options: dict):
-    """opts.parse, with TypeError for a keyword that is no option (as Python would raise)."""
-    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
-    if unknown:
-        raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument {unknown[0]!r}")
-    return opts.parse(mode, bias=bias is True, **options)
-
-
-def _repr_options(options, mode: str) -> dict:
-    """The non-default options as repr shows them: name -> text (zoneout as one number
-    when p_h == p_c or for the GRU, remove as a sorted set)."""
-    shown = {k: repr(v) for k, v in options.non_defaults().items()}
-    p_h, p_c = options.zoneout
-    if "zoneout" in shown and (p_h == p_c or mode != "LSTM"):
-        shown["zoneout"] = repr(p_h)
-    if "remove" in shown:
-        shown["remove"] = "{" + ", ".join(repr(p) for p in sorted(options.remove)) + "}"
-    return shown
 
 
 def _check_arguments(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,

@@ -14,7 +14,6 @@ from torch import nn
 
 from gatelab import engines
 from gatelab.nn import options as opts
-from gatelab.nn.base import _parse_options, _repr_options, select_engine
 
 
 class RNNCellBase(nn.Module):
@@ -40,7 +39,7 @@ class RNNCellBase(nn.Module):
         super().__init__()
         if backend not in engines.BACKENDS:
             raise ValueError(f"backend must be one of {engines.BACKENDS}, got {backend!r}")
-        self.options = (_parse_options(self._name, self._mode, bias, options) if options
+        self.options = (opts.parse_keywords(self._name, self._mode, bias, options) if options
                         else opts.Options())
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -72,7 +71,7 @@ class RNNCellBase(nn.Module):
         s = s.format(**self.__dict__)
         if not self.options.non_defaults():
             return s
-        return s + "".join(f", {k}={v}" for k, v in _repr_options(self.options, self._mode).items())
+        return s + "".join(f", {k}={v}" for k, v in opts.repr_options(self.options, self._mode).items())
 
     def reset_parameters(self) -> None:
         """Every parameter from U(-sqrt(k), sqrt(k)), k = 1/hidden_size (torch.nn's init);
@@ -163,7 +162,7 @@ class RNNCellBase(nn.Module):
         weights.update({name: getattr(self, name) for name in self._extra_names})
         spec = self._spec()
         x = x.unsqueeze(0)  # (1, B, I)
-        engine = select_engine(self.backend, spec, x, return_gates, step_masks)
+        engine = opts.select_engine(self.backend, spec, x, return_gates, step_masks)
         _, state, gates = engine.run(spec, x, hx, weights, record=return_gates, training=self.training,
                                      masks=step_masks or None)
         squeeze = (lambda t: t.squeeze(0)) if not batched else (lambda t: t)

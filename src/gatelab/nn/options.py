@@ -287,3 +287,47 @@ def mask_shapes(mode: str, T: int, B: int, hidden_size: int, out_size: int, weig
     if mode != "LSTM":
         del shapes["zoneout_c"]
     return shapes
+
+
+def select_engine(backend: str, spec, x, record: bool, masks: dict):
+    """engines.select, and an engine that takes the `masks` (its MASKS attribute lists the
+    mask names it applies; an engine without one takes none).
+
+    With masks the engine cannot apply, "auto" falls back to the eager engine and logs why
+    (DEBUG, logger gatelab.engines); a named backend raises ValueError.
+    """
+    engine = engines.select(backend, spec, x, record)
+    missing = sorted(set(masks or ()) - set(getattr(engine, "MASKS", ())))
+    if not missing:
+        return engine
+    reason = f"masks {missing} (zoneout / recurrent_dropout) not supported"
+    if backend != "auto":
+        raise ValueError(f"backend={engine.NAME!r} cannot run this request: {reason}")
+    engines.log.debug("backend auto: not %s (%s)", engine.NAME, reason)
+    return engines.select("eager", spec, x, record)
+
+
+KNOWN_OPTIONS = ("forget_bias", "peephole", "layer_norm", "coupled_gates", "remove", "no_forget_gate",
+                 "no_input_gate", "no_output_gate", "no_output_activation", "no_candidate_activation",
+                 "gate_activation", "cell_activation", "zoneout", "recurrent_dropout", "weight_drop",
+                 "reset_after")
+
+
+def parse_keywords(cls_name: str, mode: str, bias, options: dict):
+    """opts.parse, with TypeError for a keyword that is no option (as Python would raise)."""
+    unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+    if unknown:
+        raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+    return parse(mode, bias=bias is True, **options)
+
+
+def repr_options(options, mode: str) -> dict:
+    """The non-default options as repr shows them: name -> text (zoneout as one number
+    when p_h == p_c or for the GRU, remove as a sorted set)."""
+    shown = {k: repr(v) for k, v in options.non_defaults().items()}
+    p_h, p_c = options.zoneout
+    if "zoneout" in shown and (p_h == p_c or mode != "LSTM"):
+        shown["zoneout"] = repr(p_h)
+    if "remove" in shown:
+        shown["remove"] = "{" + ", ".join(repr(p) for p in sorted(options.remove)) + "}"
+    return shown
