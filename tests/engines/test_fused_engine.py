@@ -149,7 +149,7 @@ def test_double_backward_is_refused_with_a_clear_error():
 def test_unsupported_says_why():
     spec = CellSpec("LSTM", 3, 4)
     assert fused_cpu.unsupported(spec, torch.zeros(2, 1, 3), False) is None
-    assert "float32" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, dtype=torch.bfloat16), False)
+    assert "float32" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, dtype=torch.float16), False)
     assert "CPU" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, device="meta"), False)
     assert "variant" in fused_cpu.unsupported(CellSpec("LSTM", 3, 4, peephole=True),
                                               torch.zeros(2, 1, 3), False)
@@ -206,3 +206,31 @@ def test_gemm_from_numba_equals_numpy(dtype):
         expected = a[1:2] @ (m.T if trans else m) + c1
         _kernels_blas.gemm_check(a[1:2], m, c1, trans, 1.0)
         np.testing.assert_allclose(c1, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bfloat16_activations_run_in_float32(mode):
+    """bf16 x and state with float32 weights: the result is the float32 computation on
+    the bf16 values, cast back to bf16; gradients reach x in bf16 and weights in float32."""
+    x, state, w, g = make_case(mode, 5, 4, 3, 6, dtype=torch.float32, lengths=LENGTHS)
+    spec = CellSpec(mode, 3, 6)
+    bs = batch_sizes_of(LENGTHS, 5)
+    xb = x.detach().bfloat16().requires_grad_()
+    sb = tuple(s.detach().bfloat16().requires_grad_() for s in state)
+    assert fused_cpu.unsupported(spec, xb, True) is None
+    out, state_T, gates = fused_cpu.run(spec, xb, sb, w, batch_sizes=bs, record=True)
+    ref, ref_T, ref_gates = fused_cpu.run(spec, xb.detach().float(), tuple(s.detach().float() for s in sb),
+                                          w, batch_sizes=bs, record=True)
+    assert out.dtype == torch.bfloat16 and all(s.dtype == torch.bfloat16 for s in state_T)
+    torch.testing.assert_close(out, ref.bfloat16(), rtol=0, atol=0)
+    for k in spec.gates:
+        torch.testing.assert_close(gates[k], ref_gates[k].bfloat16(), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and w["weight_hh"].grad.dtype == torch.float32
+
+
+def test_mismatched_dtypes_are_refused():
+    x, state, w, _ = make_case("GRU", 3, 2, 3, 4)
+    w = {**w, "weight_hh": w["weight_hh"].float()}
+    with pytest.raises(RuntimeError, match="weight_hh"):
+        fused_cpu.run(CellSpec("GRU", 3, 4), x, state, w)

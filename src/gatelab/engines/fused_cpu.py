@@ -8,9 +8,15 @@ float32 to 1e-5) in outputs, states and every gradient, including packed sequenc
 the reverse direction, `proj_size`, `bias=False` and recorded gates (which are
 differentiable: a loss on them backpropagates).
 
+bfloat16 activations (issue 8) run in float32: x, the state and the weights are cast
+to float32 (differentiable casts, so gradients reach bfloat16 or float32 master weights
+in their own dtype), the recurrence accumulates in float32, and out, the final state and
+the record come back as bfloat16.
+
 What it does not run (unsupported() says so, `backend="auto"` then takes eager):
-tensors not on the CPU; dtypes other than float32 and float64; the LSTM-family variants
-and stochastic masks of issue 7.
+tensors not on the CPU; dtypes other than float32, float64 and bfloat16; the
+LSTM-family variants and stochastic masks of issue 7 (the gate passes take them as
+extra arguments of forward_step/backward_step when they come).
 
 Threads: GEMMs use NumPy's OpenBLAS pool, the gate passes run on the calling thread
 (numba, no parallel pool), torch's intra-op pool is idle during the recurrence, so the
@@ -24,7 +30,7 @@ import torch
 from gatelab.engines.fused_common import schedule
 
 NAME = "fused"
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def unsupported(spec, x, record) -> str | None:
@@ -32,7 +38,7 @@ def unsupported(spec, x, record) -> str | None:
     if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
         return "fused engine runs on the CPU only"
     if x.dtype not in DTYPES:
-        return f"fused engine runs float32 and float64, not {x.dtype}"
+        return f"fused engine runs float32, float64 and bfloat16, not {x.dtype}"
     if spec.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         return f"unknown mode {spec.mode}"
     if not spec.is_plain:
@@ -45,6 +51,16 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     """Run one layer-direction; the contract is in gatelab.engines."""
     if masks is not None:
         raise ValueError("fused engine: stochastic masks (zoneout, recurrent dropout) are not fused yet")
+    if x.dtype == torch.bfloat16:  # bf16 activations, float32 arithmetic
+        out, state_T, gates = run(spec, x.float(), tuple(s.float() for s in state),
+                                  {k: w.float() for k, w in weights.items()}, batch_sizes,
+                                  reverse, record, training, masks)
+        bf16 = torch.bfloat16
+        return (out.to(bf16), tuple(s.to(bf16) for s in state_T),
+                None if gates is None else {k: g.to(bf16) for k, g in gates.items()})
+    for name, w in [*weights.items(), *(("state", s) for s in state)]:
+        if w.dtype != x.dtype:
+            raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
     T, B, _ = x.shape  # (T, B, I)
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM":
