@@ -195,3 +195,28 @@ def test_bad_data_writes_nothing(tmp_path, capsys, content, message):
     out = tmp_path / "run"
     _fails(capsys, ["train", "--data", str(data), "--out", str(out), *TINY], message)
     assert not out.exists()
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path, corpus_file, capsys):
+    from gatelab.lm import trainer
+
+    real_train = trainer.train
+
+    def stop_at_3(*args, **kwargs):
+        def on_step(step):
+            if step == 3:
+                raise _Stop
+        return real_train(*args, **kwargs, on_step=on_step)
+
+    out = tmp_path / "run"
+    trainer.train = stop_at_3
+    try:
+        with pytest.raises(_Stop):
+            _train(out, corpus_file, "--steps", "12", "--checkpoint-every", "10")
+    finally:
+        trainer.train = real_train
+    assert (out / ckpt.CONFIG).exists() and not (out / ckpt.CHECKPOINT).exists()
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert "no checkpoint yet" in capsys.readouterr().out
+    step, _, _ = ckpt.load_checkpoint(out, *_fresh(out))
+    assert step == 12

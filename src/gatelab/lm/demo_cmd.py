@@ -61,8 +61,6 @@ def run(args) -> int:
         if corpus.fingerprint["sha256"] != config.corpus.get("sha256"):
             raise UsageError(f"{out} was trained on another Python's standard library; "
                              f"choose another --out")
-        if not (out / ckpt.CHECKPOINT).exists():
-            raise UsageError(f"{out} has a config but no checkpoint yet; remove it or choose another --out")
     else:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UsageError(f"{out} exists and is not a gatelab run; choose another --out")

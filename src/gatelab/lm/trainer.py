@@ -128,7 +128,9 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
     unigram = unigram_entropy(corpus.read(0, min(n_train, 1 << 24)), V)
 
     start, carry, counters, records = 0, None, {"wall_s": 0.0}, []
-    if resume:
+    if resume and not (run_dir / ckpt.CHECKPOINT).exists():
+        say(f"{run_dir}: no checkpoint yet (stopped before its first); starting from step 0")
+    elif resume:
         start, carry, counters = ckpt.load_checkpoint(run_dir, model, optimizer)
         records = [r for r in ckpt.read_metrics(run_dir) if r["step"] <= start and not r.get("final")]
         if start > cfg.steps:
