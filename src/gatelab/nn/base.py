@@ -82,6 +82,8 @@ class RNNBase(nn.Module):
             reset_after. All off by default (torch.nn's cell).
     """
 
+    options = opts.Options()  # the LSTM-family options; the instance's replaces this default
+
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  device=None, dtype=None, *, backend="auto", **options):

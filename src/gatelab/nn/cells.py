@@ -32,6 +32,8 @@ class RNNCellBase(nn.Module):
 
     _mode = None  # set by the subclasses
     _name = None
+    options = opts.Options()  # the LSTM-family options; the instance's replaces this default
+    _extra_names = ()  # the options' parameters (weight_ph, ln_*)
 
     def __init__(self, input_size, hidden_size, bias, num_chunks, device=None, dtype=None,
                  *, backend="auto", options=None):
