@@ -207,8 +207,9 @@ class RNNBase(nn.Module):
             recurrent_dropout (B, H_out): d / (1 - p), one per sequence            (training)
             zoneout_h (T, B, H_out), zoneout_c (T, B, H) (LSTM): 1 = keep the previous
                 value; in evaluation the constant p (the expectation)
-        The batch is in the input's order (for a PackedSequence: the order of its
-        sequences, as the output), the time axis that of the input in both directions.
+        The masks are time-major (T, B, ...) also with batch_first; the batch is in the
+        input's order (for a PackedSequence: the order of its sequences, as the output), the
+        time axis that of the input in both directions.
 
         Arguments:
             seq_len: T.   batch_size: B (1 for unbatched input).
