@@ -26,6 +26,11 @@ from numba.extending import intrinsic, overload
 
 # contract: lets LLVM fuse a * b + c into one FMA (more accurate, not less); no other
 # fast-math licence, so NaN and infinity behave as in torch.
+# cache=True: compiled kernels are kept in __pycache__ (an LSTM's first call costs ~7 s
+# of compilation without it). numba checks only the source file of the cached function,
+# not the modules it calls: after editing _kernels.py or _kernels_blas.py alone, delete
+# src/gatelab/engines/__pycache__/*.nb[ic] (or touch fused_*.py), and stop processes
+# that still run the old code, or they may write stale entries back.
 JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 
 
