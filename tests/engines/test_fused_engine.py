@@ -234,3 +234,17 @@ def test_mismatched_dtypes_are_refused():
     w = {**w, "weight_hh": w["weight_hh"].float()}
     with pytest.raises(RuntimeError, match="weight_hh"):
         fused_cpu.run(CellSpec("GRU", 3, 4), x, state, w)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("T, B", [(0, 3), (3, 0)])
+def test_empty_sequence_or_batch(mode, T, B):
+    """No steps (T = 0) leaves the state as it was; no rows (B = 0) gives empty results."""
+    x, state, w, g = make_case(mode, T, B, 2, 3)
+    out, state_T, _ = fused_cpu.run(CellSpec(mode, 2, 3), x, state, w)
+    assert out.shape == (T, B, 3)
+    for s, s0 in zip(state_T, state):
+        torch.testing.assert_close(s, s0.detach(), rtol=0, atol=0)
+    d = torch.autograd.grad(sum((s * gs).sum() for s, gs in zip(state_T, g["state"])), state)
+    for ds, gs in zip(d, g["state"]):  # the state passes straight through
+        torch.testing.assert_close(ds, gs, rtol=0, atol=0)

@@ -70,6 +70,8 @@ def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray
     Returns (T, B, K): row b at t holds seq[tp, b] or init[b]; padded rows are zero.
     """
     T, B, K = seq.shape
+    if not steps:  # T = 0
+        return np.zeros_like(seq)
     if all(s.n == B for s in steps):  # no packing: one shifted copy
         out = np.empty_like(seq)  # (T, B, K)
         if steps[0].t == 0:  # forward

@@ -135,7 +135,7 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
     H = h0.shape[1]
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
     bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)  # (3H,), (H,)
     if b_ih is not None:
@@ -205,7 +205,7 @@ class GRUFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
         dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(dxa2.T, xs.reshape(T * B, -1), np.empty_like(w_ihs)) if need[2] else None
+        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
         h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
         dw_hh = mm(dhw2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
         db_ih = add_rows_sum(dxa) if ctx.has_bias else None  # (3H,)

@@ -169,7 +169,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     P = h0.shape[1]  # H_out
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
     xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
     bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,), added in the gate pass
     w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H): the per-step GEMM runs A @ B
@@ -269,7 +269,7 @@ class LSTMFunction(torch.autograd.Function):
         da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
         need = ctx.needs_input_grad
         dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(da2.T, xs.reshape(T * B, -1), np.empty_like(w_ihs)) if need[3] else None
+        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
         h_prev = previous(out, h0s, steps).reshape(T * B, P)  # (T*B, H_out)
         dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[4] else None
         db = add_rows_sum(da) if ctx.has_bias else None  # (4H,)

@@ -91,7 +91,7 @@ def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     H = h0.shape[1]
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, -1), w_ih.T, np.empty((T * B, H), dt))  # (T*B, H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, H), dt))  # (T*B, H)
     xa = xa.reshape(T, B, H)  # (T, B, H)
     bias = np.zeros(H, dt) if bias is None else bias  # (H,), added in the pass
     w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, H): the per-step GEMM runs A @ B
@@ -143,7 +143,7 @@ class RNNFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         da2 = da.reshape(T * B, H)  # (T*B, H)
         dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(da2.T, xs.reshape(T * B, -1), np.empty_like(w_ihs)) if need[2] else None
+        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
         h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
         dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
         db = add_rows_sum(da) if ctx.has_bias else None  # (H,)
