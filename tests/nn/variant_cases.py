@@ -15,7 +15,7 @@ from variant_oracle import stack
 
 import gatelab.nn as gnn
 from gatelab import engines
-from gatelab.nn.options import select_engine
+from gatelab.engines import select
 
 F64 = torch.float64
 TOL = 1e-10
@@ -46,7 +46,7 @@ def can_run(backend, module, x, record, masks) -> str | None:
             return reason
     engine_masks = {k for m in masks for k in m if k != "weight_hh"}
     try:
-        select_engine(backend, specs[0], x, record, dict.fromkeys(engine_masks))
+        select(backend, specs[0], x, record, dict.fromkeys(engine_masks))
     except ValueError as err:
         return str(err)
     return None

@@ -60,8 +60,9 @@ split into rows i|f|g|o:
     recurrent_dropout (mask d): a = x_t W_ih^T + b_ih + (d ⊙ h_{t-1}) W_hh^T + b_hh, one d per sequence.
     weight_drop:  the module passes weight_hh ⊙ M / (1 - p) (DropConnect), one M per forward call.
 
-An engine module provides `NAME`, `run(...)` and `unsupported(spec, x, record) -> str | None`
-(None when it can run the request, else the reason in a few words).
+An engine module provides `NAME`, `run(...)`, `unsupported(spec, x, record) -> str | None`
+(None when it can run the request, else the reason in a few words) and, when it applies
+masks, `MASKS`: the names of the masks it accepts.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ GATE_ROWS = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 ABLATIONS = ("forget_gate", "input_gate", "output_gate", "output_activation", "candidate_activation")
 
 # backend name -> module; "auto" tries these in order.
-ENGINES = {"fused": "gatelab.engines.fused_cpu", "eager": "gatelab.engines.eager"}
+ENGINES = {
+    "cudnn": "gatelab.engines.cudnn",  # torch's own CUDA kernel, for exactly the torch.nn cell on a GPU
+    "fused": "gatelab.engines.fused_cpu",  # hand-written BPTT on the CPU
+    "eager": "gatelab.engines.eager",  # autograd over the equations, anywhere
+}
 BACKENDS = ("auto", *ENGINES)
 
 
@@ -125,12 +130,14 @@ def _load(name: str):
         return None
 
 
-def select(backend: str, spec: CellSpec, x, record: bool):
-    """The engine module that runs `spec` on `x` for `backend` ("auto", "fused", "eager").
+def select(backend: str, spec: CellSpec, x, record: bool, masks: dict | None = None):
+    """The engine module that runs `spec` on `x` for `backend` ("auto" or an ENGINES name:
+    "cudnn", "fused", "eager").
 
-    "auto" takes the first engine that supports the request and logs (at DEBUG, logger
-    `gatelab.engines`) why it passed over the others; a named backend that cannot run
-    the request raises ValueError with the reason.
+    An engine declares the masks it applies in its MASKS attribute (none when absent).
+    "auto" takes the first engine that supports the request (spec, device, record, masks)
+    and logs (at DEBUG, logger `gatelab.engines`) why it passed over the others; a named
+    backend that cannot run the request raises ValueError with the reason.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -138,6 +145,10 @@ def select(backend: str, spec: CellSpec, x, record: bool):
     for name in names:
         engine = _load(name)
         reason = "not installed" if engine is None else engine.unsupported(spec, x, record)
+        if reason is None and masks:
+            missing = sorted(set(masks) - set(getattr(engine, "MASKS", ())))
+            if missing:
+                reason = f"masks {missing} (zoneout / recurrent_dropout) not supported"
         if reason is None:
             return engine
         if backend != "auto":

@@ -330,7 +330,7 @@ class RNNBase(nn.Module):
                 weights = self._layer_weights(layer, direction)
                 step_masks = dict(masks[k])
                 weights["weight_hh"] = opts.drop_weight(weights["weight_hh"], step_masks.pop("weight_hh", None))
-                engine = opts.select_engine(self.backend, spec, x, record, step_masks)
+                engine = engines.select(self.backend, spec, x, record, step_masks)
                 if direction == 0:
                     engines.log.debug("%s layer %d: %s engine (backend=%r)", self.mode, layer,
                                       engine.NAME, self.backend)

@@ -164,7 +164,7 @@ class RNNCellBase(nn.Module):
         weights.update({name: getattr(self, name) for name in self._extra_names})
         spec = self._spec()
         x = x.unsqueeze(0)  # (1, B, I)
-        engine = opts.select_engine(self.backend, spec, x, return_gates, step_masks)
+        engine = engines.select(self.backend, spec, x, return_gates, step_masks)
         _, state, gates = engine.run(spec, x, hx, weights, record=return_gates, training=self.training,
                                      masks=step_masks or None)
         squeeze = (lambda t: t.squeeze(0)) if not batched else (lambda t: t)

@@ -289,24 +289,6 @@ def mask_shapes(mode: str, T: int, B: int, hidden_size: int, out_size: int, weig
     return shapes
 
 
-def select_engine(backend: str, spec, x, record: bool, masks: dict):
-    """engines.select, and an engine that takes the `masks` (its MASKS attribute lists the
-    mask names it applies; an engine without one takes none).
-
-    With masks the engine cannot apply, "auto" falls back to the eager engine and logs why
-    (DEBUG, logger gatelab.engines); a named backend raises ValueError.
-    """
-    engine = engines.select(backend, spec, x, record)
-    missing = sorted(set(masks or ()) - set(getattr(engine, "MASKS", ())))
-    if not missing:
-        return engine
-    reason = f"masks {missing} (zoneout / recurrent_dropout) not supported"
-    if backend != "auto":
-        raise ValueError(f"backend={engine.NAME!r} cannot run this request: {reason}")
-    engines.log.debug("backend auto: not %s (%s)", engine.NAME, reason)
-    return engines.select("eager", spec, x, record)
-
-
 KNOWN_OPTIONS = ("forget_bias", "peephole", "layer_norm", "coupled_gates", "remove", "no_forget_gate",
                  "no_input_gate", "no_output_gate", "no_output_activation", "no_candidate_activation",
                  "gate_activation", "cell_activation", "zoneout", "recurrent_dropout", "weight_drop",
