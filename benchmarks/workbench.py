@@ -8,8 +8,11 @@ from Python or from numba.
 Kernel versions (one LSTM gate pass over B x H units, float32):
     1  op by op with torch in-place ops (what an unfused engine does)
     2  numba, libm exp/tanh, 3-D indexing (the first fused version)
-    3  numba, gatelab's vectorisable exp, 3-D indexing
-    4  numba, gatelab's exp, 1-D row views (shipped: fused_lstm.forward_step)
+    3  numba, gatelab's vectorisable exp, 3-D indexing, only c and m written
+    4  numba, gatelab's exp, 1-D row views (shipped: fused_lstm.forward_step), which also
+       writes the gates for backward; and its inference form, which does not
+(the 1-D row views matter most in the backward pass: with 3-D indexing LLVM did not
+vectorise it, 116 µs against 19 µs at B=32, H=256.)
 Timings use this thread's CPU time (time.thread_time), single-threaded (torch and
 OpenBLAS set to one thread), so other processes on a busy machine do not distort them.
 """
@@ -81,10 +84,10 @@ def v3_own_exp_3d(xa, hw, c, out_c, out_m):
             out_m[b, j] = o * tanh(cc)
 
 
-def v4_shipped(xa, hw, c, out_c, out_m, scratch):
+def v4_shipped(xa, hw, c, out_c, out_m, scratch, ta=0):
     out_c[:] = c
     bias = scratch["bias"]
-    fused_lstm.forward_step(0, c.shape[0], 0, xa[None], hw, bias, out_c, *scratch["gates"],
+    fused_lstm.forward_step(0, c.shape[0], ta, xa[None], hw, bias, out_c, *scratch["gates"],
                             scratch["c_seq"], scratch["m_seq"], out_m)  # m_seq must not alias
 
 
@@ -111,7 +114,10 @@ def kernels(B, H, repeats):
     versions = {"1 torch op by op": lambda oc, om: v1_torch(xa, hw, c, oc, om),
                 "2 numba libm, 3-D": lambda oc, om: v2_libm(xa, hw, c, oc, om),
                 "3 numba own exp, 3-D": lambda oc, om: v3_own_exp_3d(xa, hw, c, oc, om),
-                "4 numba own exp, rows (shipped)": lambda oc, om: v4_shipped(xa, hw, c, oc, om, scratch)}
+                "4 numba own exp, rows (shipped, training: gates kept)":
+                    lambda oc, om: v4_shipped(xa, hw, c, oc, om, scratch),
+                "4 the same, inference (no gate stores)":
+                    lambda oc, om: v4_shipped(xa, hw, c, oc, om, scratch, ta=-1)}
     print(f"\nLSTM gate pass, B={B} H={H} float32 (error vs float64 NumPy reference)")
     print(f"| version | max abs error c, m | µs per step | ns per unit |\n|---|---|---|---|")
     for name, f in versions.items():
