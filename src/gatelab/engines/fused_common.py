@@ -112,5 +112,7 @@ def mm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def add_rows_sum(da: np.ndarray) -> np.ndarray:
-    """The bias gradient: da (T, B, G*H) summed over steps and rows -> (G*H,)."""
-    return da.reshape(-1, da.shape[-1]).sum(axis=0)  # (T*B, G*H) -> (G*H,)
+    """The bias gradient: da (T, B, G*H) summed over steps and rows -> (G*H,), as the
+    GEMV 1^T dA (a streaming BLAS pass; NumPy's axis-0 sum is ~5x slower here)."""
+    rows = da.reshape(-1, da.shape[-1])  # (T*B, G*H)
+    return np.matmul(np.ones(rows.shape[0], da.dtype), rows)  # (G*H,)
