@@ -5,8 +5,10 @@ Forward, with rows r|z|n of xa = x_t W_ih^T + b_ih and hw = h_{t-1} W_hh^T:
     r = σ(xa_r + hw_r + b_hr)     z = σ(xa_z + hw_z + b_hz)
     n = tanh(xa_n + r ⊙ (hw_n + b_hn))          h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
 
-    xa for all steps is one GEMM (b_hr and b_hz folded into it); per step one GEMM for hw
-    and one numba pass. Saved for backward: r, z, n, hn = hw_n + b_hn (T, B, H) and h.
+    xa = X W_ih^T for all steps is one GEMM; per step (forward_loop, all in numba) one
+    GEMM for hw and one pass (forward_step) that adds the biases (b_ih + [b_hr, b_hz, 0],
+    and b_hn inside r ⊙ (.)). Saved for backward: r, z, n, hn = hw_n + b_hn, each
+    (T, B, H), and h: 5·T·B·H numbers.
 
 Backward, per step from the last:
 

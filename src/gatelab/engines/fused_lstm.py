@@ -5,10 +5,12 @@ Forward, with a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh split into rows i|f|
     i = σ(a_i)   f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)
     c_t = f ⊙ c_{t-1} + i ⊙ g        m_t = o ⊙ tanh(c_t)        h_t = m_t  (or m_t W_hr^T)
 
-    1. xa = X W_ih^T + (b_ih + b_hh) for all steps: one GEMM (T*B, I) x (I, 4H).
-    2. per step: hw = h_{t-1} W_hh^T (one GEMM), then one numba pass computes the gates,
-       c_t and m_t from xa[t] + hw (and with a projection one more GEMM, h_t = m_t W_hr^T).
-    Saved for backward: the four gates (4, T, B, H), c (T, B, H) and h (the output).
+    1. xa = X W_ih^T for all steps: one GEMM (T*B, I) x (I, 4H).
+    2. per step (forward_loop, all in numba): hw = h_{t-1} W_hh^T, one GEMM; then one
+       pass (forward_step) computes the gates, c_t and m_t from xa[t] + hw + b_ih + b_hh;
+       with a projection one more GEMM, h_t = m_t W_hr^T.
+    Saved for backward: the gates i f g o and c, each (T, B, H), and h (the output):
+    6·T·B·H numbers. Without autograd nothing is saved and the gates are not written.
 
 Backward (δ = ∂loss/∂·), per step from the last:
 

@@ -2,7 +2,8 @@
 
     h_t = φ(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),   φ = tanh or relu
 
-    xa = X W_ih^T + b_ih + b_hh for all steps is one GEMM; per step one GEMM and one pass.
+    xa = X W_ih^T for all steps is one GEMM; per step (forward_loop, in numba) one GEMM
+    and one pass that adds b_ih + b_hh and applies φ.
     Saved for backward: h only (φ' is read off h: 1 - h² for tanh, [h > 0] for relu).
 
 Backward: δa_t = (δout_t + δh_t) ⊙ φ'(h_t), δh_{t-1} = δa_t W_hh; then over all steps
