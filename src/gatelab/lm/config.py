@@ -44,7 +44,7 @@ class ModelConfig:
 class TrainConfig:
     """How long and on what the model trains. Batch order is a function of (seed, step)."""
 
-    steps: int = 1000  # optimizer steps; the default length of training (≈ 5 min on 2 quiet cores)
+    steps: int = 1500  # optimizer steps; the default length of training (≈ 5 min on 2 quiet cores)
     seq_len: int = 128  # T, characters per window (backpropagation through time length)
     batch_size: int = 32  # B, windows per step (global: shared out over processes)
     lr: float = 4e-3  # peak learning rate (AdamW); cosine decay to lr * min_lr_ratio
