@@ -153,6 +153,8 @@ def test_unsupported_says_why():
     assert "CPU" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, device="meta"), False)
     assert "variant" in fused_cpu.unsupported(CellSpec("LSTM", 3, 4, peephole=True),
                                               torch.zeros(2, 1, 3), False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "autocast" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3), False)
 
 
 def test_stochastic_masks_are_refused():

@@ -14,7 +14,8 @@ in their own dtype), the recurrence accumulates in float32, and out, the final s
 the record come back as bfloat16.
 
 What it does not run (unsupported() says so, `backend="auto"` then takes eager):
-tensors not on the CPU; dtypes other than float32, float64 and bfloat16; the
+tensors not on the CPU; dtypes other than float32, float64 and bfloat16; anything under
+CPU autocast (whose bf16 matrix products the eager engine follows); the
 LSTM-family variants and stochastic masks of issue 7 (the gate passes take them as
 extra arguments of forward_step/backward_step when they come).
 
@@ -39,6 +40,8 @@ def unsupported(spec, x, record) -> str | None:
         return "fused engine runs on the CPU only"
     if x.dtype not in DTYPES:
         return f"fused engine runs float32, float64 and bfloat16, not {x.dtype}"
+    if torch.is_autocast_enabled("cpu"):  # it would compute in float32 whatever autocast says
+        return "CPU autocast is on (the fused engine does not follow autocast)"
     if spec.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         return f"unknown mode {spec.mode}"
     if not spec.is_plain:
