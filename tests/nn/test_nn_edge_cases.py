@@ -16,10 +16,7 @@ F64 = torch.float64
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
-def test_empty_batch_matches_torch(backend, mode, request):
-    if backend in ("fused", "auto"):  # runs, and turns XPASS once the fused engine handles it
-        request.applymarker(pytest.mark.xfail(
-            reason="fused engine: an empty batch (B=0) fails in its input GEMM reshape", raises=ValueError, strict=False))
+def test_empty_batch_matches_torch(backend, mode):
     ref, ours = make_pair(mode, backend, input_size=3, hidden_size=4, num_layers=2, bidirectional=True, dtype=F64)
     x = torch.randn(5, 0, 3, dtype=F64)
     out_ref, st_ref = ref(x)
