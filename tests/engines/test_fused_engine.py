@@ -151,17 +151,21 @@ def test_unsupported_says_why():
     assert fused_cpu.unsupported(spec, torch.zeros(2, 1, 3), False) is None
     assert "float32" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, dtype=torch.float16), False)
     assert "CPU" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, device="meta"), False)
-    assert "variant" in fused_cpu.unsupported(CellSpec("LSTM", 3, 4, peephole=True),
-                                              torch.zeros(2, 1, 3), False)
+    assert "layer_norm" in fused_cpu.unsupported(CellSpec("LSTM", 3, 4, layer_norm=True),
+                                                 torch.zeros(2, 1, 3), False)
+    assert "reset_after" in fused_cpu.unsupported(CellSpec("GRU", 3, 4, reset_after=False),
+                                                  torch.zeros(2, 1, 3), False)
+    assert "variants" in fused_cpu.unsupported(CellSpec("RNN_TANH", 3, 4, cell_activation="softsign"),
+                                               torch.zeros(2, 1, 3), False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "autocast" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3), False)
 
 
-def test_stochastic_masks_are_refused():
-    x, state, w, _ = make_case("LSTM", 3, 2, 3, 4)
-    masks = {"zoneout_h": torch.zeros(3, 2, 4)}
+def test_masks_of_the_plain_rnn_are_refused():
+    x, state, w, _ = make_case("RNN_TANH", 3, 2, 3, 4)
+    masks = {"zoneout_h": torch.zeros(3, 2, 4, dtype=x.dtype)}
     with pytest.raises(ValueError, match="masks"):
-        fused_cpu.run(CellSpec("LSTM", 3, 4), x, state, w, masks=masks)
+        fused_cpu.run(CellSpec("RNN_TANH", 3, 4), x, state, w, masks=masks)
 
 
 def test_leaves_cover_every_input():

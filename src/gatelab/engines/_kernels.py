@@ -76,6 +76,26 @@ def one(x):
     return 1.0
 
 
+def hard_sigmoid(x):
+    """clip(x / 6 + 1/2, 0, 1) (torch's hardsigmoid)."""
+    return min(max(x / 6.0 + 0.5, 0.0), 1.0)
+
+
+def hard_sigmoid_grad(s):
+    """hard_sigmoid' from its output s: 1/6 where 0 < s < 1 (-3 < x < 3), else 0."""
+    return 1.0 / 6.0 if 0.0 < s < 1.0 else 0.0
+
+
+def softsign(x):
+    """x / (1 + |x|)."""
+    return x / (1.0 + abs(x))
+
+
+def softsign_grad(y):
+    """softsign' from its output y: 1 / (1 + |x|)² = (1 - |y|)²."""
+    return (1.0 - abs(y)) ** 2
+
+
 # e^x = 2^k e^r with k = round(x / ln2), r = x - k ln2 (ln2 split in two for exactness),
 # |r| <= ln2/2. k is rounded by adding 1.5 * 2^52 (2^23 for float32): the sum's low
 # mantissa bits are then k, and 2^k is built from them with integer adds and shifts,
@@ -152,6 +172,43 @@ def _one_impl(x):
     if isinstance(x, types.Float):
         value = np.float32(1) if x == types.float32 else np.float64(1)
         return lambda x: value
+    return None
+
+
+@overload(hard_sigmoid)
+def _hard_sigmoid_impl(x):
+    if isinstance(x, types.Float):
+        f = np.float32 if x == types.float32 else np.float64
+        six, half, zero, unit = f(6), f(0.5), f(0), f(1)
+        return lambda x: min(max(x / six + half, zero), unit)
+    return None
+
+
+@overload(hard_sigmoid_grad)
+def _hard_sigmoid_grad_impl(s):
+    if isinstance(s, types.Float):
+        f = np.float32 if s == types.float32 else np.float64
+        sixth, zero, unit = f(1) / f(6), f(0), f(1)
+        return lambda s: sixth if (s > zero) & (s < unit) else zero
+    return None
+
+
+@overload(softsign)
+def _softsign_impl(x):
+    if isinstance(x, types.Float):
+        return lambda x: x / (one(x) + abs(x))
+    return None
+
+
+@overload(softsign_grad)
+def _softsign_grad_impl(y):
+    if isinstance(y, types.Float):
+
+        def impl(y):
+            r = one(y) - abs(y)
+            return r * r
+
+        return impl
     return None
 
 

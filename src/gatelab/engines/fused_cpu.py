@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import torch
 
+from gatelab.engines import fused_lstm_family
 from gatelab.engines.fused_common import schedule
 
 NAME = "fused"
+MASKS = ("zoneout_h", "zoneout_c", "recurrent_dropout")  # LSTM; GRU zoneout_h, recurrent_dropout
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -44,28 +46,60 @@ def unsupported(spec, x, record) -> str | None:
         return "CPU autocast is on (the fused engine does not follow autocast)"
     if spec.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         return f"unknown mode {spec.mode}"
+    if spec.mode == "LSTM":
+        if spec.layer_norm:
+            return "layer_norm is not fused yet"
+        if spec.gate_activation not in fused_lstm_family.GATE_KINDS:
+            return f"unknown gate_activation {spec.gate_activation!r}"
+        if spec.cell_activation not in fused_lstm_family.CELL_KINDS:
+            return f"unknown cell_activation {spec.cell_activation!r}"
+        if spec.coupled_gates and "input_gate" in spec.remove:
+            return "coupled_gates with the input gate removed"
+        if not spec.reset_after:
+            return "reset_after is a GRU option"
+        return None
+    if spec.mode == "GRU":
+        if spec.layer_norm:
+            return "GRU layer_norm is not fused yet"
+        if not spec.reset_after:
+            return "GRU reset_after=False is not fused yet"
+        if spec.peephole or spec.coupled_gates or spec.remove:
+            return "peephole, coupled_gates and remove are LSTM options"
+        if spec.gate_activation not in fused_lstm_family.GATE_KINDS:
+            return f"unknown gate_activation {spec.gate_activation!r}"
+        if spec.cell_activation not in fused_lstm_family.CELL_KINDS:
+            return f"unknown cell_activation {spec.cell_activation!r}"
+        return None
     if not spec.is_plain:
-        return "LSTM-family variants are not fused yet"
+        return "the plain RNN has no LSTM-family variants"
     return None
 
 
 def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
         training=False, masks=None):
     """Run one layer-direction; the contract is in gatelab.engines."""
-    if masks is not None:
-        raise ValueError("fused engine: stochastic masks (zoneout, recurrent dropout) are not fused yet")
+    masks = masks or None
+    if masks is not None and spec.mode.startswith("RNN"):
+        raise ValueError("fused engine: the plain RNN takes no masks")
     if x.dtype == torch.bfloat16:  # bf16 activations, float32 arithmetic
         out, state_T, gates = run(spec, x.float(), tuple(s.float() for s in state),
                                   {k: w.float() for k, w in weights.items()}, batch_sizes,
-                                  reverse, record, training, masks)
+                                  reverse, record, training,
+                                  None if masks is None else {k: m.float() for k, m in masks.items()})
         bf16 = torch.bfloat16
         return (out.to(bf16), tuple(s.to(bf16) for s in state_T),
                 None if gates is None else {k: g.to(bf16) for k, g in gates.items()})
-    for name, w in [*weights.items(), *(("state", s) for s in state)]:
+    for name, w in [*weights.items(), *(("state", s) for s in state), *(masks or {}).items()]:
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
     T, B, _ = x.shape  # (T, B, I)
     steps = schedule(T, B, batch_sizes, reverse)
+    if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
+        return fused_lstm_family.run(spec, x, state, weights, steps, record, masks)
+    if spec.mode == "GRU" and (masks is not None or not spec.is_plain):
+        from gatelab.engines import fused_gru_family
+
+        return fused_gru_family.run(spec, x, state, weights, steps, record, masks)
     if spec.mode == "LSTM":
         from gatelab.engines import fused_lstm as cell
     elif spec.mode == "GRU":

@@ -1,0 +1,264 @@
+"""The fused GRU family (issue 7): "reset after" GRU with the gate and cell activations by
+name and the stochastic masks (zoneout_h, recurrent_dropout), hand-written BPTT.
+
+The plain GRU keeps its own kernels (fused_gru); this module runs the rest of what the
+fused engine accepts for the GRU (layer_norm and reset_after=False are declined by
+fused_cpu.unsupported). Definitions: gatelab.engines, "The LSTM family". Per step t:
+
+    hw = (d ⊙ h_{t-1}) W_hh^T          d: recurrent_dropout mask (only inside the product)
+    r = σ(xa_r + hw_r + b_r)   z = σ(xa_z + hw_z + b_z)   hn = hw_n + b_hn
+    n = φ(xa_n + b_in + r ⊙ hn)      h̃ = (1 - z) ⊙ n + z ⊙ h_{t-1}
+    h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃              (zoneout)
+
+Backward, per step from the last:
+
+    δh = δout_t + δh_t;  δh̃ = (1 - z_h) δh
+    δa_n = (δh̃ (1 - z) + δn_rec) φ'(n)   δa_r = (δa_n hn + δr_rec) σ'(r)
+    δa_z = (δh̃ (h_{t-1} - n) + δz_rec) σ'(z)
+    δxa = [δa_r | δa_z | δa_n]    δhw = [δa_r | δa_z | δa_n ⊙ r]
+    δh_{t-1} = δh̃ ⊙ z + z_h δh + (δhw W_hh) ⊙ d
+
+    then over all steps: δW_ih = δXA^T X, δW_hh = δHW^T (d ⊙ H_prev), δb_ih = Σ δXA,
+    δb_hh = Σ δHW, δX = δXA W_ih.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch.autograd.function import once_differentiable
+
+from gatelab.engines._kernels import JIT, one
+from gatelab.engines._kernels_blas import gemm
+from gatelab.engines.fused_common import (
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines.fused_lstm_family import (
+    CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, dropped)
+
+
+@njit(**JIT)
+def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, gz, gn, hn_seq, out):
+    """One step's gate pass for rows [:n]: h_state (B, H) h_{t-1} in, h_t out; out[t];
+    gates r z n and hn written at ta. zh (T|1, B, H) zoneout mask, read when has_zh."""
+    H = h_state.shape[1]
+    tz = t if has_zh else 0
+    for b in range(n):
+        x_r, x_z, x_n = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:]
+        h_r, h_z, h_n = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:]
+        b_r, b_z, b_n = bias[:H], bias[H:2 * H], bias[2 * H:]
+        h_, r_, z_, n_, hn_, out_ = h_state[b], gr[ta, b], gz[ta, b], gn[ta, b], hn_seq[ta, b], out[t, b]
+        m_ = zh[tz, b]
+        for j in range(H):
+            hp = h_[j]
+            r = _gate(x_r[j] + h_r[j] + b_r[j], gk)
+            z = _gate(x_z[j] + h_z[j] + b_z[j], gk)
+            hn = h_n[j] + b_hn[j]
+            nn = _cell(x_n[j] + b_n[j] + r * hn, ck)
+            h = (one(z) - z) * nn + z * hp
+            if has_zh:
+                h = m_[j] * hp + (one(z) - m_[j]) * h
+            r_[j] = r
+            z_[j] = z
+            n_[j] = nn
+            hn_[j] = hn
+            out_[j] = h
+            h_[j] = h
+
+
+@njit(**JIT)
+def backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
+                  dgates, dxa, dhw):
+    """One step of BPTT for rows [:n]: dh_state (B, H) δh_t in, δh̃ ⊙ z + z_h δh out (the
+    loop adds (δhw W_hh) ⊙ d); dgates (3, Tg, B, H) δ of the recorded r z n (zeros, Tg = 1,
+    when none); dxa, dhw (T, B, 3H) out."""
+    H = dh_state.shape[1]
+    tg = t if dgates.shape[1] > 1 else 0
+    tz = t if has_zh else 0
+    for b in range(n):
+        r_, z_, n_, hn_, do_, dh_ = gr[t, b], gz[t, b], gn[t, b], hn_seq[t, b], d_out[t, b], dh_state[b]
+        hp_ = out[tp, b] if b < n_prev else h0[b]  # (H,) h_{t-1}
+        m_ = zh[tz, b]
+        dgr, dgz, dgn = dgates[0, tg, b], dgates[1, tg, b], dgates[2, tg, b]
+        dx_r, dx_z, dx_n = dxa[t, b, :H], dxa[t, b, H:2 * H], dxa[t, b, 2 * H:]
+        dw_r, dw_z, dw_n = dhw[t, b, :H], dhw[t, b, H:2 * H], dhw[t, b, 2 * H:]
+        for j in range(H):
+            r, z, nn, hn = r_[j], z_[j], n_[j], hn_[j]
+            dh = do_[j] + dh_[j]
+            dht = dh * (one(z) - m_[j]) if has_zh else dh
+            dan = (dht * (one(z) - z) + dgn[j]) * _cell_grad(nn, ck)
+            dar = (dan * hn + dgr[j]) * _gate_grad(r, gk)
+            daz = (dht * (hp_[j] - nn) + dgz[j]) * _gate_grad(z, gk)
+            dx_r[j] = dar
+            dx_z[j] = daz
+            dx_n[j] = dan
+            dw_r[j] = dar
+            dw_z[j] = daz
+            dw_n[j] = dan * r
+            dh_[j] = dht * z + dh * m_[j] if has_zh else dht * z
+
+
+@njit(**JIT)
+def add_dropped(n, has_d, d, tmp, dh_state):
+    """dh_state += tmp ⊙ d (or tmp), rows [:n]."""
+    H = dh_state.shape[1]
+    for b in range(n):
+        for j in range(H):
+            dh_state[b, j] += tmp[b, j] * d[b, j] if has_d else tmp[b, j]
+
+
+@njit(**JIT)
+def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
+                 gr, gz, gn, hn_seq, out):
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        if has_d:
+            dropped(n, h_state, d, hd)
+            gemm(hd[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, 3H)
+        else:
+            gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)
+        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr,
+                     gz, gn, hn_seq, out)
+
+
+@njit(**JIT)
+def backward_loop(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
+                  dgates, dxa, dhw, w_hh, tmp):
+    for s in range(steps.shape[0] - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out,
+                      h0, dgates, dxa, dhw)
+        if has_d:
+            gemm(dhw[t, :n], w_hh, tmp[:n], False, 0.0)  # (n, 3H) x (3H, H)
+            add_dropped(n, has_d, d, tmp, dh_state)
+        else:
+            gemm(dhw[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
+
+
+def _masks(masks, T, B, H, dt):
+    """(has_d, d (B, H), has_zh, zh (T|1, B, H)); absent masks are zero placeholders."""
+    masks = masks or {}
+    d, zh = arr(masks.get("recurrent_dropout")), arr(masks.get("zoneout_h"))
+    return (d is not None, np.zeros((B, H), dt) if d is None else d,
+            zh is not None, np.zeros((1, B, H), dt) if zh is None else zh)
+
+
+def _kinds(spec):
+    return GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation]
+
+
+def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, masks, steps, keep, record):
+    """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn)."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    dt = x.dtype
+    has_d, d, has_zh, zh = masks
+    gk, ck = _kinds(spec)
+    packed = any(s.n < B for s in steps)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt)).reshape(T, B, 3 * H)
+    bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)
+    if b_ih is not None:
+        bias = b_ih.copy()
+        bias[:2 * H] += b_hh[:2 * H]
+        b_hn = b_hh[2 * H:]
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H)
+    full = keep or record
+    Ta = T if full else 1
+    alloc = np.zeros if packed else np.empty
+    saved = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # r z n hn
+    out = alloc((T, B, H), dt)
+    h_state = h0.copy()
+    hd = np.empty((B, H), dt)
+    hw = np.empty((B, 3 * H), dt)
+    if numba_loop():
+        forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
+                     h_state, hd, hw, *saved, out)
+    else:
+        for t, n, _, _ in steps:
+            if has_d:
+                dropped(n, h_state, d, hd)
+                mm(hd[:n], w_hh_t, hw[:n])
+            else:
+                mm(h_state[:n], w_hh_t, hw[:n])
+            forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state,
+                         *saved, out)
+    return out, h_state, (saved if full else None)
+
+
+class GRUFamilyFunction(torch.autograd.Function):
+    """One GRU-family layer-direction; outputs out, h_T and, with record, r z n."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, spec, masks, steps, record):
+        xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
+        out, h_T, saved = _forward(spec, xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), masks, steps,
+                                   keep=True, record=record)
+        ctx.set_materialize_grads(False)
+        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved)
+        ctx.spec, ctx.masks, ctx.steps, ctx.has_bias = spec, masks, steps, b_ih is not None
+        outs = (tensor(out), tensor(h_T))
+        if record:
+            outs += tuple(tensor(a) for a in saved[:3])
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT, *d_gates):
+        xs, h0s, w_ihs, w_hhs, out, saved = ctx.arrays
+        steps = ctx.steps
+        has_d, d, has_zh, zh = ctx.masks
+        gk, ck = _kinds(ctx.spec)
+        T, B, _ = xs.shape
+        H = h0s.shape[1]
+        dt = xs.dtype
+        d_out = np.zeros((T, B, H), dt) if d_out is None else arr(d_out)
+        dh_state = np.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()
+        dgates = np.zeros((3, 1, B, H), dt)
+        if d_gates and any(g is not None for g in d_gates):
+            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
+        packed = any(s.n < B for s in steps)
+        dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
+        dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
+        tmp = np.empty((B, H), dt)
+        if numba_loop():
+            backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
+                          out, h0s, dgates, dxa, dhw, w_hhs, tmp)
+        else:
+            for t, n, tp, n_prev in reversed(steps):
+                backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,
+                              dgates, dxa, dhw)
+                mm(dhw[t, :n], w_hhs, tmp[:n])
+                add_dropped(n, has_d, d, tmp, dh_state)
+        need = ctx.needs_input_grad
+        dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)
+        dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
+        dw_hh = None
+        if need[3]:
+            h_prev = previous(out, h0s, steps)  # (T, B, H)
+            if has_d:
+                h_prev *= d
+            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), np.empty_like(w_hhs))
+        db_ih = add_rows_sum(dxa) if ctx.has_bias else None
+        db_hh = add_rows_sum(dhw) if ctx.has_bias else None
+        grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh)
+        return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 4
+
+
+def run(spec, x, state, weights, steps, record, masks):
+    """One GRU-family layer-direction; see gatelab.engines for the contract."""
+    (h0,) = state
+    T, B, _ = x.shape
+    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    mask_arrays = _masks(masks, T, B, spec.hidden_size, np.dtype(str(x.dtype).removeprefix("torch.")))
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    if needs_grad(*inputs):
+        out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record)
+    else:
+        out, h_T, saved = _forward(spec, arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih), arr(b_hh),
+                                   mask_arrays, steps, keep=False, record=record)
+        out, h_T = tensor(out), tensor(h_T)
+        rec = [tensor(a) for a in saved[:3]] if record else []
+    gates = dict(zip(("r", "z", "n"), rec)) if record else None
+    return out, (h_T,), gates

@@ -1,0 +1,488 @@
+"""The fused LSTM family (issue 7): the variants and the stochastic masks, hand-written BPTT.
+
+The plain LSTM keeps its own kernels (fused_lstm); every other LSTM request runs here
+with one set of kernels whose variant switches are run-time flags (one compiled
+specialisation per dtype, whatever the variant). Definitions: gatelab.engines,
+"The LSTM family". σ the gate activation, φ the cell activation, per step t:
+
+    a   = xa_t + (d ⊙ h_{t-1}) W_hh^T + b_ih + b_hh     d: recurrent_dropout mask, else 1
+    a_f += p_f ⊙ c_{t-1},  a_i += p_i ⊙ c_{t-1}         peephole
+    f = σ(a_f) | 1      i = σ(a_i) | 1 - f (coupled) | 1      g = φ(a_g) | a_g
+    c̃ = f ⊙ c_{t-1} + i ⊙ g       a_o += p_o ⊙ c̃ (peephole)       o = σ(a_o) | 1
+    y = φ(c̃) | c̃       m = o ⊙ y       h̃ = m | m W_hr^T
+    c_t = z_c ⊙ c_{t-1} + (1 - z_c) ⊙ c̃     h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃   (zoneout)
+
+    Saved for backward: i f g o c̃ (T, B, H), the carried c (T, B, H) when zoneout_c, and
+    h (the output).
+
+Backward, per step from the last (δ = ∂loss/∂·):
+
+    δh = δout_t + δh_t;   δh̃ = (1 - z_h) δh,   δh_{t-1} ∋ z_h δh;   δm = δh̃ | δh̃ W_hr
+    δc = δc_t (+ δ of the recorded c);  δc̃ = (1 - z_c) δc,  δc_{t-1} ∋ z_c δc
+    δo = δm ⊙ y     δc̃ += δm ⊙ o ⊙ φ'(c̃)     δa_o = δo σ'     δc̃ += δa_o ⊙ p_o
+    δf = δc̃ ⊙ c_{t-1}   δi = δc̃ ⊙ g   δg = δc̃ ⊙ i   δc_{t-1} ∋ δc̃ ⊙ f
+    coupled: δf -= δi, δa_i = 0;   removed gates: δa = 0;   δc_{t-1} ∋ δa_f p_f + δa_i p_i
+    δh_{t-1} ∋ (δa W_hh) ⊙ d
+
+    then over all steps: δW_ih = δA^T X, δW_hh = δA^T (d ⊙ H_prev), δb = Σ δA,
+    δX = δA W_ih, δW_hr = δH̃^T M, δp_f = Σ δa_f ⊙ c_{t-1}, δp_i = Σ δa_i ⊙ c_{t-1},
+    δp_o = Σ δa_o ⊙ c̃.
+
+The derivatives of the activations are taken from their outputs (σ' = s(1 - s);
+hard_sigmoid' = 1/6 where 0 < s < 1; tanh' = 1 - y²; softsign' = (1 - |y|)²).
+layer_norm is not fused (fused_cpu.unsupported declines it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+from torch.autograd.function import once_differentiable
+
+from gatelab.engines._kernels import (JIT, hard_sigmoid, hard_sigmoid_grad, one, sigmoid,
+                                      softsign, softsign_grad, tanh)
+from gatelab.engines._kernels_blas import gemm
+from gatelab.engines.fused_common import (
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+
+# flags: int64 array of the variant switches, in this order
+GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC = range(10)
+GATE_KINDS = {"sigmoid": 0, "hard_sigmoid": 1}
+CELL_KINDS = {"tanh": 0, "softsign": 1}
+
+
+def flags_of(spec, has_zc: bool) -> np.ndarray:
+    """The spec's variant switches as the kernels' int64 flag array."""
+    r = spec.remove
+    return np.array([GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation],
+                     spec.peephole, spec.coupled_gates, "forget_gate" in r, "input_gate" in r,
+                     "candidate_activation" in r, "output_gate" in r, "output_activation" in r,
+                     has_zc], dtype=np.int64)
+
+
+@njit(**JIT)
+def _gate(a, kind):
+    return hard_sigmoid(a) if kind else sigmoid(a)
+
+
+@njit(**JIT)
+def _gate_grad(s, kind):
+    return hard_sigmoid_grad(s) if kind else s * (one(s) - s)
+
+
+@njit(**JIT)
+def _cell(a, kind):
+    return softsign(a) if kind else tanh(a)
+
+
+@njit(**JIT)
+def _cell_grad(y, kind):
+    return softsign_grad(y) if kind else one(y) - y * y
+
+
+@njit(**JIT)
+def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
+                 m_state):
+    """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
+    (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
+    ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H); bias (4H,); ph (3, H) p_f|p_i|p_o
+    (any (3, H) without peephole); flags (10,); zc (Tz, B, H) zoneout_c mask (read at t when
+    flags[HAS_ZC])."""
+    H = c_state.shape[1]
+    gk, ck = flags[GATE_KIND], flags[CELL_KIND]
+    peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
+    no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
+                                    flags[NO_O] != 0, flags[NO_Y] != 0)
+    has_zc = flags[HAS_ZC] != 0
+    keep = ta >= 0
+    tk = ta if keep else 0
+    tz = t if has_zc else 0
+    tc = tk if has_zc else 0
+    p_f, p_i, p_o = ph[0], ph[1], ph[2]  # (H,)
+    for b in range(n):
+        x_i, x_f, x_g, x_o = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:3 * H], xa[t, b, 3 * H:]
+        h_i, h_f, h_g, h_o = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:3 * H], hw[b, 3 * H:]
+        b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
+        c_, m_, z_ = c_state[b], m_state[b], zc[tz, b]  # (H,)
+        i_, f_, g_, o_, cn_, cs_ = gi[tk, b], gf[tk, b], gg[tk, b], go[tk, b], cn_seq[tk, b], c_seq[tc, b]
+        for j in range(H):
+            cp = c_[j]
+            a_f = x_f[j] + h_f[j] + b_f[j]
+            a_i = x_i[j] + h_i[j] + b_i[j]
+            a_g = x_g[j] + h_g[j] + b_g[j]
+            a_o = x_o[j] + h_o[j] + b_o[j]
+            if peep:
+                a_f += p_f[j] * cp
+                a_i += p_i[j] * cp
+            f = one(cp) if no_f else _gate(a_f, gk)
+            if coupled:
+                i = one(cp) - f
+            else:
+                i = one(cp) if no_i else _gate(a_i, gk)
+            g = a_g if no_g else _cell(a_g, ck)
+            cn = f * cp + i * g
+            if peep:
+                a_o += p_o[j] * cn
+            o = one(cp) if no_o else _gate(a_o, gk)
+            y = cn if no_y else _cell(cn, ck)
+            m_[j] = o * y
+            c = z_[j] * cp + (one(cp) - z_[j]) * cn if has_zc else cn
+            c_[j] = c
+            if keep:
+                i_[j] = i
+                f_[j] = f
+                g_[j] = g
+                o_[j] = o
+                cn_[j] = cn
+                if has_zc:
+                    cs_[j] = c
+
+
+@njit(**JIT)
+def outputs(cn_seq, go, flags, m):
+    """m = o ⊙ y(c̃) for every saved step (for δW_hr); all (T, B, H)."""
+    T, B, H = m.shape
+    ck, no_y = flags[CELL_KIND], flags[NO_Y] != 0
+    for t in range(T):
+        for b in range(B):
+            cn_, o_, m_ = cn_seq[t, b], go[t, b], m[t, b]
+            for j in range(H):
+                m_[j] = o_[j] * (cn_[j] if no_y else _cell(cn_[j], ck))
+
+
+@njit(**JIT)
+def zone_h(t, n, has_zh, zh, h_new, h_state, out):
+    """h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃ (or h̃) into h_state and out[t], rows [:n]."""
+    P = h_state.shape[1]
+    for b in range(n):
+        hn_, hs_, o_ = h_new[b], h_state[b], out[t, b]
+        if has_zh:
+            z_ = zh[t, b]
+            for j in range(P):
+                h = z_[j] * hs_[j] + (one(hn_[j]) - z_[j]) * hn_[j]
+                hs_[j] = h
+                o_[j] = h
+        else:
+            for j in range(P):
+                hs_[j] = hn_[j]
+                o_[j] = hn_[j]
+
+
+@njit(**JIT)
+def dropped(n, h_state, d, hd):
+    """hd = d ⊙ h_state for rows [:n]."""
+    P = h_state.shape[1]
+    for b in range(n):
+        for j in range(P):
+            hd[b, j] = d[b, j] * h_state[b, j]
+
+
+@njit(**JIT)
+def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
+                  flags, dgates, da):
+    """One step of BPTT for rows [:n]: dm (B, H) δm; dc_state (B, H) δc_t in, δc_{t-1} out
+    (the peephole and cell paths; zoneout's share included); gi gf gg go cn_seq (T, B, H)
+    saved; c_seq (T, B, H) the carried cells (c_{t-1} of rows < n_prev is c_seq[tp], the
+    rest start from c0 (B, H)); dgates (5, Tg, B, H) δ of the recorded f i g o c (zeros,
+    Tg = 1, when none); da (T, B, 4H) out."""
+    H = dc_state.shape[1]
+    gk, ck = flags[GATE_KIND], flags[CELL_KIND]
+    peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
+    no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
+                                    flags[NO_O] != 0, flags[NO_Y] != 0)
+    has_zc = flags[HAS_ZC] != 0
+    tz = t if has_zc else 0
+    tg = t if dgates.shape[1] > 1 else 0
+    p_f, p_i, p_o = ph[0], ph[1], ph[2]  # (H,)
+    for b in range(n):
+        i_, f_, g_, o_, cn_ = gi[t, b], gf[t, b], gg[t, b], go[t, b], cn_seq[t, b]  # (H,)
+        cp_ = c_seq[tp, b] if b < n_prev else c0[b]  # (H,) c_{t-1}
+        dm_, dc_, z_ = dm[b], dc_state[b], zc[tz, b]  # (H,)
+        dgf, dgi, dgg, dgo, dgc = (dgates[0, tg, b], dgates[1, tg, b], dgates[2, tg, b],
+                                   dgates[3, tg, b], dgates[4, tg, b])
+        da_i, da_f, da_g, da_o = da[t, b, :H], da[t, b, H:2 * H], da[t, b, 2 * H:3 * H], da[t, b, 3 * H:]
+        for j in range(H):
+            i, f, g, o, cn, cp = i_[j], f_[j], g_[j], o_[j], cn_[j], cp_[j]
+            zero = one(cp) - one(cp)
+            dc = dc_[j] + dgc[j]  # ∂L/∂c_t
+            if has_zc:
+                dcp = dc * z_[j]
+                dcn = dc * (one(cp) - z_[j])
+            else:
+                dcp = zero
+                dcn = dc
+            dmj = dm_[j]
+            y = cn if no_y else _cell(cn, ck)
+            do = dmj * y + dgo[j]
+            dy = dmj * o
+            dcn += dy if no_y else dy * _cell_grad(y, ck)
+            dao = zero if no_o else do * _gate_grad(o, gk)
+            if peep:
+                dcn += dao * p_o[j]
+            df = dcn * cp + dgf[j]
+            di = dcn * g + dgi[j]
+            dg = dcn * i + dgg[j]
+            dcp += dcn * f
+            if coupled:
+                df -= di
+                dai = zero
+            else:
+                dai = zero if no_i else di * _gate_grad(i, gk)
+            daf = zero if no_f else df * _gate_grad(f, gk)
+            dag = dg if no_g else dg * _cell_grad(g, ck)
+            if peep:
+                dcp += daf * p_f[j] + dai * p_i[j]
+            dc_[j] = dcp
+            da_i[j] = dai
+            da_f[j] = daf
+            da_g[j] = dag
+            da_o[j] = dao
+
+
+@njit(**JIT)
+def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, ph, flags, has_d, d, has_zh, zh, zc,
+                 h_state, c_state, hd, hw, gi, gf, gg, go, cn_seq, c_seq, m_state, h_new, out):
+    """The forward time loop: hd = d ⊙ h_{t-1}; hw = hd W_hh^T (GEMM); the gate pass;
+    h̃ = m (or m W_hr^T, GEMM); zoneout of h. Shapes as in forward_step; hd, h_new (B, H_out)
+    scratch (h_new is m_state itself without a projection)."""
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        if has_d:
+            dropped(n, h_state, d, hd)
+            gemm(hd[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
+        else:
+            gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)
+        forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
+                     go, cn_seq, c_seq, m_state)
+        if proj:
+            gemm(m_state[:n], w_hr, h_new[:n], True, 0.0)  # (n, H) x (H, H_out)
+            zone_h(t, n, has_zh, zh, h_new, h_state, out)
+        else:
+            zone_h(t, n, has_zh, zh, m_state, h_state, out)
+
+
+@njit(**JIT)
+def backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone):
+    """δh = δout_t + δh_t split by zoneout: dht (B, H_out) = (1 - z_h) δh (to h̃),
+    dzone = z_h δh (straight to h_{t-1}); rows [:n]."""
+    P = dh_state.shape[1]
+    for b in range(n):
+        do_, dh_, t_, z_ = d_out[t, b], dh_state[b], dht[b], dzone[b]
+        if has_zh:
+            m_ = zh[t, b]
+            for j in range(P):
+                dh = do_[j] + dh_[j]
+                z_[j] = dh * m_[j]
+                t_[j] = dh * (one(dh) - m_[j])
+        else:
+            for j in range(P):
+                t_[j] = do_[j] + dh_[j]
+
+
+@njit(**JIT)
+def backward_tail(n, has_d, d, has_zh, dh_state, dzone):
+    """δh_{t-1} = (δa W_hh) ⊙ d + z_h δh, in place on dh_state rows [:n]."""
+    P = dh_state.shape[1]
+    for b in range(n):
+        for j in range(P):
+            v = dh_state[b, j]
+            if has_d:
+                v = v * d[b, j]
+            if has_zh:
+                v = v + dzone[b, j]
+            dh_state[b, j] = v
+
+
+@njit(**JIT)
+def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, ph,
+                  flags, has_d, d, has_zh, zh, zc, dgates, da, w_hh, w_hr, dht, dzone, dh_seq,
+                  dm):
+    """The backward time loop, last step first. With a projection δh̃ is kept in dh_seq
+    (T, B, H_out) for δW_hr and dm (B, H) = δh̃ W_hr; without, dm is dht itself."""
+    for s in range(steps.shape[0] - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone)
+        if proj:
+            dh_seq[t, :n] = dht[:n]
+            gemm(dht[:n], w_hr, dm[:n], False, 0.0)  # (n, H_out) x (H_out, H)
+            backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
+                          ph, flags, dgates, da)
+        else:
+            backward_step(t, n, tp, n_prev, dht, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
+                          ph, flags, dgates, da)
+        gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
+        backward_tail(n, has_d, d, has_zh, dh_state, dzone)
+
+
+def _masks(masks, T, B, H, P, dt):
+    """(has_d, d (B, P), has_zh, zh (T|1, B, P), has_zc, zc (T|1, B, H)) as arrays; absent
+    masks are zero placeholders the kernels do not read."""
+    masks = masks or {}
+    d, zh, zc = (arr(masks.get(k)) for k in ("recurrent_dropout", "zoneout_h", "zoneout_c"))
+    return (d is not None, np.zeros((B, P), dt) if d is None else d,
+            zh is not None, np.zeros((1, B, P), dt) if zh is None else zh,
+            zc is not None, np.zeros((1, B, H), dt) if zc is None else zc)
+
+
+def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, masks, steps, keep, record):
+    """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
+    (gates i f g o, c̃, carried c) when `keep` or `record`, else None."""
+    T, B, _ = x.shape  # (T, B, I)
+    H, P = c0.shape[1], h0.shape[1]
+    dt = x.dtype
+    has_d, d, has_zh, zh, has_zc, zc = masks
+    flags = flags_of(spec, has_zc)
+    packed = any(s.n < B for s in steps)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt)).reshape(T, B, 4 * H)
+    bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,)
+    ph = np.zeros((3, H), dt) if ph is None else ph  # (3, H)
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H)
+    full = keep or record
+    Ta = T if full else 1
+    alloc = np.zeros if packed else np.empty
+    gates = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # i f g o
+    cn_seq = alloc((Ta, B, H), dt)  # c̃
+    c_seq = alloc((Ta, B, H), dt) if has_zc else np.zeros((1, B, H), dt)  # carried c
+    out = alloc((T, B, P), dt)
+    h_state, c_state = h0.copy(), c0.copy()
+    hd = np.empty((B, P), dt)
+    hw = np.empty((B, 4 * H), dt)
+    m_state = np.empty((B, H), dt)
+    h_new = np.empty((B, P), dt)
+    proj = w_hr is not None
+    if numba_loop():
+        forward_loop(steps_array(steps), full, proj, xa, w_hh_t, bias, w_hh if w_hr is None else w_hr,
+                     ph, flags, has_d, d, has_zh, zh, zc, h_state, c_state, hd, hw, *gates, cn_seq,
+                     c_seq, m_state, h_new, out)
+    else:
+        for t, n, _, _ in steps:
+            if has_d:
+                dropped(n, h_state, d, hd)
+                mm(hd[:n], w_hh_t, hw[:n])
+            else:
+                mm(h_state[:n], w_hh_t, hw[:n])
+            forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, *gates,
+                         cn_seq, c_seq, m_state)
+            if proj:
+                mm(m_state[:n], w_hr.T, h_new[:n])
+                zone_h(t, n, has_zh, zh, h_new, h_state, out)
+            else:
+                zone_h(t, n, has_zh, zh, m_state, h_state, out)
+    if not full:
+        return out, h_state, c_state, None
+    return out, h_state, c_state, (gates, cn_seq, c_seq if has_zc else cn_seq)
+
+
+class LSTMFamilyFunction(torch.autograd.Function):
+    """One LSTM-family layer-direction; inputs x, h0, c0, weights (weight_ph may be None);
+    outputs out, h_T, c_T and, with record, the gates f i g o c."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, spec, masks, steps, record):
+        xs, h0s, c0s = arr(x), arr(h0), arr(c0)
+        w_ihs, w_hhs, w_hrs, phs = arr(w_ih), arr(w_hh), arr(w_hr), arr(w_ph)
+        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+        out, h_T, c_T, saved = _forward(spec, xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, phs, masks,
+                                        steps, keep=True, record=record)
+        ctx.set_materialize_grads(False)
+        ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, saved)
+        ctx.spec, ctx.masks, ctx.steps, ctx.has_bias = spec, masks, steps, b_ih is not None
+        outs = (tensor(out), tensor(h_T), tensor(c_T))
+        if record:
+            (gi, gf, gg, go), _, c_seq = saved
+            outs += tuple(tensor(a) for a in (gf, gi, gg, go, c_seq))
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_hT, d_cT, *d_gates):
+        xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, (gates, cn_seq, c_seq) = ctx.arrays
+        steps, spec = ctx.steps, ctx.spec
+        has_d, d, has_zh, zh, has_zc, zc = ctx.masks
+        flags = flags_of(spec, has_zc)
+        T, B, _ = xs.shape
+        H, P = c0s.shape[1], h0s.shape[1]
+        dt = xs.dtype
+        d_out = np.zeros((T, B, P), dt) if d_out is None else arr(d_out)
+        dh_state = np.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()
+        dc_state = np.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()
+        dgates = np.zeros((5, 1, B, H), dt)  # none recorded: zeros read at index 0
+        if d_gates and any(g is not None for g in d_gates):
+            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
+        packed = any(s.n < B for s in steps)
+        da = (np.zeros if packed else np.empty)((T, B, 4 * H), dt)
+        proj = w_hrs is not None
+        ph = np.zeros((3, H), dt) if phs is None else phs
+        dht = np.zeros((B, P), dt)
+        dzone = np.zeros((B, P), dt)
+        dh_seq = np.zeros((T, B, P) if proj else (1, 1, 1), dt)
+        dm = np.empty((B, H), dt)
+        if numba_loop():
+            backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
+                          c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
+                          w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm)
+        else:
+            for t, n, tp, n_prev in reversed(steps):
+                backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone)
+                if proj:
+                    dh_seq[t, :n] = dht[:n]
+                    mm(dht[:n], w_hrs, dm[:n])
+                    backward_step(t, n, tp, n_prev, dm, dc_state, *gates, cn_seq, c_seq, c0s, zc,
+                                  ph, flags, dgates, da)
+                else:
+                    backward_step(t, n, tp, n_prev, dht, dc_state, *gates, cn_seq, c_seq, c0s, zc,
+                                  ph, flags, dgates, da)
+                mm(da[t, :n], w_hhs, dh_state[:n])
+                backward_tail(n, has_d, d, has_zh, dh_state, dzone)
+        da2 = da.reshape(T * B, 4 * H)
+        need = ctx.needs_input_grad
+        dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
+        dw_hh = None
+        if need[4]:
+            h_prev = previous(out, h0s, steps)  # (T, B, H_out)
+            if has_d:
+                h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+            dw_hh = mm(da2.T, h_prev.reshape(T * B, P), np.empty_like(w_hhs))
+        db = add_rows_sum(da) if ctx.has_bias else None
+        dw_hr = None
+        if proj and need[7]:
+            m = np.empty((T, B, H), dt)
+            outputs(cn_seq, gates[3], flags, m)  # zero at padded positions (c̃ and o are)
+            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
+        dph = None
+        if phs is not None and need[8]:
+            c_prev = previous(c_seq, c0s, steps)  # (T, B, H)
+            dph = np.stack([np.einsum("tbh,tbh->h", da[:, :, H:2 * H], c_prev),
+                            np.einsum("tbh,tbh->h", da[:, :, :H], c_prev),
+                            np.einsum("tbh,tbh->h", da[:, :, 3 * H:], cn_seq)])  # (3, H) f|i|o
+        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, None if db is None else db.copy(), dw_hr, dph)
+        return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 4
+
+
+def run(spec, x, state, weights, steps, record, masks):
+    """One LSTM-family layer-direction; see gatelab.engines for the contract."""
+    h0, c0 = state
+    T, B, _ = x.shape
+    H, P = spec.hidden_size, spec.out_size
+    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
+    w_ph = weights["weight_ph"] if spec.peephole else None
+    mask_arrays = _masks(masks, T, B, H, P, np.dtype(str(x.dtype).removeprefix("torch.")))
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
+    if needs_grad(*inputs):
+        out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record)
+    else:
+        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+        out, h_T, c_T, saved = _forward(spec, arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
+                                        arr(w_hr), arr(w_ph), mask_arrays, steps, keep=False,
+                                        record=record)
+        out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
+        rec = []
+        if record:
+            (gi, gf, gg, go), _, c_seq = saved
+            rec = [tensor(a) for a in (gf, gi, gg, go, c_seq)]
+    gates = dict(zip(("f", "i", "g", "o", "c"), rec)) if record else None
+    return out, (h_T, c_T), gates

@@ -1,0 +1,195 @@
+"""The fused engine runs the LSTM family (issue 7) as the eager engine does: each variant
+and each stochastic mask, alone and combined, forward and reverse, packed, with a
+projection and recorded gates (whose gradients flow back), float64 to 1e-10 and float32
+to 1e-5, in outputs, final states, the record and the gradient of every input.
+
+The eager engine is itself checked against the NumPy reference (tests/nn); here the two
+engines meet at the seam, one layer-direction, the same masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fused_seam import batch_sizes_of, collect, leaves, make_case, max_diffs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatelab.engines import ABLATIONS, CellSpec, eager, fused_cpu
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+LENGTHS = [5, 5, 3, 1]
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")
+
+
+def draw_masks(mode, T, B, H, P, dtype, zoneout=(0.0, 0.0), dropout=0.0, seed=1, train=True):
+    """The masks gatelab.nn would draw (training) or pass (eval: zoneout's constant p)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    if dropout:
+        keep = (torch.rand(B, P, generator=g, dtype=dtype) >= dropout).to(dtype)
+        masks["recurrent_dropout"] = keep / (1 - dropout)
+    for name, p, shape in (("zoneout_h", zoneout[0], (T, B, P)), ("zoneout_c", zoneout[1], (T, B, H))):
+        if p and (mode == "LSTM" or name == "zoneout_h"):
+            masks[name] = ((torch.rand(*shape, generator=g, dtype=dtype) < p).to(dtype) if train
+                           else torch.full(shape, p, dtype=dtype))
+    return masks
+
+
+def compare(mode, spec_kw, dtype=torch.float64, reverse=False, lengths=LENGTHS, proj=0, bias=True,
+            zoneout=(0.0, 0.0), dropout=0.0, record=True, train=True, T=5, B=4, I=3, H=6, seed=0):
+    x, state, w, g = make_case(mode, T, B, I, H, proj=proj, bias=bias, dtype=dtype, seed=seed,
+                               lengths=lengths)
+    spec = CellSpec(mode, I, H, proj_size=proj, bias=bias, **spec_kw)
+    if spec.peephole:
+        gen = torch.Generator().manual_seed(seed + 5)
+        w["weight_ph"] = ((torch.rand(3, H, generator=gen, dtype=dtype) - 0.5)).requires_grad_()
+    P = proj or H
+    masks = draw_masks(mode, T, B, H, P, dtype, zoneout, dropout, seed + 2, train) or None
+    assert fused_cpu.unsupported(spec, x, record) is None
+    bs = None if lengths is None else batch_sizes_of(lengths, T)
+    gen = torch.Generator().manual_seed(seed + 7)
+    gate_grads = {k: torch.randn(T, B, H, generator=gen, dtype=dtype) for k in spec.gates} if record else None
+    results = []
+    for engine in (fused_cpu, eager):
+        out, state_T, gates = engine.run(spec, x, tuple(state), w, batch_sizes=bs, reverse=reverse,
+                                         record=record, masks=masks)
+        res = collect(out, state_T, g, leaves(x, state, w), gates, gate_grads)
+        if record:
+            res.update({f"gate_{k}": v.detach() for k, v in gates.items()})
+        results.append(res)
+    ours, ref = results
+    diffs = max_diffs(ours, ref)
+    assert set(diffs) == set(ref)
+    bad = {k: v for k, v in diffs.items() if not v <= TOL[dtype]}
+    assert not bad, f"{mode} {spec_kw} zoneout={zoneout} dropout={dropout}: {bad}"
+    if lengths is not None:
+        for b, n in enumerate(lengths):
+            assert not ours["out"][n:, b].any()
+    return ours
+
+
+LSTM_VARIANTS = {
+    "peephole": dict(peephole=True),
+    "coupled": dict(coupled_gates=True),
+    "hard_sigmoid": dict(gate_activation="hard_sigmoid"),
+    "softsign": dict(cell_activation="softsign"),
+    **{f"no_{part}": dict(remove=frozenset({part})) for part in ABLATIONS},
+}
+
+
+@pytest.mark.parametrize("variant", LSTM_VARIANTS)
+def test_each_lstm_variant(variant):
+    compare("LSTM", LSTM_VARIANTS[variant])
+    compare("LSTM", LSTM_VARIANTS[variant], reverse=True, proj=4, record=False, lengths=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_each_mask(mode, dtype):
+    compare(mode, {}, dtype, zoneout=(0.4, 0.0))
+    compare(mode, {}, dtype, dropout=0.3, reverse=True)
+    compare(mode, {}, dtype, zoneout=(0.3, 0.5), dropout=0.3, train=False)
+    if mode == "LSTM":
+        compare(mode, {}, dtype, zoneout=(0.0, 0.5))
+        compare(mode, {}, dtype, zoneout=(0.3, 0.5), dropout=0.4, proj=4, reverse=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_everything_at_once(dtype):
+    kw = dict(peephole=True, coupled_gates=True, remove=frozenset({"output_activation"}),
+              gate_activation="hard_sigmoid", cell_activation="softsign")
+    compare("LSTM", kw, dtype, zoneout=(0.2, 0.3), dropout=0.3, proj=4, reverse=True)
+    compare("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign"), dtype,
+            zoneout=(0.3, 0.0), dropout=0.3, reverse=True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data(), mode=st.sampled_from(["LSTM", "GRU"]), T=st.integers(1, 6), B=st.integers(1, 4),
+       H=st.integers(1, 5), reverse=st.booleans(), record=st.booleans(), bias=st.booleans())
+def test_random_combinations(data, mode, T, B, H, reverse, record, bias):
+    kw = dict(gate_activation=data.draw(st.sampled_from(["sigmoid", "hard_sigmoid"])),
+              cell_activation=data.draw(st.sampled_from(["tanh", "softsign"])))
+    proj = 0
+    if mode == "LSTM":
+        coupled = data.draw(st.booleans())
+        parts = [p for p in ABLATIONS if not (coupled and p == "input_gate")]
+        kw.update(peephole=data.draw(st.booleans()), coupled_gates=coupled,
+                  remove=frozenset(data.draw(st.lists(st.sampled_from(parts), max_size=2, unique=True))))
+        if H > 1 and data.draw(st.booleans()):
+            proj = data.draw(st.integers(1, H - 1))
+    lengths = sorted(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B)), reverse=True)
+    packed = data.draw(st.booleans())
+    zoneout = (data.draw(st.sampled_from([0.0, 0.5])), data.draw(st.sampled_from([0.0, 0.5])))
+    compare(mode, kw, reverse=reverse, lengths=lengths if packed else None, proj=proj, bias=bias,
+            zoneout=zoneout, dropout=data.draw(st.sampled_from([0.0, 0.5])), record=record,
+            train=data.draw(st.booleans()), T=T, B=B, H=H, seed=T * 100 + B * 10 + H)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_python_loop_fallback(mode, monkeypatch):
+    from gatelab.engines import fused_common
+
+    monkeypatch.setattr(fused_common, "LOOP", "python")
+    assert not fused_common.numba_loop()
+    kw = dict(peephole=True, coupled_gates=True, cell_activation="softsign") if mode == "LSTM" else {}
+    compare(mode, kw, zoneout=(0.3, 0.4), dropout=0.3, reverse=True)
+    if mode == "LSTM":
+        compare(mode, kw, zoneout=(0.3, 0.4), dropout=0.3, proj=4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_inference_equals_training_path(mode):
+    """Without autograd nothing is saved; the values are the same."""
+    kw = dict(peephole=True, remove=frozenset({"input_gate"})) if mode == "LSTM" else dict(
+        gate_activation="hard_sigmoid")
+    T, B, H = 5, 4, 6
+    x, state, w, _ = make_case(mode, T, B, 3, H, lengths=LENGTHS)
+    if mode == "LSTM":
+        w["weight_ph"] = torch.rand(3, H, dtype=torch.float64, requires_grad=True)
+    spec = CellSpec(mode, 3, H, **kw)
+    masks = draw_masks(mode, T, B, H, H, torch.float64, (0.3, 0.3), 0.3)
+    bs = batch_sizes_of(LENGTHS, T)
+    with_grad = fused_cpu.run(spec, x, state, w, batch_sizes=bs, record=True, masks=masks)
+    with torch.inference_mode():
+        no_grad = fused_cpu.run(spec, x, state, w, batch_sizes=bs, record=True, masks=masks)
+    for a, b in zip([no_grad[0], *no_grad[1], *no_grad[2].values()],
+                    [with_grad[0], *with_grad[1], *with_grad[2].values()]):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_bfloat16_masks_run_in_float32():
+    T, B, H = 5, 4, 6
+    x, state, w, _ = make_case("LSTM", T, B, 3, H, dtype=torch.float32)
+    spec = CellSpec("LSTM", 3, H, coupled_gates=True)
+    masks = draw_masks("LSTM", T, B, H, H, torch.float32, (0.5, 0.5), 0.5)
+    xb = x.detach().bfloat16()
+    sb = tuple(s.detach().bfloat16() for s in state)
+    out, _, _ = fused_cpu.run(spec, xb, sb, w, masks={k: m.bfloat16() for k, m in masks.items()})
+    ref, _, _ = fused_cpu.run(spec, xb.float(), tuple(s.float() for s in sb), w, masks=masks)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref.bfloat16(), rtol=0, atol=0)
+
+
+def test_plain_requests_keep_the_plain_kernels(monkeypatch):
+    """A plain cell without masks never reaches the family kernels (its speed is unchanged)."""
+    from gatelab.engines import fused_gru_family, fused_lstm_family
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("family kernels used for a plain cell")
+
+    monkeypatch.setattr(fused_lstm_family, "run", refuse)
+    monkeypatch.setattr(fused_gru_family, "run", refuse)
+    for mode in ("LSTM", "GRU"):
+        x, state, w, _ = make_case(mode, 3, 2, 3, 4)
+        fused_cpu.run(CellSpec(mode, 3, 4), x, state, w, masks={})
+
+
+def test_what_is_not_fused_is_declined_with_a_reason():
+    x = torch.zeros(2, 1, 3)
+    for spec, words in ((CellSpec("LSTM", 3, 4, layer_norm=True), "layer_norm"),
+                        (CellSpec("GRU", 3, 4, layer_norm=True), "layer_norm"),
+                        (CellSpec("GRU", 3, 4, reset_after=False), "reset_after"),
+                        (CellSpec("LSTM", 3, 4, gate_activation="relu"), "gate_activation"),
+                        (CellSpec("LSTM", 3, 4, coupled_gates=True, remove=frozenset({"input_gate"})),
+                         "coupled")):
+        assert words in fused_cpu.unsupported(spec, x, False)
