@@ -13,6 +13,14 @@ training three times that (forward, δx/δh, δW). "of peak" divides by the larg
 GFLOP/s measured in the same run (the better of NumPy/OpenBLAS and torch on 2048³
 float32). Threads: torch's intra-op pool and NumPy's OpenBLAS pool, both reported;
 `--threads N` sets both.
+
+`--variants` times the LSTM family (issue 7) instead: for each variant, training (forward +
+backward) of gatelab.nn.LSTM with that option against the plain fused LSTM at the same
+shape, and against the same variant written as a plain PyTorch loop over the steps
+(`lstm_loop`: LSTMCell-style per-step F.linear and autograd, the baseline users have when
+they write their own cell). Stochastic variants run in training mode and draw their masks
+on every call (in all three contenders that have them). The row says which engine ran the
+variant (fused, or eager where the fused engine declines it).
 """
 
 from __future__ import annotations
@@ -33,6 +41,28 @@ QUICK_SHAPES = [(20, 4, 16, 32)]
 KINDS = ("inference", "training")
 CELLS = ("LSTM", "GRU")
 GATE_ROWS = {"LSTM": 4, "GRU": 3}
+VARIANT_SHAPES = [(100, 32, 128, 256), (50, 16, 64, 128)]
+# name -> gatelab.nn.LSTM options; targets (issue 7): ≤ 1.2× the plain fused LSTM
+# (layer_norm ≤ 1.5×) and ≥ 2× faster than the loop
+VARIANTS = {
+    "plain": {},
+    "forget_bias": dict(forget_bias=1.0),
+    "peephole": dict(peephole=True),
+    "coupled_gates": dict(coupled_gates=True),
+    "no_forget_gate": dict(no_forget_gate=True),
+    "no_input_gate": dict(no_input_gate=True),
+    "no_output_gate": dict(no_output_gate=True),
+    "no_output_activation": dict(no_output_activation=True),
+    "no_candidate_activation": dict(no_candidate_activation=True),
+    "hard_sigmoid": dict(gate_activation="hard_sigmoid"),
+    "softsign": dict(cell_activation="softsign"),
+    "zoneout": dict(zoneout=0.1),
+    "recurrent_dropout": dict(recurrent_dropout=0.25),
+    "weight_drop": dict(weight_drop=0.5),
+    "layer_norm": dict(layer_norm=True),
+}
+TARGET_VS_PLAIN = {"layer_norm": 1.5}  # others 1.2
+TARGET_VS_LOOP = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: one small shape, 3 repeats, 1 warm-up")
     parser.add_argument("--json", default=None, metavar="PATH", help="write every number here")
+    parser.add_argument("--variants", nargs="?", const="all", default=None, metavar="NAMES",
+                        help="time the LSTM variants (training) against the plain fused LSTM and "
+                             "a PyTorch loop; optionally a comma-separated subset of: "
+                             + ",".join(VARIANTS))
 
 
 def _parse_shapes(text):
@@ -173,8 +207,15 @@ def run(args) -> int:
         raise UsageError(f"--cells takes {','.join(CELLS)}, got {args.cells!r}")
     if not kinds or any(k not in KINDS for k in kinds):
         raise UsageError(f"--kinds takes {','.join(KINDS)}, got {args.kinds!r}")
+    variants = None
+    if args.variants is not None:
+        variants = list(VARIANTS) if args.variants == "all" else [
+            v.strip() for v in args.variants.split(",") if v.strip()]
+        if not variants or any(v not in VARIANTS for v in variants):
+            raise UsageError(f"--variants takes all or a subset of {','.join(VARIANTS)}, got {args.variants!r}")
+    default_shapes = VARIANT_SHAPES if variants else SHAPES
     shapes = QUICK_SHAPES if args.quick and args.shapes is None else (
-        _parse_shapes(args.shapes) if args.shapes else SHAPES)
+        _parse_shapes(args.shapes) if args.shapes else default_shapes)
     repeats, warmup = (3, 1) if args.quick else (args.repeats, args.warmup)
     if repeats < 1 or warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
@@ -192,6 +233,8 @@ def run(args) -> int:
         if blas:
             blas[1](args.threads)
     try:
+        if variants:
+            return _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, variants, dtype)
         return _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, dtype)
     finally:  # leave the process's thread pools as they were
         torch.set_num_threads(before[0])
@@ -246,6 +289,131 @@ def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, 
                   "clock": args.clock,
                   "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
                   "results": results}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def lstm_loop(module, x, state, masks=None):
+    """The variant of `module` (a one-layer, one-direction gatelab.nn.LSTM) as users write
+    it today: a Python loop over the steps, LSTMCell-style (both products per step with
+    F.linear), torch ops and autograd; its own parameters. Equations: gatelab.engines,
+    "The LSTM family". `masks`: None or module.draw_masks(T, B) (a list of one dict).
+
+    x (T, B, I); state (h0 (B, H), c0 (B, H)). Returns (out (T, B, H), (h_T, c_T)).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    o, H = module.options, module.hidden_size
+    p = {k.removesuffix("_l0"): v for k, v in module.named_parameters()}
+    m = masks[0] if masks else {}
+    w_hh = p["weight_hh"] if "weight_hh" not in m else p["weight_hh"] * m["weight_hh"]  # DropConnect
+    d, zh, zc = m.get("recurrent_dropout"), m.get("zoneout_h"), m.get("zoneout_c")
+    sigma = torch.sigmoid if o.gate_activation == "sigmoid" else (lambda a: torch.clamp(a / 6 + 0.5, 0, 1))
+    phi = torch.tanh if o.cell_activation == "tanh" else F.softsign
+    b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
+    rm = o.remove
+    h, c = state
+    outs = []
+    for t in range(x.shape[0]):
+        h_in = h if d is None else d * h
+        if o.layer_norm:
+            a = (F.layer_norm(F.linear(x[t], p["weight_ih"]), (4 * H,), p["ln_ih_weight"], p["ln_ih_bias"])
+                 + F.layer_norm(F.linear(h_in, w_hh), (4 * H,), p["ln_hh_weight"], p["ln_hh_bias"]))
+            a = a if b_ih is None else a + b_ih + b_hh
+        else:
+            a = F.linear(x[t], p["weight_ih"], b_ih) + F.linear(h_in, w_hh, b_hh)  # (B, 4H)
+        a_i, a_f, a_g, a_o = a.chunk(4, 1)
+        if o.peephole:
+            a_f = a_f + p["weight_ph"][0] * c
+            a_i = a_i + p["weight_ph"][1] * c
+        f = torch.ones_like(c) if "forget_gate" in rm else sigma(a_f)
+        i = 1 - f if o.coupled_gates else torch.ones_like(c) if "input_gate" in rm else sigma(a_i)
+        g = a_g if "candidate_activation" in rm else phi(a_g)
+        c_new = f * c + i * g
+        if o.peephole:
+            a_o = a_o + p["weight_ph"][2] * c_new
+        og = torch.ones_like(c) if "output_gate" in rm else sigma(a_o)
+        c_out = F.layer_norm(c_new, (H,), p["ln_c_weight"], p["ln_c_bias"]) if o.layer_norm else c_new
+        h_new = og * (c_out if "output_activation" in rm else phi(c_out))
+        c = c_new if zc is None else zc[t] * c + (1 - zc[t]) * c_new
+        h = h_new if zh is None else zh[t] * h + (1 - zh[t]) * h_new
+        outs.append(h)
+    return torch.stack(outs), (h, c)
+
+
+def _variant_contenders(torch, gnn, variant, shape, backend, dtype):
+    """name -> forward + backward for the plain fused LSTM, the variant in gatelab.nn and
+    the variant as a PyTorch loop; and the engine that runs the variant."""
+    from gatelab import engines
+
+    T, B, I, H = shape
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    plain = gnn.LSTM(I, H, dtype=dtype, backend="fused")
+    ours = gnn.LSTM(I, H, dtype=dtype, backend=backend, **VARIANTS[variant])
+    plain.train()
+    ours.train()
+    x = torch.randn(T, B, I, generator=gen, dtype=dtype).requires_grad_()
+    h0 = torch.zeros(B, H, dtype=dtype).requires_grad_()
+    c0 = torch.zeros(B, H, dtype=dtype).requires_grad_()
+    grad = torch.randn(T, B, H, generator=gen, dtype=dtype)
+    masks = ours.draw_masks(T, B) if ours.options.stochastic else []
+    engine = engines.select(backend, ours._cell_spec(0), x, False,
+                            {k: None for m in masks for k in m if k != "weight_hh"})
+
+    def module_run(module):
+        def f():
+            module.zero_grad(set_to_none=True)
+            x.grad = h0.grad = c0.grad = None
+            out = module(x, (h0[None], c0[None]))[0]
+            out.backward(grad)
+        return f
+
+    def loop_run():
+        ours.zero_grad(set_to_none=True)
+        x.grad = h0.grad = c0.grad = None
+        drawn = ours.draw_masks(T, B) if ours.options.stochastic else None
+        out, _ = lstm_loop(ours, x, (h0, c0), drawn)
+        out.backward(grad)
+
+    return {"plain fused": module_run(plain), "gatelab": module_run(ours), "loop": loop_run}, engine.NAME
+
+
+def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, variants, dtype) -> int:
+    info = machine_info(torch, numpy)
+    print(f"gatelab bench --variants: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
+          f"({info['torch_threads']} threads), OpenBLAS threads {info['openblas_threads']}, "
+          f"numba {info['numba']}; backend={args.backend}, {args.dtype}, {args.clock} clock, "
+          f"training (forward + backward), median of {repeats} after {warmup} warm-up")
+    print(f"{'variant':24} {'T,B,I,H':>16} {'engine':6} {'plain ms':>9} {'gatelab ms':>10} "
+          f"{'x plain':>7} {'loop ms':>9} {'vs loop':>7}  targets")
+    results = []
+    for shape in shapes:
+        for variant in variants:
+            runs, engine = _variant_contenders(torch, gnn, variant, shape, args.backend, dtype)
+            times = _round_robin(runs, warmup, repeats, clock)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            vs_plain = med["gatelab"] / med["plain fused"]
+            vs_loop = med["loop"] / med["gatelab"]
+            limit = TARGET_VS_PLAIN.get(variant, 1.2)
+            ok_plain, ok_loop = vs_plain <= limit, vs_loop >= TARGET_VS_LOOP
+            row = {"variant": variant, "options": {k: v for k, v in VARIANTS[variant].items()},
+                   "shape": list(shape), "engine": engine, "times_s": times, "median_s": med,
+                   "vs_plain": vs_plain, "vs_loop": vs_loop, "target_vs_plain": limit,
+                   "target_vs_loop": TARGET_VS_LOOP, "meets_vs_plain": ok_plain,
+                   "meets_vs_loop": ok_loop}
+            results.append(row)
+            marks = (f"{'ok' if ok_plain else 'MISS'} (≤{limit}x), "
+                     f"{'ok' if ok_loop else 'MISS'} (≥{TARGET_VS_LOOP:g}x)")
+            print(f"{variant:24} {','.join(map(str, shape)):>16} {engine:6} "
+                  f"{med['plain fused'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} {vs_plain:7.2f} "
+                  f"{med['loop'] * 1e3:9.2f} {vs_loop:7.2f}  {marks}", flush=True)
+    if args.json:
+        report = {"machine": info, "mode": "variants", "backend": args.backend, "clock": args.clock,
+                  "dtype": args.dtype, "repeats": repeats, "warmup": warmup, "results": results}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")
