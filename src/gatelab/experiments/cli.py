@@ -13,8 +13,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from gatelab.errors import UsageError
 
 # name -> (module, one-line description)
@@ -78,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} exists and is not a folder")
     module = importlib.import_module(EXPERIMENTS[args.name][0])
     options = {k: getattr(args, k) for k in extra if getattr(args, k) is not None}
+    # The fused engine's matrix products run in NumPy's OpenBLAS pool, which torch's thread
+    # setting does not reach. Its idle threads spin, so a second pool per training process
+    # doubles the CPU used and, on a busy machine, slows every step several-fold. Set
+    # before torch (and NumPy) load; worker processes inherit it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     # Vanishing gradients are, literally, tiny numbers: subnormal floats make a saturated

@@ -172,6 +172,9 @@ def draw(rows: list[dict], recipe: CostRecipe, path: Path) -> Path:
         for cell in CELLS:
             mine = [r for r in rows if r["cell"] == cell]
             ax.loglog([r["hidden"] for r in mine], [r[key] for r in mine], "o-", color=COLORS[cell], label=cell)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(recipe.hidden_sizes), [str(h) for h in recipe.hidden_sizes])
+        ax.minorticks_off()
         ax.set_xlabel("hidden size H")
         ax.set_title(label, fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
