@@ -61,24 +61,30 @@ def flags_of(spec, has_zc: bool) -> np.ndarray:
                      has_zc], dtype=np.int64)
 
 
-@njit(**JIT)
+# The activations are chosen by a run-time kind, but both candidates are computed and one is
+# selected (no branch): the gate loops then stay branch-free and vectorise like the plain pass.
+@njit(inline="always")
 def _gate(a, kind):
-    return hard_sigmoid(a) if kind else sigmoid(a)
+    s, hs = sigmoid(a), hard_sigmoid(a)
+    return hs if kind else s
 
 
-@njit(**JIT)
+@njit(inline="always")
 def _gate_grad(s, kind):
-    return hard_sigmoid_grad(s) if kind else s * (one(s) - s)
+    ds, dh = s * (one(s) - s), hard_sigmoid_grad(s)
+    return dh if kind else ds
 
 
-@njit(**JIT)
+@njit(inline="always")
 def _cell(a, kind):
-    return softsign(a) if kind else tanh(a)
+    t, ss = tanh(a), softsign(a)
+    return ss if kind else t
 
 
-@njit(**JIT)
+@njit(inline="always")
 def _cell_grad(y, kind):
-    return softsign_grad(y) if kind else one(y) - y * y
+    dt, ds = one(y) - y * y, softsign_grad(y)
+    return ds if kind else dt
 
 
 @njit(**JIT)
@@ -86,17 +92,16 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
                  m_state):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
-    ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H); bias (4H,); ph (3, H) p_f|p_i|p_o
+    ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a; bias (4H,); ph (3, H) p_f|p_i|p_o
     (any (3, H) without peephole); flags (10,); zc (Tz, B, H) zoneout_c mask (read at t when
     flags[HAS_ZC])."""
     H = c_state.shape[1]
     gk, ck = flags[GATE_KIND], flags[CELL_KIND]
-    peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
+    coupled = flags[COUPLED] != 0
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
     has_zc = flags[HAS_ZC] != 0
-    keep = ta >= 0
-    tk = ta if keep else 0
+    tk = ta if ta >= 0 else 0
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
     p_f, p_i, p_o = ph[0], ph[1], ph[2]  # (H,)
@@ -106,37 +111,35 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
         b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
         c_, m_, z_ = c_state[b], m_state[b], zc[tz, b]  # (H,)
         i_, f_, g_, o_, cn_, cs_ = gi[tk, b], gf[tk, b], gg[tk, b], go[tk, b], cn_seq[tk, b], c_seq[tc, b]
+        # two passes, each with few arrays (with all of them in one loop LLVM's alias checks
+        # give up and the pass runs scalar, 5x slower): the pre-activations into hw first
         for j in range(H):
             cp = c_[j]
-            a_f = x_f[j] + h_f[j] + b_f[j]
-            a_i = x_i[j] + h_i[j] + b_i[j]
-            a_g = x_g[j] + h_g[j] + b_g[j]
-            a_o = x_o[j] + h_o[j] + b_o[j]
-            if peep:
-                a_f += p_f[j] * cp
-                a_i += p_i[j] * cp
-            f = one(cp) if no_f else _gate(a_f, gk)
-            if coupled:
-                i = one(cp) - f
-            else:
-                i = one(cp) if no_i else _gate(a_i, gk)
-            g = a_g if no_g else _cell(a_g, ck)
+            h_f[j] = x_f[j] + h_f[j] + b_f[j] + p_f[j] * cp  # p = 0 without peephole
+            h_i[j] = x_i[j] + h_i[j] + b_i[j] + p_i[j] * cp
+        for j in range(H):
+            h_g[j] = x_g[j] + h_g[j] + b_g[j]
+            h_o[j] = x_o[j] + h_o[j] + b_o[j]
+        for j in range(H):  # branch-free (selects only), so that it vectorises
+            cp = c_[j]
+            a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
+            fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
+            f = one(cp) if no_f else fv
+            i = one(cp) - f if coupled else (one(cp) if no_i else iv)
+            g = a_g if no_g else gv
             cn = f * cp + i * g
-            if peep:
-                a_o += p_o[j] * cn
-            o = one(cp) if no_o else _gate(a_o, gk)
-            y = cn if no_y else _cell(cn, ck)
+            ov, yv = _gate(h_o[j] + p_o[j] * cn, gk), _cell(cn, ck)
+            o = one(cp) if no_o else ov
+            y = cn if no_y else yv
             m_[j] = o * y
-            c = z_[j] * cp + (one(cp) - z_[j]) * cn if has_zc else cn
+            c = z_[j] * cp + (one(cp) - z_[j]) * cn  # z = 0 without zoneout_c: c = c̃ exactly
             c_[j] = c
-            if keep:
-                i_[j] = i
-                f_[j] = f
-                g_[j] = g
-                o_[j] = o
-                cn_[j] = cn
-                if has_zc:
-                    cs_[j] = c
+            i_[j] = i  # without keep these rows are scratch (ta < 0: index 0 of (1, B, H))
+            f_[j] = f
+            g_[j] = g
+            o_[j] = o
+            cn_[j] = cn
+            cs_[j] = c  # scratch without zoneout_c
 
 
 @njit(**JIT)
