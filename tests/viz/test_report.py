@@ -27,6 +27,13 @@ def test_recorded_h_is_the_modules_output(tmp_path, py_text, make_run, cell):
     with torch.no_grad():
         out, _ = model.rnn(model.embed(ids))  # (T, 1, H), the last layer
     np.testing.assert_allclose(acts.values["h"][-1], out[:, 0].numpy(), rtol=0, atol=1e-6)
+    if cell == "lstm":  # the lower layer's h against the equation h = o ⊙ tanh(c)
+        v = acts.values
+        np.testing.assert_allclose(v["h"][0], v["o"][0] * np.tanh(v["c"][0]), rtol=0, atol=1e-6)
+    if cell == "gru":  # h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}, from h_0 = 0
+        z, n, h = (acts.values[k][0].astype(np.float64) for k in "znh")
+        prev = np.vstack([np.zeros((1, h.shape[1])), h[:-1]])
+        np.testing.assert_allclose(h, (1 - z) * n + z * prev, rtol=0, atol=1e-6)
     assert set(acts.values) == {"lstm": set("figoch"), "gru": set("rznh"), "rnn": {"h"}}[cell]
     L, T, H = acts.shape
     assert (L, T, H) == (2, len(py_text), 12)

@@ -1,12 +1,14 @@
 """Every gate of every unit at every character of a text, from gatelab.nn's gate record.
 
-The record holds LSTM f i g o c, GRU r z n, RNN h per layer; the hidden output h of each
-layer is added here from the equations (LSTM h_t = o_t ⊙ tanh(c_t); GRU
-h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}), since the module returns only the last layer's.
+The record holds LSTM f i g o c, GRU r z n, RNN h per layer. The module returns the hidden
+output h of its last layer only, so h of every layer is computed here by running the layers
+one at a time: a one-layer module of the same class and options per layer, holding that
+layer's weights. That is exact for every cell and variant (no equation re-derived here).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,18 +57,37 @@ def record(model, vocab: list[str], text: str) -> Activations:
     logits, _, gates = model(ids, return_gates=True)  # (T, 1, V); gates (L, T, 1, H)
     g = {k: v[:, :, 0, :].double() for k, v in gates.items()}  # (L, T, H)
     cell = model.config.cell
-    if cell == "lstm":
-        g["h"] = g["o"] * torch.tanh(g["c"])
-    elif cell == "gru":
-        h = torch.zeros_like(g["n"][:, 0])  # (L, H)
-        hs = []
-        for t in range(g["n"].shape[1]):
-            h = (1 - g["z"][:, t]) * g["n"][:, t] + g["z"][:, t] * h
-            hs.append(h)
-        g["h"] = torch.stack(hs, 1)  # (L, T, H)
+    g["h"] = torch.stack([out[:, 0] for out in layer_outputs(model, ids)]).double()  # (L, T, H)
     logp = torch.log_softmax(logits[:, 0].double(), -1)  # (T, V)
     probs = torch.zeros(len(text), dtype=torch.float64)
     probs[1:] = logp[:-1].gather(1, ids[1:]).exp()[:, 0]  # the first character has no context
     quantities = QUANTITIES[cell]
     values = {q: g[q].float().numpy() for q in quantities}
     return Activations(text=text, quantities=quantities, values=values, probs=probs.float().numpy())
+
+
+@torch.no_grad()
+def layer_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The hidden output of every layer of the model's recurrent stack (eval mode).
+
+    Arguments:
+        model: a CharLM.
+        ids: (T, B) token ids.
+
+    Returns L tensors (T, B, H).
+    """
+    rnn, cfg = model.rnn, model.config
+    x = model.embed(ids)  # (T, B, E)
+    if cfg.num_layers == 1:
+        return [rnn(x)[0]]
+    state = rnn.state_dict()
+    outs = []
+    for layer in range(cfg.num_layers):
+        single = type(rnn)(x.shape[-1], cfg.hidden_size, num_layers=1, backend=rnn.backend,
+                           **cfg.cell_options)
+        mine = re.compile(rf"_l{layer}(?=_|$)")
+        single.load_state_dict({mine.sub("_l0", k): v for k, v in state.items() if mine.search(k)})
+        single.eval()
+        x, _ = single(x)  # (T, B, H)
+        outs.append(x)
+    return outs
