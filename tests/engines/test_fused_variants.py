@@ -35,14 +35,24 @@ def draw_masks(mode, T, B, H, P, dtype, zoneout=(0.0, 0.0), dropout=0.0, seed=1,
     return masks
 
 
+def add_variant_weights(w, spec, H, dtype, seed):
+    """weight_ph and the layer-norm gains and biases the spec needs, random and non-trivial."""
+    if spec.peephole:
+        gen = torch.Generator().manual_seed(seed + 5)
+        w["weight_ph"] = ((torch.rand(3, H, generator=gen, dtype=dtype) - 0.5)).requires_grad_()
+    if spec.layer_norm:  # gains and biases away from their 1 and 0
+        gen = torch.Generator().manual_seed(seed + 6)
+        for name, n in (("ih", 4 * H), ("hh", 4 * H), ("c", H)):
+            w[f"ln_{name}_weight"] = (1 + 0.5 * torch.randn(n, generator=gen, dtype=dtype)).requires_grad_()
+            w[f"ln_{name}_bias"] = (0.3 * torch.randn(n, generator=gen, dtype=dtype)).requires_grad_()
+
+
 def compare(mode, spec_kw, dtype=torch.float64, reverse=False, lengths=LENGTHS, proj=0, bias=True,
             zoneout=(0.0, 0.0), dropout=0.0, record=True, train=True, T=5, B=4, I=3, H=6, seed=0):
     x, state, w, g = make_case(mode, T, B, I, H, proj=proj, bias=bias, dtype=dtype, seed=seed,
                                lengths=lengths)
     spec = CellSpec(mode, I, H, proj_size=proj, bias=bias, **spec_kw)
-    if spec.peephole:
-        gen = torch.Generator().manual_seed(seed + 5)
-        w["weight_ph"] = ((torch.rand(3, H, generator=gen, dtype=dtype) - 0.5)).requires_grad_()
+    add_variant_weights(w, spec, H, dtype, seed)
     P = proj or H
     masks = draw_masks(mode, T, B, H, P, dtype, zoneout, dropout, seed + 2, train) or None
     assert fused_cpu.unsupported(spec, x, record) is None
@@ -73,6 +83,9 @@ LSTM_VARIANTS = {
     "coupled": dict(coupled_gates=True),
     "hard_sigmoid": dict(gate_activation="hard_sigmoid"),
     "softsign": dict(cell_activation="softsign"),
+    "layer_norm": dict(layer_norm=True),
+    "layer_norm_peephole_softsign": dict(layer_norm=True, peephole=True, cell_activation="softsign"),
+    "layer_norm_no_output_activation": dict(layer_norm=True, remove=frozenset({"output_activation"})),
     **{f"no_{part}": dict(remove=frozenset({part})) for part in ABLATIONS},
 }
 
@@ -97,7 +110,7 @@ def test_each_mask(mode, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_everything_at_once(dtype):
     kw = dict(peephole=True, coupled_gates=True, remove=frozenset({"output_activation"}),
-              gate_activation="hard_sigmoid", cell_activation="softsign")
+              gate_activation="hard_sigmoid", cell_activation="softsign", layer_norm=True)
     compare("LSTM", kw, dtype, zoneout=(0.2, 0.3), dropout=0.3, proj=4, reverse=True)
     compare("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign"), dtype,
             zoneout=(0.3, 0.0), dropout=0.3, reverse=True)
@@ -113,7 +126,7 @@ def test_random_combinations(data, mode, T, B, H, reverse, record, bias):
     if mode == "LSTM":
         coupled = data.draw(st.booleans())
         parts = [p for p in ABLATIONS if not (coupled and p == "input_gate")]
-        kw.update(peephole=data.draw(st.booleans()), coupled_gates=coupled,
+        kw.update(peephole=data.draw(st.booleans()), coupled_gates=coupled, layer_norm=data.draw(st.booleans()),
                   remove=frozenset(data.draw(st.lists(st.sampled_from(parts), max_size=2, unique=True))))
         if H > 1 and data.draw(st.booleans()):
             proj = data.draw(st.integers(1, H - 1))
@@ -131,7 +144,7 @@ def test_python_loop_fallback(mode, monkeypatch):
 
     monkeypatch.setattr(fused_common, "LOOP", "python")
     assert not fused_common.numba_loop()
-    kw = dict(peephole=True, coupled_gates=True, cell_activation="softsign") if mode == "LSTM" else {}
+    kw = dict(peephole=True, coupled_gates=True, cell_activation="softsign", layer_norm=True) if mode == "LSTM" else {}
     compare(mode, kw, zoneout=(0.3, 0.4), dropout=0.3, reverse=True)
     if mode == "LSTM":
         compare(mode, kw, zoneout=(0.3, 0.4), dropout=0.3, proj=4)
@@ -140,13 +153,12 @@ def test_python_loop_fallback(mode, monkeypatch):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_inference_equals_training_path(mode):
     """Without autograd nothing is saved; the values are the same."""
-    kw = dict(peephole=True, remove=frozenset({"input_gate"})) if mode == "LSTM" else dict(
+    kw = dict(peephole=True, remove=frozenset({"input_gate"}), layer_norm=True) if mode == "LSTM" else dict(
         gate_activation="hard_sigmoid")
     T, B, H = 5, 4, 6
     x, state, w, _ = make_case(mode, T, B, 3, H, lengths=LENGTHS)
-    if mode == "LSTM":
-        w["weight_ph"] = torch.rand(3, H, dtype=torch.float64, requires_grad=True)
     spec = CellSpec(mode, 3, H, **kw)
+    add_variant_weights(w, spec, H, torch.float64, 0)
     masks = draw_masks(mode, T, B, H, H, torch.float64, (0.3, 0.3), 0.3)
     bs = batch_sizes_of(LENGTHS, T)
     with_grad = fused_cpu.run(spec, x, state, w, batch_sizes=bs, record=True, masks=masks)
@@ -186,8 +198,7 @@ def test_plain_requests_keep_the_plain_kernels(monkeypatch):
 
 def test_what_is_not_fused_is_declined_with_a_reason():
     x = torch.zeros(2, 1, 3)
-    for spec, words in ((CellSpec("LSTM", 3, 4, layer_norm=True), "layer_norm"),
-                        (CellSpec("GRU", 3, 4, layer_norm=True), "layer_norm"),
+    for spec, words in ((CellSpec("GRU", 3, 4, layer_norm=True), "layer_norm"),
                         (CellSpec("GRU", 3, 4, reset_after=False), "reset_after"),
                         (CellSpec("LSTM", 3, 4, gate_activation="relu"), "gate_activation"),
                         (CellSpec("LSTM", 3, 4, coupled_gates=True, remove=frozenset({"input_gate"})),

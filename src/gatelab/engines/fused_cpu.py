@@ -47,8 +47,6 @@ def unsupported(spec, x, record) -> str | None:
     if spec.mode not in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"):
         return f"unknown mode {spec.mode}"
     if spec.mode == "LSTM":
-        if spec.layer_norm:
-            return "layer_norm is not fused yet"
         if spec.gate_activation not in fused_lstm_family.GATE_KINDS:
             return f"unknown gate_activation {spec.gate_activation!r}"
         if spec.cell_activation not in fused_lstm_family.CELL_KINDS:

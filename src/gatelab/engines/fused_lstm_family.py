@@ -47,7 +47,8 @@ from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 
 # flags: int64 array of the variant switches, in this order
-GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC = range(10)
+GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC, LN = range(11)
+LN_EPS = 1e-5  # layer norm's ε (torch.nn.LayerNorm's default, as the reference)
 GATE_KINDS = {"sigmoid": 0, "hard_sigmoid": 1}
 CELL_KINDS = {"tanh": 0, "softsign": 1}
 
@@ -58,7 +59,7 @@ def flags_of(spec, has_zc: bool) -> np.ndarray:
     return np.array([GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation],
                      spec.peephole, spec.coupled_gates, "forget_gate" in r, "input_gate" in r,
                      "candidate_activation" in r, "output_gate" in r, "output_activation" in r,
-                     has_zc], dtype=np.int64)
+                     has_zc, spec.layer_norm], dtype=np.int64)
 
 
 # The activations are chosen by a run-time kind, but both candidates are computed and one is
@@ -89,13 +90,15 @@ def _cell_grad(y, kind):
 
 @njit(**JIT)
 def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
-                 m_state):
+                 m_state, lnc, stats):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
     ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a; bias (4H,); ph (3, H) p_f|p_i|p_o
     (any (3, H) without peephole); flags (10,); zc (Tz, B, H) zoneout_c mask (read at t when
-    flags[HAS_ZC])."""
+    flags[HAS_ZC]). layer_norm (flags[LN]): lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B)
+    receives μ and 1/√(σ² + ε) of c̃ (rows 0, 1) at ta; y = φ(LN(c̃))."""
     H = c_state.shape[1]
+    ln = flags[LN] != 0
     gk, ck = flags[GATE_KIND], flags[CELL_KIND]
     coupled = flags[COUPLED] != 0
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
@@ -131,7 +134,7 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
             ov, yv = _gate(h_o[j] + p_o[j] * cn, gk), _cell(cn, ck)
             o = one(cp) if no_o else ov
             y = cn if no_y else yv
-            m_[j] = o * y
+            m_[j] = o if ln else o * y  # with layer_norm y comes below
             c = z_[j] * cp + (one(cp) - z_[j]) * cn  # z = 0 without zoneout_c: c = c̃ exactly
             c_[j] = c
             i_[j] = i  # without keep these rows are scratch (ta < 0: index 0 of (1, B, H))
@@ -140,18 +143,80 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
             o_[j] = o
             cn_[j] = cn
             cs_[j] = c  # scratch without zoneout_c
+        if ln:  # y = φ(LN(c̃)) over the row's H units; m = o ⊙ y
+            mu = 0.0
+            for j in range(H):
+                mu += cn_[j]
+            mu /= H
+            var = 0.0
+            for j in range(H):
+                v = cn_[j] - mu
+                var += v * v
+            rs = 1.0 / np.sqrt(var / H + LN_EPS)
+            stats[0, tk, b] = mu
+            stats[1, tk, b] = rs
+            mu_c, rs_c = stats[0, tk, b], stats[1, tk, b]  # in x's dtype, as backward reads them
+            w_, bb_ = lnc[0], lnc[1]
+            for j in range(H):
+                yv = (cn_[j] - mu_c) * rs_c * w_[j] + bb_[j]
+                m_[j] *= yv if no_y else _cell(yv, ck)
 
 
 @njit(**JIT)
-def outputs(cn_seq, go, flags, m):
+def ln_rows(n, v, w, bias, vhat, rstd):
+    """v[:n] (B, N) <- LN(v) = w ⊙ v̂ + bias over each row; v̂ into vhat (B, N) and
+    1/√(σ² + ε) into rstd (B,)."""
+    N = v.shape[1]
+    for b in range(n):
+        v_, vh_ = v[b], vhat[b]
+        mu = 0.0
+        for j in range(N):
+            mu += v_[j]
+        mu /= N
+        var = 0.0
+        for j in range(N):
+            dv = v_[j] - mu
+            var += dv * dv
+        rs = 1.0 / np.sqrt(var / N + LN_EPS)
+        rstd[b] = rs
+        for j in range(N):
+            vh = (v_[j] - mu) * rs
+            vh_[j] = vh
+            v_[j] = vh * w[j] + bias[j]
+
+
+@njit(**JIT)
+def ln_back_rows(n, dy, vhat, rstd, w, dv):
+    """dv[:n] = ∂L/∂v for dy[:n] = ∂L/∂LN(v) (B, N): rstd (dv̂ - mean(dv̂) - v̂ mean(dv̂ v̂)),
+    dv̂ = dy ⊙ w."""
+    N = dy.shape[1]
+    for b in range(n):
+        dy_, vh_, dv_ = dy[b], vhat[b], dv[b]
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(N):
+            dvh = dy_[j] * w[j]
+            s1 += dvh
+            s2 += dvh * vh_[j]
+        s1 /= N
+        s2 /= N
+        rs = rstd[b]
+        for j in range(N):
+            dv_[j] = rs * (dy_[j] * w[j] - s1 - vh_[j] * s2)
+
+
+@njit(**JIT)
+def outputs(cn_seq, go, flags, lnc, stats, m):
     """m = o ⊙ y(c̃) for every saved step (for δW_hr); all (T, B, H)."""
     T, B, H = m.shape
-    ck, no_y = flags[CELL_KIND], flags[NO_Y] != 0
+    ck, no_y, ln = flags[CELL_KIND], flags[NO_Y] != 0, flags[LN] != 0
     for t in range(T):
         for b in range(B):
             cn_, o_, m_ = cn_seq[t, b], go[t, b], m[t, b]
+            mu, rs = stats[0, t, b], stats[1, t, b]
             for j in range(H):
-                m_[j] = o_[j] * (cn_[j] if no_y else _cell(cn_[j], ck))
+                v = (cn_[j] - mu) * rs * lnc[0, j] + lnc[1, j] if ln else cn_[j]
+                m_[j] = o_[j] * (v if no_y else _cell(v, ck))
 
 
 @njit(**JIT)
@@ -183,13 +248,15 @@ def dropped(n, h_state, d, hd):
 
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
-                  flags, dgates, da):
+                  flags, dgates, da, lnc, stats, dlnc, dchat):
     """One step of BPTT for rows [:n]: dm (B, H) δm; dc_state (B, H) δc_t in, δc_{t-1} out
     (the peephole and cell paths; zoneout's share included); gi gf gg go cn_seq (T, B, H)
     saved; c_seq (T, B, H) the carried cells (c_{t-1} of rows < n_prev is c_seq[tp], the
     rest start from c0 (B, H)); dgates (5, Tg, B, H) δ of the recorded f i g o c (zeros,
-    Tg = 1, when none); da (T, B, 4H) out."""
+    Tg = 1, when none); da (T, B, 4H) out. layer_norm: lnc (2, H) and stats (3, T, B) as
+    saved by forward_step; dlnc (2, H) accumulates δ of ln_c weight|bias; dchat (H + 2,) scratch."""
     H = dc_state.shape[1]
+    ln = flags[LN] != 0
     gk, ck = flags[GATE_KIND], flags[CELL_KIND]
     peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
@@ -205,6 +272,24 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
         dgf, dgi, dgg, dgo, dgc = (dgates[0, tg, b], dgates[1, tg, b], dgates[2, tg, b],
                                    dgates[3, tg, b], dgates[4, tg, b])
         da_i, da_f, da_g, da_o = da[t, b, :H], da[t, b, H:2 * H], da[t, b, 2 * H:3 * H], da[t, b, 3 * H:]
+        mu, rs = stats[0, t, b], stats[1, t, b]  # (zeros without layer_norm)
+        s1, s2 = mu - mu, mu - mu  # zeros in x's dtype (keeps the pass in that precision)
+        if ln:  # δ through y = φ(LN(c̃)): dchat = δĉ, and the row means LN's backward needs
+            for j in range(H):
+                chat = (cn_[j] - mu) * rs
+                v = chat * lnc[0, j] + lnc[1, j]
+                y = v if no_y else _cell(v, ck)
+                dy = dm_[j] * o_[j]
+                dv = dy if no_y else dy * _cell_grad(y, ck)
+                dlnc[0, j] += dv * chat
+                dlnc[1, j] += dv
+                dch = dv * lnc[0, j]
+                dchat[j] = dch
+                s1 += dch
+                s2 += dch * chat
+            dchat[H] = s1 / H  # stored and read back: the means in x's dtype
+            dchat[H + 1] = s2 / H
+        m1, m2 = dchat[H], dchat[H + 1]
         for j in range(H):
             i, f, g, o, cn, cp = i_[j], f_[j], g_[j], o_[j], cn_[j], cp_[j]
             zero = one(cp) - one(cp)
@@ -216,10 +301,16 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
                 dcp = zero
                 dcn = dc
             dmj = dm_[j]
-            y = cn if no_y else _cell(cn, ck)
+            if ln:
+                chat = (cn - mu) * rs
+                v = chat * lnc[0, j] + lnc[1, j]
+                y = v if no_y else _cell(v, ck)
+                dcn += rs * (dchat[j] - m1 - chat * m2)
+            else:
+                y = cn if no_y else _cell(cn, ck)
+                dy = dmj * o
+                dcn += dy if no_y else dy * _cell_grad(y, ck)
             do = dmj * y + dgo[j]
-            dy = dmj * o
-            dcn += dy if no_y else dy * _cell_grad(y, ck)
             dao = zero if no_o else do * _gate_grad(o, gk)
             if peep:
                 dcn += dao * p_o[j]
@@ -245,19 +336,25 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
 
 @njit(**JIT)
 def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, ph, flags, has_d, d, has_zh, zh, zc,
-                 h_state, c_state, hd, hw, gi, gf, gg, go, cn_seq, c_seq, m_state, h_new, out):
+                 h_state, c_state, hd, hw, gi, gf, gg, go, cn_seq, c_seq, m_state, h_new, out,
+                 lnh, lnc, hhat, stats):
     """The forward time loop: hd = d ⊙ h_{t-1}; hw = hd W_hh^T (GEMM); the gate pass;
     h̃ = m (or m W_hr^T, GEMM); zoneout of h. Shapes as in forward_step; hd, h_new (B, H_out)
-    scratch (h_new is m_state itself without a projection)."""
+    scratch (h_new is m_state itself without a projection). layer_norm: hw <- LN(hw; lnh)
+    (lnh (2, 4H) weight|bias), v̂ into hhat (Ta, B, 4H) and 1/√(σ² + ε) into stats[2]."""
+    ln = flags[LN] != 0
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
+        tk = t if full else 0
         if has_d:
             dropped(n, h_state, d, hd)
             gemm(hd[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
         else:
             gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)
+        if ln:
+            ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
         forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
-                     go, cn_seq, c_seq, m_state)
+                     go, cn_seq, c_seq, m_state, lnc, stats)
         if proj:
             gemm(m_state[:n], w_hr, h_new[:n], True, 0.0)  # (n, H) x (H, H_out)
             zone_h(t, n, has_zh, zh, h_new, h_state, out)
@@ -300,9 +397,11 @@ def backward_tail(n, has_d, d, has_zh, dh_state, dzone):
 @njit(**JIT)
 def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, ph,
                   flags, has_d, d, has_zh, zh, zc, dgates, da, w_hh, w_hr, dht, dzone, dh_seq,
-                  dm):
+                  dm, lnh, lnc, hhat, stats, dlnc, dchat, dhw):
     """The backward time loop, last step first. With a projection δh̃ is kept in dh_seq
-    (T, B, H_out) for δW_hr and dm (B, H) = δh̃ W_hr; without, dm is dht itself."""
+    (T, B, H_out) for δW_hr and dm (B, H) = δh̃ W_hr; without, dm is dht itself.
+    layer_norm: δ of the recurrent product, dhw (T, B, 4H), through LN's backward."""
+    ln = flags[LN] != 0
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone)
@@ -310,11 +409,15 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq
             dh_seq[t, :n] = dht[:n]
             gemm(dht[:n], w_hr, dm[:n], False, 0.0)  # (n, H_out) x (H_out, H)
             backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
-                          ph, flags, dgates, da)
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat)
         else:
             backward_step(t, n, tp, n_prev, dht, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
-                          ph, flags, dgates, da)
-        gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat)
+        if ln:
+            ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
+            gemm(dhw[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
+        else:
+            gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)
         backward_tail(n, has_d, d, has_zh, dh_state, dzone)
 
 
@@ -328,9 +431,25 @@ def _masks(masks, T, B, H, P, dt):
             zc is not None, np.zeros((1, B, H), dt) if zc is None else zc)
 
 
-def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, masks, steps, keep, record):
+def _ln_all(v, w, b):
+    """LN over the last axis of v (T, B, N) for all steps at once: (LN(v), v̂, 1/√(σ² + ε))."""
+    mu = v.mean(axis=-1, keepdims=True)  # (T, B, 1)
+    var = np.square(v - mu).mean(axis=-1, keepdims=True)
+    rs = (1.0 / np.sqrt(var + LN_EPS)).astype(v.dtype)  # (T, B, 1)
+    vhat = (v - mu) * rs
+    return vhat * w + b, vhat, rs
+
+
+def _ln_all_backward(dy, vhat, rs, w):
+    """∂L/∂v for dy = ∂L/∂LN(v), all steps at once (see ln_back_rows)."""
+    dvh = dy * w
+    return rs * (dvh - dvh.mean(axis=-1, keepdims=True) - vhat * (dvh * vhat).mean(axis=-1, keepdims=True))
+
+
+def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep, record):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
-    (gates i f g o, c̃, carried c) when `keep` or `record`, else None."""
+    (gates i f g o, c̃, carried c, layer-norm saves) when `keep` or `record`, else None.
+    ln: None or (ih_w, ih_b, hh_w, hh_b, c_w, c_b) arrays."""
     T, B, _ = x.shape  # (T, B, I)
     H, P = c0.shape[1], h0.shape[1]
     dt = x.dtype
@@ -338,12 +457,21 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, masks, steps, keep, re
     flags = flags_of(spec, has_zc)
     packed = any(s.n < B for s in steps)
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt)).reshape(T, B, 4 * H)
-    bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,)
-    ph = np.zeros((3, H), dt) if ph is None else ph  # (3, H)
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H)
     full = keep or record
     Ta = T if full else 1
     alloc = np.zeros if packed else np.empty
+    xhat = rs_x = None
+    if ln is not None:  # LN of the input products, all steps at once
+        xa, xhat, rs_x = _ln_all(xa, ln[0], ln[1])
+        lnh, lnc = np.stack([ln[2], ln[3]]), np.stack([ln[4], ln[5]])  # (2, 4H), (2, H)
+        hhat = alloc((Ta, B, 4 * H), dt)  # v̂ of the recurrent products
+    else:
+        lnh, lnc = np.zeros((2, 4 * H), dt), np.zeros((2, H), dt)
+        hhat = np.zeros((1, 1, 1), dt)
+    stats = np.zeros((3, Ta, B), dt)  # μ, 1/σ of c̃; 1/σ of the recurrent product
+    bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,)
+    ph = np.zeros((3, H), dt) if ph is None else ph  # (3, H)
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H)
     gates = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # i f g o
     cn_seq = alloc((Ta, B, H), dt)  # c̃
     c_seq = alloc((Ta, B, H), dt) if has_zc else np.zeros((1, B, H), dt)  # carried c
@@ -357,7 +485,7 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, masks, steps, keep, re
     if numba_loop():
         forward_loop(steps_array(steps), full, proj, xa, w_hh_t, bias, w_hh if w_hr is None else w_hr,
                      ph, flags, has_d, d, has_zh, zh, zc, h_state, c_state, hd, hw, *gates, cn_seq,
-                     c_seq, m_state, h_new, out)
+                     c_seq, m_state, h_new, out, lnh, lnc, hhat, stats)
     else:
         for t, n, _, _ in steps:
             if has_d:
@@ -365,8 +493,11 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, masks, steps, keep, re
                 mm(hd[:n], w_hh_t, hw[:n])
             else:
                 mm(h_state[:n], w_hh_t, hw[:n])
+            tk = t if full else 0
+            if ln is not None:
+                ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
             forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, *gates,
-                         cn_seq, c_seq, m_state)
+                         cn_seq, c_seq, m_state, lnc, stats)
             if proj:
                 mm(m_state[:n], w_hr.T, h_new[:n])
                 zone_h(t, n, has_zh, zh, h_new, h_state, out)
@@ -374,36 +505,43 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, masks, steps, keep, re
                 zone_h(t, n, has_zh, zh, m_state, h_state, out)
     if not full:
         return out, h_state, c_state, None
-    return out, h_state, c_state, (gates, cn_seq, c_seq if has_zc else cn_seq)
+    return out, h_state, c_state, (gates, cn_seq, c_seq if has_zc else cn_seq,
+                                   (xhat, rs_x, lnh, lnc, hhat, stats))
 
 
 class LSTMFamilyFunction(torch.autograd.Function):
-    """One LSTM-family layer-direction; inputs x, h0, c0, weights (weight_ph may be None);
-    outputs out, h_T, c_T and, with record, the gates f i g o c."""
+    """One LSTM-family layer-direction; inputs x, h0, c0, weights (weight_ph and the layer
+    norm parameters may be None); outputs out, h_T, c_T and, with record, the gates f i g o c."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, spec, masks, steps, record):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
+                ln_c_w, ln_c_b, spec, masks, steps, record):
         xs, h0s, c0s = arr(x), arr(h0), arr(c0)
         w_ihs, w_hhs, w_hrs, phs = arr(w_ih), arr(w_hh), arr(w_hr), arr(w_ph)
+        ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
+                                                                 ln_c_w, ln_c_b))
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
-        out, h_T, c_T, saved = _forward(spec, xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, phs, masks,
+        out, h_T, c_T, saved = _forward(spec, xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, phs, ln, masks,
                                         steps, keep=True, record=record)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, saved)
         ctx.spec, ctx.masks, ctx.steps, ctx.has_bias = spec, masks, steps, b_ih is not None
+        ctx.ln_ih_w = None if ln is None else ln[0]
         outs = (tensor(out), tensor(h_T), tensor(c_T))
         if record:
-            (gi, gf, gg, go), _, c_seq = saved
+            (gi, gf, gg, go), _, c_seq, _ = saved
             outs += tuple(tensor(a) for a in (gf, gi, gg, go, c_seq))
         return outs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT, d_cT, *d_gates):
-        xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, (gates, cn_seq, c_seq) = ctx.arrays
+        xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, (gates, cn_seq, c_seq, lnsaved) = ctx.arrays
+        xhat, rs_x, lnh, lnc, hhat, stats = lnsaved
         steps, spec = ctx.steps, ctx.spec
         has_d, d, has_zh, zh, has_zc, zc = ctx.masks
         flags = flags_of(spec, has_zc)
+        ln = spec.layer_norm
         T, B, _ = xs.shape
         H, P = c0s.shape[1], h0s.shape[1]
         dt = xs.dtype
@@ -414,7 +552,11 @@ class LSTMFamilyFunction(torch.autograd.Function):
         if d_gates and any(g is not None for g in d_gates):
             dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
         packed = any(s.n < B for s in steps)
-        da = (np.zeros if packed else np.empty)((T, B, 4 * H), dt)
+        alloc = np.zeros if packed else np.empty
+        da = alloc((T, B, 4 * H), dt)
+        dhw = alloc((T, B, 4 * H), dt) if ln else np.zeros((1, 1, 1), dt)  # δ of h W_hh^T
+        dlnc = np.zeros((2, H), np.float64)  # δ ln_c weight|bias, accumulated over steps
+        dchat = np.zeros(H + 2, dt)  # δĉ of one row, then its two means
         proj = w_hrs is not None
         ph = np.zeros((3, H), dt) if phs is None else phs
         dht = np.zeros((B, P), dt)
@@ -424,35 +566,40 @@ class LSTMFamilyFunction(torch.autograd.Function):
         if numba_loop():
             backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
                           c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
-                          w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm)
+                          w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm, lnh, lnc, hhat, stats,
+                          dlnc, dchat, dhw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone)
                 if proj:
                     dh_seq[t, :n] = dht[:n]
                     mm(dht[:n], w_hrs, dm[:n])
-                    backward_step(t, n, tp, n_prev, dm, dc_state, *gates, cn_seq, c_seq, c0s, zc,
-                                  ph, flags, dgates, da)
-                else:
-                    backward_step(t, n, tp, n_prev, dht, dc_state, *gates, cn_seq, c_seq, c0s, zc,
-                                  ph, flags, dgates, da)
-                mm(da[t, :n], w_hhs, dh_state[:n])
+                backward_step(t, n, tp, n_prev, dm if proj else dht, dc_state, *gates, cn_seq, c_seq,
+                              c0s, zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat)
+                if ln:
+                    ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
+                mm((dhw if ln else da)[t, :n], w_hhs, dh_state[:n])
                 backward_tail(n, has_d, d, has_zh, dh_state, dzone)
-        da2 = da.reshape(T * B, 4 * H)
         need = ctx.needs_input_grad
-        dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
+        if ln:
+            dxa = _ln_all_backward(da, xhat, rs_x, ctx.ln_ih_w)
+        else:
+            dxa = da
+        dxa2 = dxa.reshape(T * B, 4 * H)
+        dhw2 = (dhw if ln else da).reshape(T * B, 4 * H)
+        dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
         dw_hh = None
         if need[4]:
             h_prev = previous(out, h0s, steps)  # (T, B, H_out)
             if has_d:
                 h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
-            dw_hh = mm(da2.T, h_prev.reshape(T * B, P), np.empty_like(w_hhs))
-        db = add_rows_sum(da) if ctx.has_bias else None
+            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), np.empty_like(w_hhs))
+        db = add_rows_sum(da) if (ctx.has_bias or ln) else None  # (4H,): also δ of the LN biases
         dw_hr = None
         if proj and need[7]:
             m = np.empty((T, B, H), dt)
-            outputs(cn_seq, gates[3], flags, m)  # zero at padded positions (c̃ and o are)
+            outputs(cn_seq, gates[3], flags, lnc, stats, m)  # zero at padded positions
             dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
         dph = None
         if phs is not None and need[8]:
@@ -460,8 +607,19 @@ class LSTMFamilyFunction(torch.autograd.Function):
             dph = np.stack([np.einsum("tbh,tbh->h", da[:, :, H:2 * H], c_prev),
                             np.einsum("tbh,tbh->h", da[:, :, :H], c_prev),
                             np.einsum("tbh,tbh->h", da[:, :, 3 * H:], cn_seq)])  # (3, H) f|i|o
-        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, None if db is None else db.copy(), dw_hr, dph)
-        return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 4
+        dln = (None,) * 6
+        if ln:
+            da2 = da.reshape(T * B, 4 * H)
+            dln = (np.einsum("nk,nk->k", da2, xhat.reshape(T * B, 4 * H)), db.copy(),
+                   np.einsum("nk,nk->k", da2, hhat.reshape(T * B, 4 * H)), db.copy(),
+                   dlnc[0].astype(dt), dlnc[1].astype(dt))
+        db_ih = db if ctx.has_bias else None
+        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
+                 dw_hr, dph, *dln)
+        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 4
+
+
+LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
 
 
 def run(spec, x, state, weights, steps, record, masks):
@@ -473,19 +631,21 @@ def run(spec, x, state, weights, steps, record, masks):
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
     w_ph = weights["weight_ph"] if spec.peephole else None
+    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 6
     mask_arrays = _masks(masks, T, B, H, P, np.dtype(str(x.dtype).removeprefix("torch.")))
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, *ln)
     if needs_grad(*inputs):
         out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record)
     else:
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+        ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
         out, h_T, c_T, saved = _forward(spec, arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
-                                        arr(w_hr), arr(w_ph), mask_arrays, steps, keep=False,
+                                        arr(w_hr), arr(w_ph), ln_arrays, mask_arrays, steps, keep=False,
                                         record=record)
         out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
         rec = []
         if record:
-            (gi, gf, gg, go), _, c_seq = saved
+            (gi, gf, gg, go), _, c_seq, _ = saved
             rec = [tensor(a) for a in (gf, gi, gg, go, c_seq)]
     gates = dict(zip(("f", "i", "g", "o", "c"), rec)) if record else None
     return out, (h_T, c_T), gates
