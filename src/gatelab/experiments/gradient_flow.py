@@ -126,7 +126,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1, T: int 
 def draw(profiles: dict, path: Path) -> Path:
     """Two panels, at initialisation and after training: g(d) on a log scale."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     titles = {"init": "at initialisation", "trained": "after training (adding problem)"}
     for ax, (stage, group) in zip(axes, profiles.items()):
         for name, g in group.items():
@@ -134,7 +134,8 @@ def draw(profiles: dict, path: Path) -> Path:
         ax.set_title(titles[stage])
         ax.set_xlabel("distance T − t (steps back from the output)")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel("‖∂ŷ_T / ∂h_t‖")
+    for ax in axes:
+        ax.set_ylabel("‖∂ŷ_T / ∂h_t‖")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
