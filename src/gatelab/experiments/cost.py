@@ -8,7 +8,7 @@ For each cell and hidden size H (input size I fixed):
     params          counted from the module, and the closed form G·(H·I + H·H + 2H)
     flops_per_step  multiply-adds counted as 2 FLOPs: the two matrix products 2·G·H·(I + H)
                     per sequence, plus the element-wise work (`ELEMENTWISE` per hidden unit)
-    forward / train time per step: median wall time of a forward pass (no gradient) and of
+    forward / train time per step: best wall time of a forward pass (no gradient) and of
                     forward + backward, divided by T (per batch of B sequences)
     memory          bytes of the parameters, and the activation memory of one training
                     forward pass: the bytes its autograd graph keeps for backward
@@ -44,7 +44,7 @@ class CostRecipe:
     input_size: int = 64
     T: int = 100
     batch: int = 32
-    repeats: int = 5  # timed repetitions (median reported), after one warm-up
+    repeats: int = 5  # timed repetitions (the fastest reported), after one warm-up
 
 
 RECIPE = CostRecipe()
@@ -57,14 +57,15 @@ def flops_per_step(cell: str, input_size: int, hidden_size: int) -> int:
     return 2 * G * H * (input_size + H) + 2 * G * H + ELEMENTWISE[cell] * H
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _best_seconds(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls after one warm-up (other load only adds time)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def _arrays(value):
@@ -126,8 +127,8 @@ def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) ->
         "params": counted,
         "params_formula": parameter_count(cell, recipe.input_size, hidden),
         "flops_per_step": flops_per_step(cell, recipe.input_size, hidden),
-        "forward_us_per_step": 1e6 * _median_seconds(forward, recipe.repeats) / recipe.T,
-        "train_us_per_step": 1e6 * _median_seconds(train, recipe.repeats) / recipe.T,
+        "forward_us_per_step": 1e6 * _best_seconds(forward, recipe.repeats) / recipe.T,
+        "train_us_per_step": 1e6 * _best_seconds(train, recipe.repeats) / recipe.T,
         "param_bytes": sum(p.numel() * p.element_size() for p in module.parameters()),
         "activation_bytes": activation_bytes(module(x_grad)[0].sum(), [*module.parameters(), x_grad]),
     }
