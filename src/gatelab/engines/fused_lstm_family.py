@@ -144,15 +144,8 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
             cn_[j] = cn
             cs_[j] = c  # scratch without zoneout_c
         if ln:  # y = φ(LN(c̃)) over the row's H units; m = o ⊙ y
-            mu = 0.0
-            for j in range(H):
-                mu += cn_[j]
-            mu /= H
-            var = 0.0
-            for j in range(H):
-                v = cn_[j] - mu
-                var += v * v
-            rs = 1.0 / np.sqrt(var / H + LN_EPS)
+            mu = _sum(cn_) / H
+            rs = 1.0 / np.sqrt(_sum_sq(cn_, mu) / H + LN_EPS)
             stats[0, tk, b] = mu
             stats[1, tk, b] = rs
             mu_c, rs_c = stats[0, tk, b], stats[1, tk, b]  # in x's dtype, as backward reads them
@@ -162,6 +155,80 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
                 m_[j] *= yv if no_y else _cell(yv, ck)
 
 
+@njit(inline="always")
+def _sum_sq(v, mu):
+    """Σ_j (v_j - mu)² in float64, eight partial sums so that the additions pipeline (LLVM
+    has no licence to reassociate, so it would not split one sum itself)."""
+    N = v.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    j = 0
+    while j + 8 <= N:
+        d0, d1, d2, d3 = v[j] - mu, v[j + 1] - mu, v[j + 2] - mu, v[j + 3] - mu
+        d4, d5, d6, d7 = v[j + 4] - mu, v[j + 5] - mu, v[j + 6] - mu, v[j + 7] - mu
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+        s4 += d4 * d4
+        s5 += d5 * d5
+        s6 += d6 * d6
+        s7 += d7 * d7
+        j += 8
+    while j < N:
+        d0 = v[j] - mu
+        s0 += d0 * d0
+        j += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(inline="always")
+def _dot(a, b, w):
+    """(Σ_j a_j w_j, Σ_j a_j w_j b_j) in float64, four partial sums each."""
+    N = a.shape[0]
+    p0 = p1 = p2 = p3 = 0.0
+    q0 = q1 = q2 = q3 = 0.0
+    j = 0
+    while j + 4 <= N:
+        e0, e1, e2, e3 = a[j] * w[j], a[j + 1] * w[j + 1], a[j + 2] * w[j + 2], a[j + 3] * w[j + 3]
+        p0 += e0
+        p1 += e1
+        p2 += e2
+        p3 += e3
+        q0 += e0 * b[j]
+        q1 += e1 * b[j + 1]
+        q2 += e2 * b[j + 2]
+        q3 += e3 * b[j + 3]
+        j += 4
+    while j < N:
+        e0 = a[j] * w[j]
+        p0 += e0
+        q0 += e0 * b[j]
+        j += 1
+    return (p0 + p1) + (p2 + p3), (q0 + q1) + (q2 + q3)
+
+
+@njit(inline="always")
+def _sum(v):
+    """Σ_j v_j in float64, eight partial sums."""
+    N = v.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    j = 0
+    while j + 8 <= N:
+        s0 += v[j]
+        s1 += v[j + 1]
+        s2 += v[j + 2]
+        s3 += v[j + 3]
+        s4 += v[j + 4]
+        s5 += v[j + 5]
+        s6 += v[j + 6]
+        s7 += v[j + 7]
+        j += 8
+    while j < N:
+        s0 += v[j]
+        j += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 @njit(**JIT)
 def ln_rows(n, v, w, bias, vhat, rstd):
     """v[:n] (B, N) <- LN(v) = w ⊙ v̂ + bias over each row; v̂ into vhat (B, N) and
@@ -169,15 +236,8 @@ def ln_rows(n, v, w, bias, vhat, rstd):
     N = v.shape[1]
     for b in range(n):
         v_, vh_ = v[b], vhat[b]
-        mu = 0.0
-        for j in range(N):
-            mu += v_[j]
-        mu /= N
-        var = 0.0
-        for j in range(N):
-            dv = v_[j] - mu
-            var += dv * dv
-        rs = 1.0 / np.sqrt(var / N + LN_EPS)
+        mu = _sum(v_) / N
+        rs = 1.0 / np.sqrt(_sum_sq(v_, mu) / N + LN_EPS)
         rstd[b] = rs
         for j in range(N):
             vh = (v_[j] - mu) * rs
@@ -192,12 +252,7 @@ def ln_back_rows(n, dy, vhat, rstd, w, dv):
     N = dy.shape[1]
     for b in range(n):
         dy_, vh_, dv_ = dy[b], vhat[b], dv[b]
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(N):
-            dvh = dy_[j] * w[j]
-            s1 += dvh
-            s2 += dvh * vh_[j]
+        s1, s2 = _dot(dy_, vh_, w)
         s1 /= N
         s2 /= N
         rs = rstd[b]
@@ -432,18 +487,21 @@ def _masks(masks, T, B, H, P, dt):
 
 
 def _ln_all(v, w, b):
-    """LN over the last axis of v (T, B, N) for all steps at once: (LN(v), v̂, 1/√(σ² + ε))."""
-    mu = v.mean(axis=-1, keepdims=True)  # (T, B, 1)
-    var = np.square(v - mu).mean(axis=-1, keepdims=True)
-    rs = (1.0 / np.sqrt(var + LN_EPS)).astype(v.dtype)  # (T, B, 1)
-    vhat = (v - mu) * rs
-    return vhat * w + b, vhat, rs
+    """LN over the last axis of v (T, B, N), in place, for all steps at once: (LN(v), v̂, 1/σ)."""
+    T, B, N = v.shape
+    vhat = np.empty_like(v)
+    rs = np.empty((T, B), v.dtype)
+    ln_rows(T * B, v.reshape(T * B, N), w, b, vhat.reshape(T * B, N), rs.reshape(T * B))
+    return v, vhat, rs
 
 
 def _ln_all_backward(dy, vhat, rs, w):
     """∂L/∂v for dy = ∂L/∂LN(v), all steps at once (see ln_back_rows)."""
-    dvh = dy * w
-    return rs * (dvh - dvh.mean(axis=-1, keepdims=True) - vhat * (dvh * vhat).mean(axis=-1, keepdims=True))
+    T, B, N = dy.shape
+    dv = np.empty_like(dy)
+    ln_back_rows(T * B, dy.reshape(T * B, N), vhat.reshape(T * B, N), rs.reshape(T * B), w,
+                 dv.reshape(T * B, N))
+    return dv
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep, record):
