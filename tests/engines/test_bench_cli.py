@@ -43,3 +43,48 @@ def test_bench_refuses_bad_thread_options(args, message, capsys):
     assert main(["bench", "--quick", *args]) == 2
     assert message in capsys.readouterr().err
     assert torch.get_num_threads() == before
+
+
+def test_bench_variants_quick_writes_json(tmp_path, capsys):
+    path = tmp_path / "variants.json"
+    assert main(["bench", "--variants", "plain,zoneout,layer_norm", "--quick", "--threads", "1",
+                 "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(path.read_text())
+    rows = report["results"]
+    assert [r["variant"] for r in rows] == ["plain", "zoneout", "layer_norm"]
+    for r in rows:
+        assert r["engine"] == "fused"
+        assert set(r["median_s"]) == {"plain fused", "gatelab", "loop"}
+        assert r["vs_plain"] > 0 and r["vs_loop"] > 0
+        assert f"{r['vs_loop']:7.2f}" in printed
+
+
+def test_bench_rejects_unknown_variants(capsys):
+    assert main(["bench", "--variants", "plain,nonsense", "--quick"]) == 2
+    assert "--variants" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", ["peephole", "coupled_gates", "no_output_activation", "hard_sigmoid",
+                                     "softsign", "zoneout", "recurrent_dropout", "weight_drop", "layer_norm",
+                                     "no_forget_gate", "no_candidate_activation"])
+def test_the_loop_baseline_computes_the_variant(variant):
+    """The benchmark's PyTorch loop is the same function as gatelab.nn.LSTM with the option
+    (float64, the same masks, outputs and final state): the comparison is like for like."""
+    import torch
+
+    from gatelab import bench
+    import gatelab.nn as gnn
+
+    torch.manual_seed(0)
+    module = gnn.LSTM(3, 5, dtype=torch.float64, **bench.VARIANTS[variant])
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    h0, c0 = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    masks = module.draw_masks(6, 2) if module.options.stochastic else None
+    out, (h, c) = module(x, (h0[None], c0[None]), masks=masks)
+    out_loop, (h_loop, c_loop) = bench.lstm_loop(module, x, (h0, c0), masks)
+    for a, b in ((out, out_loop), (h[0], h_loop), (c[0], c_loop)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
