@@ -13,11 +13,18 @@ to float32 (differentiable casts, so gradients reach bfloat16 or float32 master 
 in their own dtype), the recurrence accumulates in float32, and out, the final state and
 the record come back as bfloat16.
 
+The LSTM family (issue 7): every LSTM variant (peephole, layer_norm, coupled_gates, the
+ablations, hard_sigmoid / softsign) and the masks zoneout_h, zoneout_c and
+recurrent_dropout run in fused_lstm_family, whose kernels take the variant as run-time
+flags (one compiled specialisation per dtype); the GRU's activations and masks run in
+fused_gru_family. A plain cell without masks keeps the plain kernels (fused_lstm,
+fused_gru), so its speed is unchanged. forget_bias and weight_drop need nothing here
+(they are the weights the module passes).
+
 What it does not run (unsupported() says so, `backend="auto"` then takes eager):
 tensors not on the CPU; dtypes other than float32, float64 and bfloat16; anything under
-CPU autocast (whose bf16 matrix products the eager engine follows); the
-LSTM-family variants and stochastic masks of issue 7 (the gate passes take them as
-extra arguments of forward_step/backward_step when they come).
+CPU autocast (whose bf16 matrix products the eager engine follows); the GRU's layer_norm
+and reset_after=False; the plain RNN's variants (it has none).
 
 Threads: GEMMs use NumPy's OpenBLAS pool, the gate passes run on the calling thread
 (numba, no parallel pool), torch's intra-op pool is idle during the recurrence, so the
