@@ -16,15 +16,15 @@ the record come back as bfloat16.
 The LSTM family (issue 7): every LSTM variant (peephole, layer_norm, coupled_gates, the
 ablations, hard_sigmoid / softsign) and the masks zoneout_h, zoneout_c and
 recurrent_dropout run in fused_lstm_family, whose kernels take the variant as run-time
-flags (one compiled specialisation per dtype); the GRU's activations and masks run in
-fused_gru_family. A plain cell without masks keeps the plain kernels (fused_lstm,
+flags (one compiled specialisation per dtype); the GRU's activations, layer_norm and masks
+run in fused_gru_family. A plain cell without masks keeps the plain kernels (fused_lstm,
 fused_gru), so its speed is unchanged. forget_bias and weight_drop need nothing here
 (they are the weights the module passes).
 
 What it does not run (unsupported() says so, `backend="auto"` then takes eager):
 tensors not on the CPU; dtypes other than float32, float64 and bfloat16; anything under
-CPU autocast (whose bf16 matrix products the eager engine follows); the GRU's layer_norm
-and reset_after=False; the plain RNN's variants (it has none).
+CPU autocast (whose bf16 matrix products the eager engine follows); the GRU's
+reset_after=False; the plain RNN's variants (it has none).
 
 Threads: GEMMs use NumPy's OpenBLAS pool, the gate passes run on the calling thread
 (numba, no parallel pool), torch's intra-op pool is idle during the recurrence, so the
@@ -64,8 +64,6 @@ def unsupported(spec, x, record) -> str | None:
             return "reset_after is a GRU option"
         return None
     if spec.mode == "GRU":
-        if spec.layer_norm:
-            return "GRU layer_norm is not fused yet"
         if not spec.reset_after:
             return "GRU reset_after=False is not fused yet"
         if spec.peephole or spec.coupled_gates or spec.remove:

@@ -34,7 +34,8 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 from gatelab.engines.fused_lstm_family import (
-    CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, dropped)
+    CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, _ln_all, _ln_all_backward, dropped,
+    ln_back_rows, ln_rows)
 
 
 @njit(**JIT)
@@ -109,7 +110,9 @@ def add_dropped(n, has_d, d, tmp, dh_state):
 
 @njit(**JIT)
 def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
-                 gr, gz, gn, hn_seq, out):
+                 gr, gz, gn, hn_seq, out, ln, lnh, hhat, rs_h):
+    """Per step: hw = (d ⊙ h) W_hh^T (GEMM), with layer_norm hw <- LN(hw; lnh) (v̂ into hhat
+    (Ta, B, 3H), 1/σ into rs_h (Ta, B)), then the gate pass."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         if has_d:
@@ -117,22 +120,31 @@ def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, 
             gemm(hd[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, 3H)
         else:
             gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)
+        if ln:
+            tk = t if full else 0
+            ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
         forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr,
                      gz, gn, hn_seq, out)
 
 
 @njit(**JIT)
 def backward_loop(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
-                  dgates, dxa, dhw, w_hh, tmp):
+                  dgates, dxa, dhw, w_hh, tmp, ln, lnh, hhat, rs_h, dhw_raw):
+    """Per step from the last: the BPTT pass (δ of LN(hw) + b_hh into dhw), with layer_norm
+    through LN's backward into dhw_raw (T, B, 3H), then δh_{t-1} += (δ W_hh) ⊙ d."""
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out,
                       h0, dgates, dxa, dhw)
+        dv = dhw
+        if ln:
+            ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
+            dv = dhw_raw
         if has_d:
-            gemm(dhw[t, :n], w_hh, tmp[:n], False, 0.0)  # (n, 3H) x (3H, H)
+            gemm(dv[t, :n], w_hh, tmp[:n], False, 0.0)  # (n, 3H) x (3H, H)
             add_dropped(n, has_d, d, tmp, dh_state)
         else:
-            gemm(dhw[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
+            gemm(dv[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
 
 
 def _masks(masks, T, B, H, dt):
@@ -147,8 +159,9 @@ def _kinds(spec):
     return GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation]
 
 
-def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, masks, steps, keep, record):
-    """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn)."""
+def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record):
+    """The forward pass on arrays: out (T, B, H), h_T and the saved ((r, z, n, hn), layer-norm
+    saves). ln: None or (ih_w, ih_b, hh_w, hh_b) arrays."""
     T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -165,6 +178,13 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, masks, steps, keep, record):
     full = keep or record
     Ta = T if full else 1
     alloc = np.zeros if packed else np.empty
+    xhat = rs_x = None
+    if ln is not None:  # LN of the input products, all steps at once
+        xa, xhat, rs_x = _ln_all(xa, ln[0], ln[1])
+        lnh = np.stack([ln[2], ln[3]])  # (2, 3H)
+        hhat, rs_h = alloc((Ta, B, 3 * H), dt), np.zeros((Ta, B), dt)
+    else:
+        lnh, hhat, rs_h = np.zeros((2, 3 * H), dt), np.zeros((1, 1, 1), dt), np.zeros((1, 1), dt)
     saved = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # r z n hn
     out = alloc((T, B, H), dt)
     h_state = h0.copy()
@@ -172,7 +192,7 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, masks, steps, keep, record):
     hw = np.empty((B, 3 * H), dt)
     if numba_loop():
         forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
-                     h_state, hd, hw, *saved, out)
+                     h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
     else:
         for t, n, _, _ in steps:
             if has_d:
@@ -180,22 +200,28 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, masks, steps, keep, record):
                 mm(hd[:n], w_hh_t, hw[:n])
             else:
                 mm(h_state[:n], w_hh_t, hw[:n])
+            if ln is not None:
+                tk = t if full else 0
+                ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
             forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state,
                          *saved, out)
-    return out, h_state, (saved if full else None)
+    return out, h_state, ((saved, (xhat, rs_x, lnh, hhat, rs_h)) if full else None)
 
 
 class GRUFamilyFunction(torch.autograd.Function):
     """One GRU-family layer-direction; outputs out, h_T and, with record, r z n."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, spec, masks, steps, record):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, spec, masks,
+                steps, record):
         xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
-        out, h_T, saved = _forward(spec, xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), masks, steps,
-                                   keep=True, record=record)
+        ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b))
+        out, h_T, (saved, lnsaved) = _forward(spec, xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), ln, masks,
+                                              steps, keep=True, record=record)
         ctx.set_materialize_grads(False)
-        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved)
+        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved, lnsaved)
         ctx.spec, ctx.masks, ctx.steps, ctx.has_bias = spec, masks, steps, b_ih is not None
+        ctx.ln_ih_w = None if ln is None else ln[0]
         outs = (tensor(out), tensor(h_T))
         if record:
             outs += tuple(tensor(a) for a in saved[:3])
@@ -204,7 +230,8 @@ class GRUFamilyFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT, *d_gates):
-        xs, h0s, w_ihs, w_hhs, out, saved = ctx.arrays
+        xs, h0s, w_ihs, w_hhs, out, saved, (xhat, rs_x, lnh, hhat, rs_h) = ctx.arrays
+        ln = ctx.spec.layer_norm
         steps = ctx.steps
         has_d, d, has_zh, zh = ctx.masks
         gk, ck = _kinds(ctx.spec)
@@ -220,17 +247,27 @@ class GRUFamilyFunction(torch.autograd.Function):
         dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
         dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
         tmp = np.empty((B, H), dt)
+        dhw_raw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt) if ln else np.zeros((1, 1, 1), dt)
         if numba_loop():
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
-                          out, h0s, dgates, dxa, dhw, w_hhs, tmp)
+                          out, h0s, dgates, dxa, dhw, w_hhs, tmp, ln, lnh, hhat, rs_h, dhw_raw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,
                               dgates, dxa, dhw)
-                mm(dhw[t, :n], w_hhs, tmp[:n])
+                if ln:
+                    ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
+                mm((dhw_raw if ln else dhw)[t, :n], w_hhs, tmp[:n])
                 add_dropped(n, has_d, d, tmp, dh_state)
         need = ctx.needs_input_grad
-        dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)
+        dln = (None,) * 4
+        if ln:  # dxa, dhw are δ of the normalised products (+ bias): through LN's backward
+            dln = (np.einsum("tbk,tbk->k", dxa, xhat), add_rows_sum(dxa),
+                   np.einsum("tbk,tbk->k", dhw, hhat), add_rows_sum(dhw))
+            dxa_raw, dhw_raw_all = _ln_all_backward(dxa, xhat, rs_x, ctx.ln_ih_w), dhw_raw
+        else:
+            dxa_raw, dhw_raw_all = dxa, dhw
+        dxa2, dhw2 = dxa_raw.reshape(T * B, 3 * H), dhw_raw_all.reshape(T * B, 3 * H)
         dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
         dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
         dw_hh = None
@@ -241,8 +278,11 @@ class GRUFamilyFunction(torch.autograd.Function):
             dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), np.empty_like(w_hhs))
         db_ih = add_rows_sum(dxa) if ctx.has_bias else None
         db_hh = add_rows_sum(dhw) if ctx.has_bias else None
-        grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh)
-        return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 4
+        grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln)
+        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 4
+
+
+LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 
 
 def run(spec, x, state, weights, steps, record, masks):
@@ -252,13 +292,15 @@ def run(spec, x, state, weights, steps, record, masks):
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     mask_arrays = _masks(masks, T, B, spec.hidden_size, np.dtype(str(x.dtype).removeprefix("torch.")))
-    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 4
+    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, *ln)
     if needs_grad(*inputs):
         out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record)
     else:
+        ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
         out, h_T, saved = _forward(spec, arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih), arr(b_hh),
-                                   mask_arrays, steps, keep=False, record=record)
+                                   ln_arrays, mask_arrays, steps, keep=False, record=record)
         out, h_T = tensor(out), tensor(h_T)
-        rec = [tensor(a) for a in saved[:3]] if record else []
+        rec = [tensor(a) for a in saved[0][:3]] if record else []
     gates = dict(zip(("r", "z", "n"), rec)) if record else None
     return out, (h_T,), gates
