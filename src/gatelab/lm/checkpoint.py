@@ -235,8 +235,10 @@ def load_run(run_dir, *, backend: str = "auto") -> tuple[RunConfig, CharLM]:
     UsageError when the folder, its config or its model file is missing, corrupt or the
     two do not match.
     """
+    from gatelab.lm.precision import param_dtype
+
     run = read_config(run_dir)
-    model = CharLM(run.model, backend=backend)
+    model = CharLM(run.model, backend=backend).to(param_dtype(run.train.precision))  # float64 runs stay float64
     path = Path(run_dir) / MODEL
     if not path.exists():
         raise UsageError(f"{run_dir}: no trained model yet ({MODEL} missing)")

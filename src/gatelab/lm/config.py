@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from gatelab.errors import UsageError
+from gatelab.lm.precision import PRECISIONS
 
 FORMAT = 1
 CELLS = ("lstm", "gru", "rnn")
@@ -59,6 +60,7 @@ class TrainConfig:
     eval_chars: int = 32768  # validation characters per estimate during training (0: all)
     checkpoint_every: int = 250  # steps between checkpoints (and one at the end)
     seed: int = 0  # initialisation, batch order and dropout
+    precision: str = "float32"  # float32 | float64 | bf16 (autocast, float32 master weights)
 
     def check(self) -> None:
         """UsageError for a value no run can train with."""
@@ -70,6 +72,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.grad_clip < 0 or self.warmup_steps < 0 or self.eval_chars < 0:
             raise UsageError("--grad-clip, --warmup-steps and --eval-chars must be ≥ 0")
 

@@ -38,15 +38,18 @@ def span_bits(model, corpus, start: int, stop: int, *, seq_len: int, batch_size:
     lo, hi = (B * rank) // world_size, (B * (rank + 1)) // world_size
     if hi <= lo:
         return 0.0, 0
-    tokens = corpus.read(start + lo * S, start + hi * S)  # ((hi - lo) * S,)
-    streams = torch.from_numpy(np.ascontiguousarray(tokens.reshape(hi - lo, S).T))  # (S, B_r)
+    row_starts = start + np.arange(lo, hi, dtype=np.int64) * S  # (B_r,) where each stream begins
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     try:
         for t0 in range(0, S - 1, seq_len):
             t1 = min(t0 + seq_len, S - 1)
-            x, y = streams[t0:t1], streams[t0 + 1:t1 + 1]  # (T, B_r)
+            # only this chunk of every stream is read, so memory stays bounded on a large corpus
+            chunk = corpus.windows(row_starts + t0, t1 + 1 - t0)  # (B_r, T + 1)
+            chunk = torch.from_numpy(np.ascontiguousarray(chunk.T)).to(device)  # (T + 1, B_r)
+            x, y = chunk[:-1], chunk[1:]  # (T, B_r)
             logits, state = model(x, state)  # (T, B_r, V)
             state = detach_state(state)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")

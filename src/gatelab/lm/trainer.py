@@ -12,7 +12,16 @@ what the uninterrupted run computed from step k on.
 
 Processes: `ctx` (gatelab.lm.distributed.Context) says which share of each global batch
 this process computes and whether it is the one that writes (rank 0); with one process
-everything reduces to the plain loop.
+everything reduces to the plain loop. With several (torchrun), the model is wrapped in
+DistributedDataParallel: each process computes the mean loss over its rows of the global
+batch and DDP averages the gradients, so every step computes the one-process gradient of
+the global batch (to rounding); the carried state is gathered to the global batch before
+a checkpoint, so a run resumes with any number of processes that divides the batch.
+(With dropout > 0 the masks are drawn per process, so a resume with a different number
+of processes is exact only with --dropout 0.)
+
+Precision (`run.train.precision`, see gatelab.lm.precision): float32, float64, or bf16
+(the forward under autocast; parameters, gradients and AdamW's state stay float32).
 """
 
 from __future__ import annotations
@@ -22,16 +31,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gatelab.data.text import unigram_entropy
 from gatelab.errors import UsageError
 from gatelab.lm import checkpoint as ckpt
 from gatelab.lm.batches import DROPOUT, INIT, BatchSampler, derived_seed, make_batch, seeded_rng
 from gatelab.lm.config import RunConfig, TrainConfig
-from gatelab.lm.distributed import Context, on_main
+from gatelab.lm import precision as prec
+from gatelab.lm.distributed import Context, all_reduce_sums, gather_rows, on_main
 from gatelab.lm.evaluate import validation_bpc
 from gatelab.lm.model import CharLM, count_parameters, detach_state
 
@@ -121,17 +131,24 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
     n = len(corpus)
     sampler = BatchSampler(n_train, cfg.seq_len, cfg.batch_size, cfg.seed, tbptt=cfg.tbptt,
                            rank=ctx.rank, world_size=ctx.world_size)
-    model = build_model(run, backend).to(ctx.device)
+    try:
+        backend = prec.engine_backend(backend, cfg.precision, ctx.device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    master = prec.param_dtype(cfg.precision)
+    model = build_model(run, backend).to(device=ctx.device, dtype=master)
     model.train()
+    net = _data_parallel(model, ctx)  # what the training forward calls (DDP or the model)
     optimizer = make_optimizer(model, cfg)
     V = run.model.vocab_size
-    unigram = unigram_entropy(corpus.read(0, min(n_train, 1 << 24)), V)
+    unigram = _unigram_bits(corpus, min(n_train, 1 << 24), V)
 
     start, carry, counters, records = 0, None, {"wall_s": 0.0}, []
     if resume and not (run_dir / ckpt.CHECKPOINT).exists():
         say(f"{run_dir}: no checkpoint yet (stopped before its first); starting from step 0")
     elif resume:
         start, carry, counters = ckpt.load_checkpoint(run_dir, model, optimizer)
+        carry = _rows_of(carry, sampler.rows, ctx.device)  # the global batch's state -> this process's rows
         records = [r for r in ckpt.read_metrics(run_dir) if r["step"] <= start and not r.get("final")]
         if start > cfg.steps:
             raise UsageError(f"the run is at step {start}, past --steps {cfg.steps}")
@@ -154,7 +171,8 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
 
     def save(step):
         counters["wall_s"] = wall_before + time.perf_counter() - wall0
-        on_main(ctx, ckpt.save_checkpoint, run_dir, model, optimizer, step, carry, dict(counters))
+        full_carry = _gathered(carry, ctx)  # every process takes part; rank 0 writes
+        on_main(ctx, ckpt.save_checkpoint, run_dir, model, optimizer, step, full_carry, dict(counters))
         on_main(ctx, ckpt.write_metrics, run_dir, records)
 
     tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -170,15 +188,16 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
                 group["lr"] = lr_at(step, cfg)
             with seeded_rng(derived_seed(cfg.seed, DROPOUT, step, ctx.rank), ctx.device):
                 t_model = time.perf_counter()
-                logits, state = model(x, carry)  # (T, B_r, V)
-                loss = F.cross_entropy(logits.view(-1, V), y.reshape(-1))
+                with prec.autocast(cfg.precision, ctx.device):
+                    logits, state = net(x, carry)  # (T, B_r, V)
+                    loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))  # float32 under autocast
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clock.model_s += time.perf_counter() - t_model
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            carry = detach_state(state) if cfg.tbptt else None
+            carry = _as_dtype(detach_state(state), master) if cfg.tbptt else None
             done = step + 1
             window_bits += float(loss.detach()) / math.log(2.0)
             window_steps += 1
@@ -186,12 +205,15 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
             clock.steps += 1
 
             if done % cfg.log_every == 0 or done % cfg.eval_every == 0 or done == cfg.steps:
+                (window_bits,) = all_reduce_sums(ctx, window_bits)  # the global batch's loss:
+                window_bits /= ctx.world_size  # the mean of the processes' equal shares
                 now = time.perf_counter()
                 tok_s = window_steps * tokens_per_step / max(now - window_t0, 1e-9)
                 record = {"step": done, "train_bpc": window_bits / window_steps, "lr": lr_at(step, cfg),
                           "tokens_per_s": tok_s, "wall_s": wall_before + now - wall0}
                 if done % cfg.eval_every == 0 and done != cfg.steps:
-                    val_bpc = validation_bpc(model, corpus, n_train, eval_stop, seq_len=cfg.seq_len, ctx=ctx)
+                    with prec.autocast(cfg.precision, ctx.device):
+                        val_bpc = validation_bpc(model, corpus, n_train, eval_stop, seq_len=cfg.seq_len, ctx=ctx)
                     record["val_bpc"] = val_bpc
                 records.append(record)
                 bar.set_postfix_str(f"bpc {record['train_bpc']:.3f}"
@@ -207,7 +229,8 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
         bar.close()
 
     train_s = clock.step_s
-    val_bpc = validation_bpc(model, corpus, n_train, n, seq_len=cfg.seq_len, ctx=ctx)
+    with prec.autocast(cfg.precision, ctx.device):
+        val_bpc = validation_bpc(model, corpus, n_train, n, seq_len=cfg.seq_len, ctx=ctx)
     records.append({"step": cfg.steps, "val_bpc": val_bpc, "final": True, "val_chars": n - n_train,
                     "unigram_bits": unigram, "loop_overhead": clock.overhead if clock.steps else None,
                     "wall_s": wall_before + time.perf_counter() - wall0})
@@ -222,6 +245,48 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
         _plot(run_dir, records, unigram)
     return TrainResult(step=cfg.steps, val_bpc=val_bpc, unigram_bits=unigram, wall_s=wall,
                        tokens_per_s=tok_s, loop_overhead=clock.overhead)
+
+
+def _data_parallel(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    """The model wrapped in DistributedDataParallel when there are several processes."""
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _map_state(state, fn):
+    """fn applied to each tensor of a recurrent state (a tensor, a tuple, or None)."""
+    if state is None:
+        return None
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def _as_dtype(state, dtype):
+    """The carried state in the master dtype (under autocast parts of it come out bf16)."""
+    return _map_state(state, lambda s: s.to(dtype))
+
+
+def _gathered(carry, ctx: Context):
+    """The carried state of the global batch (L*D, B, H), from every process's rows."""
+    return _map_state(carry, lambda s: gather_rows(ctx, s, dim=1))
+
+
+def _rows_of(carry, rows: slice, device):
+    """This process's rows (dim 1) of a checkpoint's global-batch carried state."""
+    return _map_state(carry, lambda s: s[:, rows].contiguous().to(device))
+
+
+def _unigram_bits(corpus, stop: int, vocab_size: int) -> float:
+    """The character entropy (bits) of corpus[0:stop], as data.text.unigram_entropy, but
+    counted 1 Mi characters at a time so that memory stays bounded on a large corpus."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for lo in range(0, stop, 1 << 20):
+        counts += np.bincount(corpus.read(lo, min(stop, lo + (1 << 20))), minlength=vocab_size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
 
 
 def _plot(run_dir: Path, records: list[dict], unigram: float) -> None:
