@@ -220,3 +220,11 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path, corpus_file, c
     assert "no checkpoint yet" in capsys.readouterr().out
     step, _, _ = ckpt.load_checkpoint(out, *_fresh(out))
     assert step == 12
+
+
+def test_resume_with_more_steps_records_them_in_the_config(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "10") == 0
+    assert main(["train", "--out", str(out), "--resume", "--steps", "14", "--quiet"]) == 0
+    assert ckpt.read_config(out).train.steps == 14
+    assert ckpt.load_checkpoint(out, *_fresh(out))[0] == 14

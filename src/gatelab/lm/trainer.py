@@ -152,8 +152,8 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
         records = [r for r in ckpt.read_metrics(run_dir) if r["step"] <= start and not r.get("final")]
         if start > cfg.steps:
             raise UsageError(f"the run is at step {start}, past --steps {cfg.steps}")
-    else:
-        on_main(ctx, ckpt.write_config, run_dir, run)
+    if not resume or ckpt.read_config(run_dir).to_json() != run.to_json():
+        on_main(ctx, ckpt.write_config, run_dir, run)  # a resume may raise --steps: record it
 
     say(f"corpus: {run.corpus.get('source')}: {n:,} characters ({n_train:,} train, {n - n_train:,} "
         f"validation), vocabulary {V}, unigram entropy {unigram:.3f} bits/char")
