@@ -108,3 +108,36 @@ def test_bf16_trains_end_to_end_with_float32_master_weights(tmp_path):
     bf16, fp32 = finals["bf16"]["val_bpc"], finals["float32"]["val_bpc"]
     assert bf16 < finals["bf16"]["unigram_bits"] - 1.0  # it learned (unigram ≈ 4.1 bits here)
     assert bf16 != fp32 and abs(bf16 - fp32) < 0.05  # bfloat16 arithmetic ran, to the same result
+
+
+def _parse(argv):
+    import argparse
+
+    from gatelab.lm import train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_nproc_relaunch_passes_every_option_on():
+    from gatelab.lm import train_cmd
+
+    argv = ["--data", "x.txt", "--out", "r", "--resume", "--lr", "0.003", "--steps", "7", "--tbptt",
+            "--precision", "bf16", "--corpus-on-disk", "--quiet", "--nproc", "2", "--dropout", "0.1"]
+    args = _parse(argv)
+    again = _parse(train_cmd.to_argv(args))
+    assert again.nproc is None and "--nproc" not in train_cmd.to_argv(args)
+    assert {k: v for k, v in vars(again).items() if k != "nproc"} == \
+        {k: v for k, v in vars(args).items() if k != "nproc"}
+
+
+def test_large_data_goes_on_disk_automatically(tmp_path, monkeypatch):
+    from gatelab.lm import train_cmd
+
+    data = _corpus(tmp_path / "corpus.txt", n_words=100)
+    out = tmp_path / "run"
+    assert train_cmd._on_disk(_parse([]), out, data) is None  # small: in memory
+    assert train_cmd._on_disk(_parse(["--corpus-on-disk"]), out, data) == out / "corpus"
+    monkeypatch.setattr(train_cmd, "ON_DISK_BYTES", data.stat().st_size - 1)
+    assert train_cmd._on_disk(_parse([]), out, data) == out / "corpus"  # larger than the limit
