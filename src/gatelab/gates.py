@@ -73,7 +73,8 @@ def summary(gates, lengths=None):
             out[k] = v.mean(dim=(1, 2, 3))
             continue
         T = v.shape[1]
-        mask = (torch.arange(T)[:, None] < torch.as_tensor(lengths)[None, :]).to(v.dtype)  # (T, B)
+        mask = (torch.arange(T, device=v.device)[:, None]
+                < torch.as_tensor(lengths, device=v.device)[None, :]).to(v.dtype)  # (T, B)
         total = (v * mask[None, :, :, None]).sum(dim=(1, 2, 3))
         out[k] = total / (mask.sum() * v.shape[-1])
     return out

@@ -1,7 +1,7 @@
 """Character corpora held in memory: the default corpus (the Python standard library's own
 source) or any UTF-8 text file or folder, encoded as one flat integer array.
 
-`TextCorpus` has the reading interface of `gatelab.data.memmap_corpus.MemmapCorpus`
+`TextCorpus` has the reading interface of `gatelab.data.memmap_corpus.DiskCorpus`
 (`len`, `vocab`, `fingerprint`, `read(start, stop)`, `windows(starts, length)`), so the
 trainer takes either: this one for corpora that fit in memory, the memory-mapped one for
 corpora that do not. Token ids are positions in the vocabulary, sorted by code point.

@@ -109,7 +109,7 @@ def make_batch(corpus, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, 
     """Inputs and targets of some windows, by one fancy index (no per-character loop).
 
     Arguments:
-        corpus: anything with `windows(starts, length) -> (B, length)` (TextCorpus, MemmapCorpus).
+        corpus: anything with `windows(starts, length) -> (B, length)` (TextCorpus, DiskCorpus).
         starts: (B,) window starts.
         seq_len: T.
 

@@ -24,7 +24,7 @@ def span_bits(model, corpus, start: int, stop: int, *, seq_len: int, batch_size:
 
     Arguments:
         model: a CharLM (put in eval mode for the call, restored after).
-        corpus: anything with `read(start, stop)` (TextCorpus, MemmapCorpus).
+        corpus: anything with `read(start, stop)` (TextCorpus, DiskCorpus).
         start, stop: the span.
         seq_len: T, characters per forward call.
         batch_size: B, streams (fewer when the span is short).

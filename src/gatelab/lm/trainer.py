@@ -114,7 +114,7 @@ def train(run: RunConfig, corpus, run_dir, *, resume: bool = False, ctx: Context
 
     Arguments:
         run: the configuration (for a resumed run, the one in its config.json, steps possibly raised).
-        corpus: a TextCorpus or MemmapCorpus whose fingerprint the config records.
+        corpus: a TextCorpus or DiskCorpus whose fingerprint the config records.
         run_dir: the run folder; created by the caller, empty unless resuming.
         resume: continue from checkpoint.safetensors.
         ctx: this process's place in a distributed job (None: one process).
