@@ -1,11 +1,12 @@
 """The fused GRU family (issue 7): "reset after" GRU with the gate and cell activations by
-name and the stochastic masks (zoneout_h, recurrent_dropout), hand-written BPTT.
+name, layer_norm and the stochastic masks (zoneout_h, recurrent_dropout), hand-written BPTT.
 
 The plain GRU keeps its own kernels (fused_gru); this module runs the rest of what the
-fused engine accepts for the GRU (layer_norm and reset_after=False are declined by
-fused_cpu.unsupported). Definitions: gatelab.engines, "The LSTM family". Per step t:
+fused engine accepts for the GRU (reset_after=False is declined by fused_cpu.unsupported).
+Definitions: gatelab.engines, "The LSTM family". Per step t:
 
-    hw = (d ⊙ h_{t-1}) W_hh^T          d: recurrent_dropout mask (only inside the product)
+    xa = x_t W_ih^T, or LN(x_t W_ih^T; ln_ih) (all steps at once, before the loop)
+    hw = (d ⊙ h_{t-1}) W_hh^T, or LN(...; ln_hh)   d: recurrent_dropout mask (only inside the product)
     r = σ(xa_r + hw_r + b_r)   z = σ(xa_z + hw_z + b_z)   hn = hw_n + b_hn
     n = φ(xa_n + b_in + r ⊙ hn)      h̃ = (1 - z) ⊙ n + z ⊙ h_{t-1}
     h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃              (zoneout)

@@ -13,7 +13,8 @@ specialisation per dtype, whatever the variant). Definitions: gatelab.engines,
     c_t = z_c ⊙ c_{t-1} + (1 - z_c) ⊙ c̃     h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃   (zoneout)
 
     Saved for backward: i f g o c̃ (T, B, H), the carried c (T, B, H) when zoneout_c, and
-    h (the output).
+    h (the output); with layer_norm also v̂ of both products (T, B, 4H) and the row
+    statistics.
 
 Backward, per step from the last (δ = ∂loss/∂·):
 
@@ -30,7 +31,11 @@ Backward, per step from the last (δ = ∂loss/∂·):
 
 The derivatives of the activations are taken from their outputs (σ' = s(1 - s);
 hard_sigmoid' = 1/6 where 0 < s < 1; tanh' = 1 - y²; softsign' = (1 - |y|)²).
-layer_norm is not fused (fused_cpu.unsupported declines it).
+layer_norm: xa = LN(X W_ih^T; ln_ih) for all steps before the loop; per step hw =
+LN(hw; ln_hh) after the GEMM and y = φ(LN(c̃; ln_c)) in the gate pass (row statistics
+saved); backward takes the cell's LN inside the BPTT pass, the recurrent product's per step
+(its δ feeds the δh GEMM and δW_hh) and the input's for all steps after the loop;
+δln_*_bias = Σ δa (ih, hh), δln_*_weight = Σ δa ⊙ v̂.
 """
 
 from __future__ import annotations
