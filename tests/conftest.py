@@ -3,6 +3,11 @@ pytest-xdist worker (two workers on two cores), and hypothesis profiles sized fo
 
 import os
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Before NumPy loads: the fused engine's GEMMs run on NumPy's OpenBLAS, whose pool
+    # torch.set_num_threads does not limit; two workers on two cores want one thread each.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 from hypothesis import HealthCheck, settings
 
