@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gatelab.engines import BACKENDS
 from gatelab.errors import UsageError
+from gatelab.family_cli import add_family_arguments, check_options, family_argv, family_options
 from gatelab.lm.config import CELLS, ModelConfig, RunConfig, TrainConfig
 from gatelab.lm.precision import PRECISIONS
 
@@ -78,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus-on-disk", action="store_true",
                         help="encode the corpus into RUN/corpus and read it from disk, for corpora "
                              f"larger than memory (automatic above {ON_DISK_BYTES >> 20} MiB)")
+    add_family_arguments(parser)  # --layer-norm --zoneout P ...: ModelConfig.cell_options
 
 
 def _given(args) -> dict[tuple[str, str], object]:
@@ -93,7 +95,9 @@ def new_run_config(args, corpus) -> RunConfig:
     model, train = ModelConfig(vocab_size=len(corpus.vocab)), TrainConfig()
     for (section, name), value in _given(args).items():
         setattr(model if section == "model" else train, name, value)
+    model.cell_options = family_options(args)
     model.check()
+    check_options(model.cell, model.cell_options)
     train.check()
     fingerprint = dict(corpus.fingerprint)
     fingerprint["data"] = None if args.data is None else str(Path(args.data).resolve())
@@ -110,6 +114,10 @@ def resumed_run_config(args, run: RunConfig) -> RunConfig:
             raise UsageError(f"--resume continues the run as configured; --{name.replace('_', '-')} "
                              f"{value} differs from its {current} (start a new --out instead)")
         setattr(run.train, name, value)
+    given = family_options(args)
+    if given and given != {k: run.model.cell_options.get(k) for k in given}:
+        raise UsageError(f"--resume continues the run as configured; its LSTM-family options are "
+                         f"{run.model.cell_options or 'none'} (start a new --out instead)")
     run.train.check()
     return run
 
@@ -157,6 +165,7 @@ def to_argv(args) -> list[str]:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    argv += family_argv(family_options(args))
     for flag in ("--data", "--out"):
         if getattr(args, flag[2:]) is not None:
             argv += [flag, str(getattr(args, flag[2:]))]
