@@ -35,13 +35,18 @@ def _job(cell: str, T: int, recipe: AddingRecipe, seed: int) -> dict:
 
 
 def run(
-    out: Path, quick: bool = False, seed: int = 0, workers: int = 1, lengths: tuple[int, ...] | None = None
+    out: Path, quick: bool = False, seed: int = 0, workers: int = 1, lengths: tuple[int, ...] | None = None,
+    lstm_options: dict | None = None,
 ) -> dict:
     """Train every cell at every length, write results.json and adding.png; return the results.
 
     The longest lengths are started first so that `workers` processes finish together.
+    `lstm_options` are gatelab.nn options of the LSTM (`--lstm-option layer_norm=true`).
     """
     recipe = QUICK_RECIPE if quick else RECIPE
+    if lstm_options:
+        pairs = sorted((k, tuple(v) if isinstance(v, (list, set)) else v) for k, v in lstm_options.items())
+        recipe = replace(recipe, lstm_options=tuple(pairs))
     lengths = tuple(lengths or (QUICK_LENGTHS if quick else LENGTHS))
     jobs = [
         (cell, T, replace(recipe, steps=steps_for(T, recipe)), seed + 10 * k)
@@ -66,6 +71,7 @@ def run(
         "seed": seed,
         "lengths": list(lengths),
         "cells": list(CELLS),
+        "lstm_options": dict(lstm_options or {}),
         "solved_mse": SOLVED_MSE,
         "mean_predictor_mse": 1 / 6,
         "summary": summary,

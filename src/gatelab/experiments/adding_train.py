@@ -33,6 +33,9 @@ class AddingRecipe:
     test_size: int = 1000  # test sequences (one fixed set per T)
     stop_mse: float = 1e-3  # stop early once test MSE falls below this (0 never stops)
     lstm_forget_bias: float = 1.0  # Jozefowicz et al. 2015
+    # gatelab.nn options of the LSTM (docs/variants.md) as sorted (name, value) pairs, e.g.
+    # (("layer_norm", True),); a forget_bias among them replaces lstm_forget_bias.
+    lstm_options: tuple = ()
 
 
 def evaluate(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -52,8 +55,9 @@ def train_adding(cell: str, T: int, recipe: AddingRecipe, seed: int, desc: str |
     `baseline_mse` (the test set's variance: what predicting its mean scores), the number
     of steps run and the wall time.
     """
-    forget_bias = recipe.lstm_forget_bias if cell == "lstm" else None
-    model = build(cell, 2, recipe.hidden, 1, seed=seed, forget_bias=forget_bias)
+    options = {k: (set(v) if k == "remove" else v) for k, v in recipe.lstm_options} if cell == "lstm" else {}
+    forget_bias = recipe.lstm_forget_bias if cell == "lstm" and "forget_bias" not in options else None
+    model = build(cell, 2, recipe.hidden, 1, seed=seed, forget_bias=forget_bias, options=options)
     x_test, y_test = adding_batch(T, recipe.test_size, generator(seed + 1_000_003))
     train_gen = generator(seed + 2_000_003)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)

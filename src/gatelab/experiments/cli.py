@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from gatelab.errors import UsageError
+from gatelab.family_cli import check_options, parse_key_value
 
 # name -> (module, one-line description)
 EXPERIMENTS = {
@@ -22,6 +23,7 @@ EXPERIMENTS = {
     "copy": ("gatelab.experiments.copy_memory", "recall 10 symbols after a delay of 50 and 100 steps"),
     "noise": ("gatelab.experiments.noise", "remember a flagged symbol among distractors; input-gate means"),
     "cost": ("gatelab.experiments.cost", "parameters, FLOPs, time and memory per step across hidden sizes"),
+    "ablation": ("gatelab.experiments.ablation", "LSTM variants and ablations (Greff et al. 2017) on adding and text"),
 }
 
 
@@ -55,16 +57,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="copy: delays, e.g. 50,100 (default 50,100)")
     parser.add_argument("--T", dest="T", type=int, default=None,
                         help="gradient-flow: sequence length (default 100)")
+    parser.add_argument("--lstm-option", dest="lstm_options", metavar="KEY=VALUE", action="append",
+                        type=parse_key_value, default=None,
+                        help="adding: a gatelab.nn option of the LSTM (docs/variants.md), repeatable, "
+                        "e.g. layer_norm=true, zoneout=0.1, forget_bias=2, remove=output_gate,input_gate")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the named experiment and print where its results went and its summary."""
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {args.name!r}; choose from {', '.join(EXPERIMENTS)}")
-    extra = {"adding": ("lengths",), "copy": ("delays",), "gradient-flow": ("T",)}.get(args.name, ())
-    for option in ("lengths", "delays", "T"):
+    extra = {"adding": ("lengths", "lstm_options"), "copy": ("delays",), "gradient-flow": ("T",)}.get(args.name, ())
+    for option in ("lengths", "delays", "T", "lstm_options"):
         if getattr(args, option) is not None and option not in extra:
-            raise UsageError(f"--{option} does not apply to the {args.name} experiment")
+            flag = "--lstm-option" if option == "lstm_options" else f"--{option}"
+            raise UsageError(f"{flag} does not apply to the {args.name} experiment")
+    if args.lstm_options is not None:
+        args.lstm_options = dict(args.lstm_options)
+        check_options("lstm", args.lstm_options, "--lstm-option")
     if args.T is not None and args.T < 2:
         raise UsageError(f"--T must be at least 2, got {args.T}")
     for option in ("jobs", "threads"):

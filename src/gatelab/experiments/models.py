@@ -18,11 +18,12 @@ _MODULES = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
 GATE_ROWS = {"rnn": 1, "gru": 3, "lstm": 4}  # weight rows per hidden unit
 
 
-def recurrent(cell: str, input_size: int, hidden_size: int) -> nn.Module:
-    """One time-major layer of `cell` (rnn is tanh) with torch.nn's default initialisation."""
+def recurrent(cell: str, input_size: int, hidden_size: int, options: dict | None = None) -> nn.Module:
+    """One time-major layer of `cell` (rnn is tanh) with torch.nn's default initialisation,
+    plus gatelab.nn's keyword-only `options` (the LSTM family, docs/variants.md)."""
     if cell not in _MODULES:
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
-    return getattr(gnn, _MODULES[cell])(input_size, hidden_size)
+    return getattr(gnn, _MODULES[cell])(input_size, hidden_size, **(options or {}))
 
 
 def set_forget_bias(lstm: nn.Module, value: float) -> None:
@@ -50,14 +51,16 @@ class SequenceModel(nn.Module):
         hidden_size: hidden units (the same for every cell in a comparison).
         output_size: readout size (1 for regression, the number of classes otherwise).
         forget_bias: LSTM only; None keeps torch.nn's initialisation.
+        options: keyword-only gatelab.nn options of the recurrent layer (layer_norm, remove, ...).
     """
 
     def __init__(
-        self, cell: str, input_size: int, hidden_size: int, output_size: int, forget_bias: float | None = None
+        self, cell: str, input_size: int, hidden_size: int, output_size: int, forget_bias: float | None = None,
+        options: dict | None = None,
     ):
         super().__init__()
         self.cell = cell
-        self.rnn = recurrent(cell, input_size, hidden_size)
+        self.rnn = recurrent(cell, input_size, hidden_size, options)
         if forget_bias is not None:
             if cell != "lstm":
                 raise ValueError("forget_bias applies to the lstm only")
@@ -71,12 +74,13 @@ class SequenceModel(nn.Module):
 
 
 def build(
-    cell: str, input_size: int, hidden_size: int, output_size: int, seed: int, forget_bias: float | None = None
+    cell: str, input_size: int, hidden_size: int, output_size: int, seed: int, forget_bias: float | None = None,
+    options: dict | None = None,
 ) -> SequenceModel:
     """A `SequenceModel` whose initial weights depend only on `seed` (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SequenceModel(cell, input_size, hidden_size, output_size, forget_bias)
+        return SequenceModel(cell, input_size, hidden_size, output_size, forget_bias, options)
 
 
 def parameter_count(cell: str, input_size: int, hidden_size: int, layers: int = 1, bias: bool = True) -> int:
