@@ -54,3 +54,20 @@ def test_invalid_option_is_a_one_line_error(tmp_path, corpus_file, capsys, extra
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("gatelab train: error:")
     assert not out.exists()
+
+
+def test_nproc_relaunch_passes_the_family_flags_on():
+    import argparse
+
+    from gatelab.family_cli import family_options
+    from gatelab.lm import train_cmd
+
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    argv = ["--forget-bias", "2.0", "--peephole", "--remove", "input_gate,forget_gate",
+            "--gate-activation", "hard_sigmoid", "--weight-drop", "0.25", "--recurrent-dropout", "0.1"]
+    first = parser.parse_args(argv)
+    again = parser.parse_args(train_cmd.to_argv(first))
+    assert family_options(again) == family_options(first) == {
+        "forget_bias": 2.0, "peephole": True, "remove": ["forget_gate", "input_gate"],
+        "gate_activation": "hard_sigmoid", "weight_drop": 0.25, "recurrent_dropout": 0.1}
