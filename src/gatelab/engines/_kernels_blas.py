@@ -19,6 +19,7 @@ returns False and the engines take their Python-loop path (NumPy matmul per step
 from __future__ import annotations
 
 import ctypes
+import os
 
 from llvmlite import binding as llvm
 from numba import njit, types
@@ -63,6 +64,35 @@ def _find_openblas():
     return paths[0] if paths else None
 
 
+_SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _limit_threads(lib) -> None:
+    """One OpenBLAS thread for the engine's GEMMs unless the user asked for a number.
+
+    OpenBLAS's pool busy-waits between calls and torch.set_num_threads does not limit it.
+    The per-step GEMMs are small and the gate pass between them runs on one thread, so a
+    second BLAS thread gains little on an idle machine and loses badly on a busy one:
+    12 training steps of the default character model took 88 s with two OpenBLAS
+    threads and 14 s with one, on 2 cores with another process running. Set
+    GATELAB_BLAS_THREADS=N (or OPENBLAS_NUM_THREADS) to choose; this is process-wide, so
+    it also applies to NumPy's own matrix products.
+    """
+    wanted = os.environ.get("GATELAB_BLAS_THREADS")
+    if wanted is None and "OPENBLAS_NUM_THREADS" in os.environ:
+        return  # the user's choice, already applied by OpenBLAS at load
+    try:
+        n = int(wanted or 1)
+    except ValueError:
+        raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}") from None
+    if n < 1:
+        raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}")
+    for sym in _SET_THREADS:
+        if hasattr(lib, sym):
+            getattr(lib, sym)(n)
+            return
+
+
 def bind() -> bool:
     """Register NumPy's CBLAS GEMMs for numba code (once); False when there are none."""
     if _state["bound"] is not None:
@@ -80,6 +110,7 @@ def bind() -> bool:
         if len(found) == len(_SYMBOLS):
             for name, address in found.items():
                 llvm.add_symbol(name, address)
+            _limit_threads(lib)
             ok = True
     _state["bound"] = ok
     return ok
