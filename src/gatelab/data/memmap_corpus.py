@@ -31,7 +31,6 @@ import codecs
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,17 +203,9 @@ def load_disk_corpus(path, cache_dir, *, chunk_bytes: int = CHUNK_BYTES) -> "Dis
         cache_dir: the folder for tokens.bin and corpus.json.
         chunk_bytes: bytes read at a time.
     """
-    from gatelab.data.text import corpus_files, default_corpus_files
+    from gatelab.data.text import corpus_source
 
-    if path is None:
-        files = default_corpus_files()
-        root = files[0].parent
-        v = sys.version_info
-        source = f"Python {v.major}.{v.minor}.{v.micro} standard library ({root}/*.py)"
-    else:
-        files = corpus_files(path)
-        root = Path(path) if Path(path).is_dir() else Path(path).parent
-        source = str(path)
+    files, root, source = corpus_source(path)
     if is_current(cache_dir, files):
         corpus = DiskCorpus(cache_dir)
         if corpus.meta.source == source and corpus.meta.root == str(root):

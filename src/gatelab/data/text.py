@@ -146,6 +146,18 @@ class TextCorpus:
         return "".join(self.vocab[int(i)] for i in ids)
 
 
+def corpus_source(path):
+    """(files, root, source description) of a corpus: `path` (a file or folder), or the
+    default corpus, the top-level `Lib/*.py` of the running interpreter, when None."""
+    if path is None:
+        files = default_corpus_files()
+        root = files[0].parent
+        v = sys.version_info
+        return files, root, f"Python {v.major}.{v.minor}.{v.micro} standard library ({root}/*.py)"
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    return corpus_files(path), root, str(path)
+
+
 def load_corpus(path=None) -> TextCorpus:
     """Read a corpus into memory and encode it.
 
@@ -153,15 +165,7 @@ def load_corpus(path=None) -> TextCorpus:
         path: a UTF-8 text file or a folder of them; None for the default corpus, the top-level
             `Lib/*.py` of the running interpreter.
     """
-    if path is None:
-        files = default_corpus_files()
-        root = files[0].parent
-        v = sys.version_info
-        source = f"Python {v.major}.{v.minor}.{v.micro} standard library ({root}/*.py)"
-    else:
-        files = corpus_files(path)
-        root = Path(path) if Path(path).is_dir() else Path(path).parent
-        source = str(path)
+    files, root, source = corpus_source(path)
     texts, records = [], []
     for f in files:
         try:
