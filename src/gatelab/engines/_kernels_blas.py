@@ -67,30 +67,44 @@ def _find_openblas():
 _SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
 
 
-def _limit_threads(lib) -> None:
-    """One OpenBLAS thread for the engine's GEMMs unless the user asked for a number.
-
-    OpenBLAS's pool busy-waits between calls and torch.set_num_threads does not limit it.
-    The per-step GEMMs are small and the gate pass between them runs on one thread, so a
-    second BLAS thread gains little on an idle machine and loses badly on a busy one:
-    12 training steps of the default character model took 88 s with two OpenBLAS
-    threads and 14 s with one, on 2 cores with another process running. Set
-    GATELAB_BLAS_THREADS=N (or OPENBLAS_NUM_THREADS) to choose; this is process-wide, so
-    it also applies to NumPy's own matrix products.
-    """
-    wanted = os.environ.get("GATELAB_BLAS_THREADS")
-    if wanted is None and "OPENBLAS_NUM_THREADS" in os.environ:
-        return  # the user's choice, already applied by OpenBLAS at load
-    try:
-        n = int(wanted or 1)
-    except ValueError:
-        raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}") from None
-    if n < 1:
-        raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}")
+def _thread_setter(lib):
     for sym in _SET_THREADS:
         if hasattr(lib, sym):
-            getattr(lib, sym)(n)
-            return
+            return getattr(lib, sym)
+    return None
+
+
+def sync_threads() -> None:
+    """Give OpenBLAS the thread count of torch's pool (or GATELAB_BLAS_THREADS).
+
+    The engine's GEMMs run on NumPy's OpenBLAS, which torch.set_num_threads does not
+    reach; torch's pool is idle during the recurrence, so the two never run at once and
+    the same count is right. Called at every engine call (a ctypes call only when the
+    count changes). OpenBLAS's threads busy-wait between calls: on a machine whose cores
+    are busy with other work, GATELAB_BLAS_THREADS=1 avoids waiting for a descheduled
+    thread at every step (12 steps of the demo model: 88 s with two threads, 14 s with
+    one, 2 cores with another process running; on an idle machine two threads are up
+    to 1.8x faster). OPENBLAS_NUM_THREADS set by the user is left alone.
+    """
+    if not bind():
+        return
+    wanted = os.environ.get("GATELAB_BLAS_THREADS")
+    if wanted is None and "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    if wanted is None:
+        import torch
+
+        n = torch.get_num_threads()
+    else:
+        try:
+            n = int(wanted)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}")
+    if _state.get("threads") != n and _state.get("set_threads") is not None:
+        _state["set_threads"](n)
+        _state["threads"] = n
 
 
 def bind() -> bool:
@@ -110,7 +124,7 @@ def bind() -> bool:
         if len(found) == len(_SYMBOLS):
             for name, address in found.items():
                 llvm.add_symbol(name, address)
-            _limit_threads(lib)
+            _state["set_threads"] = _thread_setter(lib)
             ok = True
     _state["bound"] = ok
     return ok
