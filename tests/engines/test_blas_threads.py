@@ -23,22 +23,29 @@ def threads(monkeypatch):
     _kernels_blas._state.pop("threads", None)
 
 
-def _run_lstm():
-    gnn.LSTM(4, 3, backend="fused")(torch.randn(3, 2, 4))
+def _run_lstm(B=2, H=3):
+    gnn.LSTM(4, H, backend="fused")(torch.randn(3, B, 4))
 
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_follows_torch_threads(threads, n):
     torch.set_num_threads(n)
-    _run_lstm()
+    _run_lstm(B=64, H=256)  # 64·4·256·256 multiply-adds per step: above SMALL_STEP
     assert threads() == n
 
 
-def test_environment_overrides(threads, monkeypatch):
+def test_small_steps_run_on_one_thread(threads):
     torch.set_num_threads(2)
-    monkeypatch.setenv("GATELAB_BLAS_THREADS", "1")
-    _run_lstm()
+    _run_lstm(B=2, H=3)
     assert threads() == 1
+
+
+@pytest.mark.parametrize(("torch_threads", "env", "B", "H"), [(2, "1", 64, 256), (1, "2", 2, 3)])
+def test_environment_overrides(threads, monkeypatch, torch_threads, env, B, H):
+    torch.set_num_threads(torch_threads)
+    monkeypatch.setenv("GATELAB_BLAS_THREADS", env)
+    _run_lstm(B=B, H=H)
+    assert threads() == int(env)
 
 
 def test_bad_environment_value_is_named(threads, monkeypatch):

@@ -74,8 +74,15 @@ def _thread_setter(lib):
     return None
 
 
-def sync_threads() -> None:
+SMALL_STEP = 4_000_000  # multiply-adds of one recurrent GEMM below which one thread is faster
+
+
+def sync_threads(step_macs: int | None = None) -> None:
     """Give OpenBLAS the thread count of torch's pool (or GATELAB_BLAS_THREADS).
+
+    A recurrent GEMM of fewer than SMALL_STEP multiply-adds (`step_macs`, B·G·H·H_out)
+    runs on one thread: at (T,B,I,H) = (50,16,64,128) and (100,1,128,256) two threads made
+    LSTM inference 2x slower than torch.nn (benchmarks/results/bench_default_wall_quiet.txt).
 
     The engine's GEMMs run on NumPy's OpenBLAS, which torch.set_num_threads does not
     reach; torch's pool is idle during the recurrence, so the two never run at once and
@@ -94,7 +101,7 @@ def sync_threads() -> None:
     if wanted is None:
         import torch
 
-        n = torch.get_num_threads()
+        n = 1 if step_macs is not None and step_macs < SMALL_STEP else torch.get_num_threads()
     else:
         try:
             n = int(wanted)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from gatelab.engines import _kernels_blas, fused_lstm_family
+from gatelab.engines import GATE_ROWS, _kernels_blas, fused_lstm_family
 from gatelab.engines.fused_common import schedule
 
 NAME = "fused"
@@ -95,8 +95,8 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     for name, w in [*weights.items(), *(("state", s) for s in state), *(masks or {}).items()]:
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
-    _kernels_blas.sync_threads()
     T, B, _ = x.shape  # (T, B, I)
+    _kernels_blas.sync_threads(B * GATE_ROWS[spec.mode] * spec.hidden_size * spec.out_size)
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
         return fused_lstm_family.run(spec, x, state, weights, steps, record, masks)
