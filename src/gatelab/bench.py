@@ -26,7 +26,6 @@ variant (fused, or eager where the fused engine declines it).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -101,24 +100,6 @@ def _parse_shapes(text):
     return shapes
 
 
-def _openblas():
-    """NumPy's OpenBLAS library (ctypes), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.lower() and "/" in ln})
-    except OSError:
-        return None
-    for path in paths:
-        lib = ctypes.CDLL(path)
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    return get, put
-    return None
-
-
 def machine_info(torch, numpy) -> dict:
     cpu = platform.processor() or "?"
     try:
@@ -126,7 +107,9 @@ def machine_info(torch, numpy) -> dict:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    blas = _openblas()
+    from gatelab.engines import _kernels_blas
+
+    blas = _kernels_blas.thread_functions()
     import numba
 
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
@@ -226,7 +209,9 @@ def run(args) -> int:
     threads = torch.get_num_threads() if args.threads is None else args.threads
     if args.clock == "cpu" and threads != 1:
         raise UsageError("--clock cpu counts this thread only: use it with --threads 1")
-    blas = _openblas()
+    from gatelab.engines import _kernels_blas
+
+    blas = _kernels_blas.thread_functions()
     before = (torch.get_num_threads(), blas[0]() if blas else None)
     if args.threads is not None:  # after every check: a refused run changes nothing
         torch.set_num_threads(args.threads)

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from gatelab import nn as gnn
-from gatelab.bench import _openblas
 from gatelab.engines import _kernels_blas
 
 pytestmark = pytest.mark.skipif(not _kernels_blas.bind(), reason="NumPy has no OpenBLAS with CBLAS here")
@@ -13,14 +12,13 @@ pytestmark = pytest.mark.skipif(not _kernels_blas.bind(), reason="NumPy has no O
 @pytest.fixture
 def threads(monkeypatch):
     """OpenBLAS's (get, set) and torch's count, both restored afterwards."""
-    get, put = _openblas()
+    get, put = _kernels_blas.thread_functions()
     before = (torch.get_num_threads(), get())
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.delenv("GATELAB_BLAS_THREADS", raising=False)
     yield get
     torch.set_num_threads(before[0])
     put(before[1])
-    _kernels_blas._state.pop("threads", None)
 
 
 def _run_lstm(B=2, H=3):

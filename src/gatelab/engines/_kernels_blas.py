@@ -64,21 +64,28 @@ def _find_openblas():
     return paths[0] if paths else None
 
 
-_SET_THREADS = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
-
-
-def _thread_setter(lib):
-    for sym in _SET_THREADS:
-        if hasattr(lib, sym):
-            return getattr(lib, sym)
-    return None
+def thread_functions():
+    """NumPy's OpenBLAS thread count as ctypes functions `(get, set)`, or None (found once)."""
+    if "threads_api" not in _state:
+        api = None
+        path = _find_openblas()
+        if path is not None:
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas", "openblas"):
+                for suffix in ("64_", ""):
+                    get = getattr(lib, f"{name}_get_num_threads{suffix}", None)
+                    put = getattr(lib, f"{name}_set_num_threads{suffix}", None)
+                    if api is None and get is not None and put is not None:
+                        api = (get, put)
+        _state["threads_api"] = api
+    return _state["threads_api"]
 
 
 SMALL_STEP = 4_000_000  # multiply-adds of one recurrent GEMM below which one thread is faster
 
 
-def sync_threads(step_macs: int | None = None) -> None:
-    """Give OpenBLAS the thread count of torch's pool (or GATELAB_BLAS_THREADS).
+def sync_threads(step_macs: int, torch_threads: int) -> None:
+    """Give OpenBLAS the thread count of torch's pool, `torch_threads` (or GATELAB_BLAS_THREADS).
 
     A recurrent GEMM of fewer than SMALL_STEP multiply-adds (`step_macs`, B·G·H·H_out)
     runs on one thread: at (T,B,I,H) = (50,16,64,128) and (100,1,128,256) two threads made
@@ -87,31 +94,25 @@ def sync_threads(step_macs: int | None = None) -> None:
     The engine's GEMMs run on NumPy's OpenBLAS, which torch.set_num_threads does not
     reach; torch's pool is idle during the recurrence, so the two never run at once and
     the same count is right. Called at every engine call (a ctypes call only when the
-    count changes). OpenBLAS's threads busy-wait between calls: on a machine whose cores
+    count differs). OpenBLAS's threads busy-wait between calls: on a machine whose cores
     are busy with other work, GATELAB_BLAS_THREADS=1 avoids waiting for a descheduled
     thread at every step (12 steps of the demo model: 88 s with two threads, 14 s with
     one, 2 cores with another process running; on an idle machine two threads are up
     to 1.8x faster). OPENBLAS_NUM_THREADS set by the user is left alone.
     """
-    if not bind():
-        return
+    api = thread_functions()
     wanted = os.environ.get("GATELAB_BLAS_THREADS")
-    if wanted is None and "OPENBLAS_NUM_THREADS" in os.environ:
+    if api is None or (wanted is None and "OPENBLAS_NUM_THREADS" in os.environ):
         return
     if wanted is None:
-        import torch
-
-        n = 1 if step_macs is not None and step_macs < SMALL_STEP else torch.get_num_threads()
+        n = 1 if step_macs < SMALL_STEP else torch_threads
     else:
-        try:
-            n = int(wanted)
-        except ValueError:
-            n = 0
+        n = int(wanted) if wanted.isdigit() else 0
         if n < 1:
             raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}")
-    if _state.get("threads") != n and _state.get("set_threads") is not None:
-        _state["set_threads"](n)
-        _state["threads"] = n
+    get, put = api
+    if get() != n:
+        put(n)
 
 
 def bind() -> bool:
@@ -131,7 +132,6 @@ def bind() -> bool:
         if len(found) == len(_SYMBOLS):
             for name, address in found.items():
                 llvm.add_symbol(name, address)
-            _state["set_threads"] = _thread_setter(lib)
             ok = True
     _state["bound"] = ok
     return ok

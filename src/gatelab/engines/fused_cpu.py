@@ -96,7 +96,8 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
     T, B, _ = x.shape  # (T, B, I)
-    _kernels_blas.sync_threads(B * GATE_ROWS[spec.mode] * spec.hidden_size * spec.out_size)
+    _kernels_blas.sync_threads(B * GATE_ROWS[spec.mode] * spec.hidden_size * spec.out_size,
+                               torch.get_num_threads())
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
         return fused_lstm_family.run(spec, x, state, weights, steps, record, masks)
