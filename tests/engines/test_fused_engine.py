@@ -151,7 +151,7 @@ def test_unsupported_says_why():
     assert fused_cpu.unsupported(spec, torch.zeros(2, 1, 3), False) is None
     assert "float32" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, dtype=torch.float16), False)
     assert "CPU" in fused_cpu.unsupported(spec, torch.zeros(2, 1, 3, device="meta"), False)
-    assert "reset_after" in fused_cpu.unsupported(CellSpec("GRU", 3, 4, reset_after=False),
+    assert "reset_after" in fused_cpu.unsupported(CellSpec("GRU", 3, 4, reset_after=False, layer_norm=True),
                                                   torch.zeros(2, 1, 3), False)
     assert "variants" in fused_cpu.unsupported(CellSpec("RNN_TANH", 3, 4, cell_activation="softsign"),
                                                torch.zeros(2, 1, 3), False)

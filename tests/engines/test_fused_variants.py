@@ -1,7 +1,8 @@
-"""The fused engine runs the LSTM family (issue 7) as the eager engine does: each variant
-and each stochastic mask, alone and combined, forward and reverse, packed, with a
-projection and recorded gates (whose gradients flow back), float64 to 1e-10 and float32
-to 1e-5, in outputs, final states, the record and the gradient of every input.
+"""The fused engine runs the LSTM family (issue 7) and the GRU's options ("reset before"
+included) as the eager engine does: each variant and each stochastic mask, alone and
+combined, forward and reverse, packed, with a projection and recorded gates (whose
+gradients flow back), float64 to 1e-10 and float32 to 1e-5, in outputs, final states,
+the record and the gradient of every input.
 
 The eager engine is itself checked against the NumPy reference (tests/nn); here the two
 engines meet at the seam, one layer-direction, the same masks (float32 runs are compared
@@ -113,9 +114,39 @@ def test_each_lstm_variant(variant):
     compare("LSTM", LSTM_VARIANTS[variant], reverse=True, proj=4, record=False, lengths=None)
 
 
+GRU_VARIANTS = {
+    "reset_before": dict(reset_after=False),
+    "reset_before_hard_sigmoid": dict(reset_after=False, gate_activation="hard_sigmoid"),
+    "reset_before_softsign": dict(reset_after=False, cell_activation="softsign"),
+    "hard_sigmoid_softsign": dict(gate_activation="hard_sigmoid", cell_activation="softsign"),
+    "layer_norm": dict(layer_norm=True),
+}
+
+
+# float32 layer norm is checked at its initial gains (see test_everything_at_once)
+GRU_CASES = [pytest.param(v, dt, id=f"{v}-{name}") for v in GRU_VARIANTS
+             for dt, name in ((torch.float64, "f64"), (torch.float32, "f32"))
+             if dt == torch.float64 or not GRU_VARIANTS[v].get("layer_norm")]
+
+
+@pytest.mark.parametrize(("variant", "dtype"), GRU_CASES)
+def test_each_gru_variant(variant, dtype):
+    compare("GRU", GRU_VARIANTS[variant], dtype)
+    compare("GRU", GRU_VARIANTS[variant], dtype, reverse=True, record=False, lengths=None)
+    compare("GRU", GRU_VARIANTS[variant], dtype, reverse=True, bias=False)
+    compare("GRU", GRU_VARIANTS[variant], dtype, B=1, lengths=None)  # one row: the GEMV path
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_reset_before"])
 def test_each_mask(mode, dtype):
+    if mode == "GRU_reset_before":
+        kw = dict(reset_after=False)
+        compare("GRU", kw, dtype, zoneout=(0.4, 0.0))
+        compare("GRU", kw, dtype, dropout=0.3, reverse=True)
+        compare("GRU", kw, dtype, zoneout=(0.3, 0.0), dropout=0.3, train=False)
+        compare("GRU", kw, dtype, zoneout=(0.4, 0.0), dropout=0.3, lengths=None)
+        return
     if dtype == torch.float64:
         compare(mode, dict(layer_norm=True), dtype, zoneout=(0.4, 0.0), dropout=0.3)
     compare(mode, {}, dtype, zoneout=(0.4, 0.0))
@@ -141,6 +172,8 @@ def test_everything_at_once(dtype):
     compare("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign",
                         layer_norm=dtype == torch.float64), dtype,
             zoneout=(0.3, 0.0), dropout=0.3, reverse=True, **size)
+    compare("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign", reset_after=False), dtype,
+            zoneout=(0.3, 0.0), dropout=0.3, reverse=True, **size)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -153,7 +186,7 @@ def test_layer_norm_float32(seed):
             proj=3, T=5, B=3, H=4, lengths=[5, 3, 2], seed=seed, ln_scale=0.0)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data(), mode=st.sampled_from(["LSTM", "GRU"]), T=st.integers(1, 6), B=st.integers(1, 4),
        H=st.integers(1, 5), reverse=st.booleans(), record=st.booleans(), bias=st.booleans())
 def test_random_combinations(data, mode, T, B, H, reverse, record, bias):
@@ -161,6 +194,9 @@ def test_random_combinations(data, mode, T, B, H, reverse, record, bias):
               cell_activation=data.draw(st.sampled_from(["tanh", "softsign"])),
               layer_norm=data.draw(st.booleans()))
     proj = 0
+    if mode == "GRU":
+        kw["reset_after"] = data.draw(st.booleans())
+        kw["layer_norm"] = kw["layer_norm"] and kw["reset_after"]  # reset before has no layer_norm
     if mode == "LSTM":
         coupled = data.draw(st.booleans())
         parts = [p for p in ABLATIONS if not (coupled and p == "input_gate")]
@@ -176,24 +212,30 @@ def test_random_combinations(data, mode, T, B, H, reverse, record, bias):
             train=data.draw(st.booleans()), T=T, B=B, H=H, seed=T * 100 + B * 10 + H)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_reset_before"])
 def test_python_loop_fallback(mode, monkeypatch):
     from gatelab.engines import fused_common
 
     monkeypatch.setattr(fused_common, "LOOP", "python")
     assert not fused_common.numba_loop()
-    kw = (dict(peephole=True, coupled_gates=True, cell_activation="softsign", layer_norm=True) if mode == "LSTM"
-          else dict(layer_norm=True))
+    kw = {"LSTM": dict(peephole=True, coupled_gates=True, cell_activation="softsign", layer_norm=True),
+          "GRU": dict(layer_norm=True),
+          "GRU_reset_before": dict(reset_after=False, gate_activation="hard_sigmoid")}[mode]
+    if mode == "GRU_reset_before":
+        mode = "GRU"
+        compare(mode, kw, dtype=torch.float32, dropout=0.3)
+        compare(mode, kw, bias=False, lengths=None)
     compare(mode, kw, zoneout=(0.3, 0.4), dropout=0.3, reverse=True)
     if mode == "LSTM":
         compare(mode, kw, zoneout=(0.3, 0.4), dropout=0.3, proj=4)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "GRU_reset_before"])
 def test_inference_equals_training_path(mode):
     """Without autograd nothing is saved; the values are the same."""
     kw = dict(peephole=True, remove=frozenset({"input_gate"}), layer_norm=True) if mode == "LSTM" else dict(
-        gate_activation="hard_sigmoid", layer_norm=True)
+        gate_activation="hard_sigmoid", layer_norm=True) if mode == "GRU" else dict(reset_after=False)
+    mode = mode.removesuffix("_reset_before")
     T, B, H = 5, 4, 6
     x, state, w, _ = make_case(mode, T, B, 3, H, lengths=LENGTHS)
     spec = CellSpec(mode, 3, H, **kw)
@@ -208,11 +250,12 @@ def test_inference_equals_training_path(mode):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
 
 
-def test_bfloat16_masks_run_in_float32():
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_bfloat16_masks_run_in_float32(mode):
     T, B, H = 5, 4, 6
-    x, state, w, _ = make_case("LSTM", T, B, 3, H, dtype=torch.float32)
-    spec = CellSpec("LSTM", 3, H, coupled_gates=True)
-    masks = draw_masks("LSTM", T, B, H, H, torch.float32, (0.5, 0.5), 0.5)
+    x, state, w, _ = make_case(mode, T, B, 3, H, dtype=torch.float32)
+    spec = CellSpec(mode, 3, H, **(dict(coupled_gates=True) if mode == "LSTM" else dict(reset_after=False)))
+    masks = draw_masks(mode, T, B, H, H, torch.float32, (0.5, 0.5), 0.5)
     xb = x.detach().bfloat16()
     sb = tuple(s.detach().bfloat16() for s in state)
     out, _, _ = fused_cpu.run(spec, xb, sb, w, masks={k: m.bfloat16() for k, m in masks.items()})
@@ -237,7 +280,8 @@ def test_plain_requests_keep_the_plain_kernels(monkeypatch):
 
 def test_what_is_not_fused_is_declined_with_a_reason():
     x = torch.zeros(2, 1, 3)
-    for spec, words in ((CellSpec("GRU", 3, 4, reset_after=False), "reset_after"),
+    assert fused_cpu.unsupported(CellSpec("GRU", 3, 4, reset_after=False), x, True) is None
+    for spec, words in ((CellSpec("GRU", 3, 4, reset_after=False, layer_norm=True), "reset_after"),
                         (CellSpec("LSTM", 3, 4, gate_activation="relu"), "gate_activation"),
                         (CellSpec("LSTM", 3, 4, coupled_gates=True, remove=frozenset({"input_gate"})),
                          "coupled")):

@@ -16,15 +16,16 @@ the record come back as bfloat16.
 The LSTM family (issue 7): every LSTM variant (peephole, layer_norm, coupled_gates, the
 ablations, hard_sigmoid / softsign) and the masks zoneout_h, zoneout_c and
 recurrent_dropout run in fused_lstm_family, whose kernels take the variant as run-time
-flags (one compiled specialisation per dtype); the GRU's activations, layer_norm and masks
-run in fused_gru_family. A plain cell without masks keeps the plain kernels (fused_lstm,
-fused_gru), so its speed is unchanged. forget_bias and weight_drop need nothing here
+flags (one compiled specialisation per dtype); the GRU's activations, layer_norm, masks
+and "reset before" (reset_after=False: two recurrent GEMMs per step, the second on
+r ⊙ h_{t-1}) run in fused_gru_family. A plain cell without masks keeps the plain kernels
+(fused_lstm, fused_gru), so its speed is unchanged. forget_bias and weight_drop need nothing here
 (they are the weights the module passes).
 
 What it does not run (unsupported() says so, `backend="auto"` then takes eager):
 tensors not on the CPU; dtypes other than float32, float64 and bfloat16; anything under
-CPU autocast (whose bf16 matrix products the eager engine follows); the GRU's
-reset_after=False; the plain RNN's variants (it has none).
+CPU autocast (whose bf16 matrix products the eager engine follows); the GRU's layer_norm
+with reset_after=False (which no engine runs); the plain RNN's variants (it has none).
 
 Threads: GEMMs use NumPy's OpenBLAS pool, the gate passes run on the calling thread
 (numba, no parallel pool), torch's intra-op pool is idle during the recurrence, so the
@@ -64,8 +65,8 @@ def unsupported(spec, x, record) -> str | None:
             return "reset_after is a GRU option"
         return None
     if spec.mode == "GRU":
-        if not spec.reset_after:
-            return "GRU reset_after=False is not fused yet"
+        if not spec.reset_after and spec.layer_norm:  # eager and the reference refuse it too
+            return "GRU layer_norm needs reset_after=True"
         if spec.peephole or spec.coupled_gates or spec.remove:
             return "peephole, coupled_gates and remove are LSTM options"
         if spec.gate_activation not in fused_lstm_family.GATE_KINDS:

@@ -1,9 +1,10 @@
-"""The fused GRU family (issue 7): "reset after" GRU with the gate and cell activations by
-name, layer_norm and the stochastic masks (zoneout_h, recurrent_dropout), hand-written BPTT.
+"""The fused GRU family (issue 7): the GRU with the gate and cell activations by name,
+layer_norm, the stochastic masks (zoneout_h, recurrent_dropout) and "reset before"
+(reset_after=False), hand-written BPTT.
 
 The plain GRU keeps its own kernels (fused_gru); this module runs the rest of what the
-fused engine accepts for the GRU (reset_after=False is declined by fused_cpu.unsupported).
-Definitions: gatelab.engines, "The LSTM family". Per step t:
+fused engine accepts for the GRU (layer_norm with reset_after=False is no GRU: declined).
+Definitions: gatelab.engines, "The LSTM family". Per step t, reset after (torch.nn):
 
     xa = x_t W_ih^T, or LN(x_t W_ih^T; ln_ih) (all steps at once, before the loop)
     hw = (d ⊙ h_{t-1}) W_hh^T, or LN(...; ln_hh)   d: recurrent_dropout mask (only inside the product)
@@ -21,6 +22,24 @@ Backward, per step from the last:
 
     then over all steps: δW_ih = δXA^T X, δW_hh = δHW^T (d ⊙ H_prev), δb_ih = Σ δXA,
     δb_hh = Σ δHW, δX = δXA W_ih.
+
+Reset before (Cho et al. 2014, reset_after=False): the recurrent product splits in two
+GEMMs per step, the second one reading r:
+
+    hw_rz = (d ⊙ h_{t-1}) W_hrz^T   (first 2H rows of W_hh)
+    r = σ(xa_r + hw_rz_r + b_r)   z = σ(xa_z + hw_rz_z + b_z)   u = r ⊙ d ⊙ h_{t-1}
+    hw_n = u W_hn^T   (last H rows)   n = φ(xa_n + b_in + hw_n + b_hn)
+    h̃, h_t as above.
+
+Backward, per step from the last (δh, δh̃ as above):
+
+    δa_n = (δh̃ (1 - z) + δn_rec) φ'(n)   δa_z = (δh̃ (h_{t-1} - n) + δz_rec) σ'(z)
+    δu = δa_n W_hn (GEMM)   δa_r = (δu ⊙ d ⊙ h_{t-1} + δr_rec) σ'(r)
+    δh_{t-1} = δh̃ ⊙ z + z_h δh + (δu ⊙ r + [δa_r | δa_z] W_hrz (GEMM)) ⊙ d
+
+    δxa = [δa_r | δa_z | δa_n] is also the δ of the recurrent products and of both biases:
+    δW_hrz = δXA_rz^T (d ⊙ H_prev), δW_hn = δXA_n^T U with U = r ⊙ d ⊙ H_prev rebuilt
+    from the saved r (only r, z, n are saved per step).
 """
 
 from __future__ import annotations
@@ -148,6 +167,131 @@ def backward_loop(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, 
             gemm(dv[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
 
 
+@njit(**JIT)
+def rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, gr, gz, u):
+    """Reset before, first pass for rows [:n]: r, z from hw[:, :2H] (the r|z product) into
+    gr, gz at ta, and u = r ⊙ d ⊙ h_{t-1} (B, H), the input of the n product."""
+    H = h_state.shape[1]
+    for b in range(n):
+        x_r, x_z = xa[t, b, :H], xa[t, b, H:2 * H]
+        h_r, h_z = hw[b, :H], hw[b, H:2 * H]
+        b_r, b_z = bias[:H], bias[H:2 * H]
+        h_, r_, z_, u_, d_ = h_state[b], gr[ta, b], gz[ta, b], u[b], d[b]
+        for j in range(H):
+            hp = d_[j] * h_[j] if has_d else h_[j]
+            r = _gate(x_r[j] + h_r[j] + b_r[j], gk)
+            z = _gate(x_z[j] + h_z[j] + b_z[j], gk)
+            r_[j] = r
+            z_[j] = z
+            u_[j] = r * hp
+
+
+@njit(**JIT)
+def n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, gz, gn, out):
+    """Reset before, second pass for rows [:n]: n from hw[:, 2H:] = u W_hn^T (bias holds
+    b_in + b_hn), h_t into h_state and out[t]; n written at ta."""
+    H = h_state.shape[1]
+    tz = t if has_zh else 0
+    for b in range(n):
+        x_n, h_n, b_n = xa[t, b, 2 * H:], hw[b, 2 * H:], bias[2 * H:]
+        h_, z_, n_, out_, m_ = h_state[b], gz[ta, b], gn[ta, b], out[t, b], zh[tz, b]
+        for j in range(H):
+            hp = h_[j]
+            z = z_[j]
+            nn = _cell(x_n[j] + b_n[j] + h_n[j], ck)
+            h = (one(z) - z) * nn + z * hp
+            if has_zh:
+                h = m_[j] * hp + (one(z) - m_[j]) * h
+            n_[j] = nn
+            out_[j] = h
+            h_[j] = h
+
+
+@njit(**JIT)
+def backward_nz_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gz, gn, out, h0, dgates,
+                     dxa):
+    """Reset before, first BPTT pass for rows [:n]: δa_z, δa_n into dxa[t] (T, B, 3H);
+    dh_state (B, H) δh_t in, δh̃ ⊙ z + z_h δh out."""
+    H = dh_state.shape[1]
+    tg = t if dgates.shape[1] > 1 else 0
+    tz = t if has_zh else 0
+    for b in range(n):
+        z_, n_, do_, dh_ = gz[t, b], gn[t, b], d_out[t, b], dh_state[b]
+        hp_ = out[tp, b] if b < n_prev else h0[b]  # (H,) h_{t-1}
+        m_ = zh[tz, b]
+        dgz, dgn = dgates[1, tg, b], dgates[2, tg, b]
+        dx_z, dx_n = dxa[t, b, H:2 * H], dxa[t, b, 2 * H:]
+        for j in range(H):
+            z, nn = z_[j], n_[j]
+            dh = do_[j] + dh_[j]
+            dht = dh * (one(z) - m_[j]) if has_zh else dh
+            dx_n[j] = (dht * (one(z) - z) + dgn[j]) * _cell_grad(nn, ck)
+            dx_z[j] = (dht * (hp_[j] - nn) + dgz[j]) * _gate_grad(z, gk)
+            dh_[j] = dht * z + dh * m_[j] if has_zh else dht * z
+
+
+@njit(**JIT)
+def backward_r_step(t, n, tp, n_prev, gk, has_d, d, gr, out, h0, dgates, tmp, dxa):
+    """Reset before, second BPTT pass for rows [:n]: tmp (B, H) δu = δa_n W_hn in, δu ⊙ r
+    out (the part of δ(d ⊙ h_{t-1}) through u); δa_r into dxa[t]."""
+    H = tmp.shape[1]
+    tg = t if dgates.shape[1] > 1 else 0
+    for b in range(n):
+        r_, du_, d_ = gr[t, b], tmp[b], d[b]
+        hp_ = out[tp, b] if b < n_prev else h0[b]  # (H,) h_{t-1}
+        dgr, dx_r = dgates[0, tg, b], dxa[t, b, :H]
+        for j in range(H):
+            r, du = r_[j], du_[j]
+            hp = d_[j] * hp_[j] if has_d else hp_[j]
+            dx_r[j] = (du * hp + dgr[j]) * _gate_grad(r, gk)
+            du_[j] = du * r
+
+
+@njit(**JIT)
+def forward_loop_before(steps, full, xa, w_hh_t, bias, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
+                        u, gr, gz, gn, out):
+    """Reset before, per step: hw_rz = (d ⊙ h) W_hrz^T (GEMM), r and z, hw_n = u W_hn^T
+    (GEMM), n and h. w_hh_t (H, 3H); hw (B, 3H); u (B, H)."""
+    H = h_state.shape[1]
+    w_rz, w_n = w_hh_t[:, :2 * H], w_hh_t[:, 2 * H:]  # (H, 2H), (H, H)
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        ta = t if full else 0
+        if has_d:
+            dropped(n, h_state, d, hd)
+            gemm(hd[:n], w_rz, hw[:n, :2 * H], False, 0.0)  # (n, H) x (H, 2H)
+        else:
+            gemm(h_state[:n], w_rz, hw[:n, :2 * H], False, 0.0)
+        rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, gr, gz, u)
+        gemm(u[:n], w_n, hw[:n, 2 * H:], False, 0.0)  # (n, H) x (H, H)
+        n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, gz, gn, out)
+
+
+@njit(**JIT)
+def backward_loop_before(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, out, h0,
+                         dgates, dxa, w_hh, tmp):
+    """Reset before, per step from the last: δa_z, δa_n; δu = δa_n W_hn (GEMM); δa_r;
+    δh_{t-1} += (δu ⊙ r + [δa_r | δa_z] W_hrz (GEMM)) ⊙ d. w_hh (3H, H)."""
+    H = dh_state.shape[1]
+    w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]  # (2H, H), (H, H)
+    for s in range(steps.shape[0] - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_nz_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gz, gn, out, h0,
+                         dgates, dxa)
+        gemm(dxa[t, :n, 2 * H:], w_n, tmp[:n], False, 0.0)  # (n, H) x (H, H)
+        backward_r_step(t, n, tp, n_prev, gk, has_d, d, gr, out, h0, dgates, tmp, dxa)
+        gemm(dxa[t, :n, :2 * H], w_rz, tmp[:n], False, 1.0)  # += (n, 2H) x (2H, H)
+        add_dropped(n, has_d, d, tmp, dh_state)
+
+
+def dropped_rows(n, has_d, h_state, d, hd):
+    """(d ⊙ h_state)[:n] (into hd) or h_state[:n]: the rows a recurrent product reads."""
+    if not has_d:
+        return h_state[:n]
+    dropped(n, h_state, d, hd)
+    return hd[:n]
+
+
 def _masks(masks, T, B, H, dt):
     """(has_d, d (B, H), has_zh, zh (T|1, B, H)); absent masks are zero placeholders."""
     masks = masks or {}
@@ -161,8 +305,8 @@ def _kinds(spec):
 
 
 def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record):
-    """The forward pass on arrays: out (T, B, H), h_T and the saved ((r, z, n, hn), layer-norm
-    saves). ln: None or (ih_w, ih_b, hh_w, hh_b) arrays."""
+    """The forward pass on arrays: out (T, B, H), h_T and the saved ((r, z, n, hn) reset after,
+    (r, z, n) reset before; layer-norm saves). ln: None or (ih_w, ih_b, hh_w, hh_b) arrays."""
     T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -171,27 +315,45 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
     packed = any(s.n < B for s in steps)
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt)).reshape(T, B, 3 * H)
     bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)
+    after = spec.reset_after
     if b_ih is not None:
         bias = b_ih.copy()
-        bias[:2 * H] += b_hh[:2 * H]
-        b_hn = b_hh[2 * H:]
+        if after:  # b_hn sits inside r ⊙ (hw_n + b_hn)
+            bias[:2 * H] += b_hh[:2 * H]
+            b_hn = b_hh[2 * H:]
+        else:  # every recurrent bias sits outside its product
+            bias += b_hh
     w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H)
     full = keep or record
     Ta = T if full else 1
     alloc = np.zeros if packed else np.empty
     xhat = rs_x = None
+    if ln is not None and not after:
+        raise ValueError("fused GRU: layer_norm needs reset_after=True")
     if ln is not None:  # LN of the input products, all steps at once
         xa, xhat, rs_x = _ln_all(xa, ln[0], ln[1])
         lnh = np.stack([ln[2], ln[3]])  # (2, 3H)
         hhat, rs_h = alloc((Ta, B, 3 * H), dt), np.zeros((Ta, B), dt)
     else:
         lnh, hhat, rs_h = np.zeros((2, 3 * H), dt), np.zeros((1, 1, 1), dt), np.zeros((1, 1), dt)
-    saved = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # r z n hn
+    saved = tuple(alloc((Ta, B, H), dt) for _ in range(4 if after else 3))  # r z n (hn)
     out = alloc((T, B, H), dt)
     h_state = h0.copy()
     hd = np.empty((B, H), dt)
     hw = np.empty((B, 3 * H), dt)
-    if numba_loop():
+    if not after:
+        u = np.empty((B, H), dt)
+        if numba_loop():
+            forward_loop_before(steps_array(steps), full, xa, w_hh_t, bias, gk, ck, has_d, d, has_zh, zh,
+                                h_state, hd, hw, u, *saved, out)
+        else:
+            for t, n, _, _ in steps:
+                ta = t if full else 0
+                mm(dropped_rows(n, has_d, h_state, d, hd), w_hh_t[:, :2 * H], hw[:n, :2 * H])
+                rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, *saved[:2], u)
+                mm(u[:n], w_hh_t[:, 2 * H:], hw[:n, 2 * H:])
+                n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, *saved[1:], out)
+    elif numba_loop():
         forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
                      h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
     else:
@@ -246,6 +408,8 @@ class GRUFamilyFunction(torch.autograd.Function):
             dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
         packed = any(s.n < B for s in steps)
         dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
+        if not ctx.spec.reset_after:
+            return _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa)
         dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
         tmp = np.empty((B, H), dt)
         dhw_raw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt) if ln else np.zeros((1, 1, 1), dt)
@@ -281,6 +445,46 @@ class GRUFamilyFunction(torch.autograd.Function):
         db_hh = add_rows_sum(dhw) if ctx.has_bias else None
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln)
         return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 4
+
+
+def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa):
+    """GRUFamilyFunction.backward for reset before: BPTT into dxa (T, B, 3H), which is also
+    the δ of both recurrent products and of b_hh; then the GEMMs over all steps."""
+    steps = ctx.steps
+    has_d, d, has_zh, zh = ctx.masks
+    gk, ck = _kinds(ctx.spec)
+    T, B, I = xs.shape
+    H = h0s.shape[1]
+    dt = xs.dtype
+    gr, gz, gn = saved
+    tmp = np.empty((B, H), dt)
+    if numba_loop():
+        backward_loop_before(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn,
+                             out, h0s, dgates, dxa, w_hhs, tmp)
+    else:
+        for t, n, tp, n_prev in reversed(steps):
+            backward_nz_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gz, gn, out, h0s,
+                             dgates, dxa)
+            mm(dxa[t, :n, 2 * H:], w_hhs[2 * H:], tmp[:n])  # δu = δa_n W_hn
+            backward_r_step(t, n, tp, n_prev, gk, has_d, d, gr, out, h0s, dgates, tmp, dxa)
+            tmp[:n] += dxa[t, :n, :2 * H] @ w_hhs[:2 * H]
+            add_dropped(n, has_d, d, tmp, dh_state)
+    need = ctx.needs_input_grad
+    dxa2 = dxa.reshape(T * B, 3 * H)
+    dx = mm(dxa2, w_ihs, np.empty((T * B, I), dt)).reshape(xs.shape) if need[0] else None
+    dw_ih = mm(dxa2.T, xs.reshape(T * B, I), np.empty_like(w_ihs)) if need[2] else None
+    dw_hh = None
+    if need[3]:
+        h_prev = previous(out, h0s, steps)  # (T, B, H), zero at padded rows
+        if has_d:
+            h_prev *= d
+        dw_hh = np.empty_like(w_hhs)  # (3H, H)
+        mm(dxa2[:, :2 * H].T, h_prev.reshape(T * B, H), dw_hh[:2 * H])  # δW_hrz = δXA_rz^T (d ⊙ H_prev)
+        h_prev *= gr  # U = r ⊙ d ⊙ H_prev
+        mm(dxa2[:, 2 * H:].T, h_prev.reshape(T * B, H), dw_hh[2 * H:])  # δW_hn = δXA_n^T U
+    db = add_rows_sum(dxa) if ctx.has_bias else None
+    grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
+    return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 8
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
