@@ -1,9 +1,10 @@
 """The LSTM-family options of `gatelab.nn` on the command line (docs/variants.md).
 
 Shared by `gatelab train` (flags such as `--layer-norm --zoneout 0.1`) and
-`gatelab experiment` (`--lstm-option KEY=VALUE`). Both turn into the keyword-only options of
-`gatelab.nn.LSTM` / `GRU` unchanged; `check_options` builds a tiny module with them so that
-a wrong value is a one-line UsageError (exit 2) before anything trains.
+`gatelab experiment` (`--lstm-option KEY=VALUE`, `--gru-option KEY=VALUE`). Both turn into
+the keyword-only options of `gatelab.nn.LSTM` / `GRU` unchanged; `check_options` builds a
+tiny module with them so that a wrong value is a one-line UsageError (exit 2) before anything
+trains.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def add_family_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest="family_" + name, default=None, help=help_text, **kwargs)
 
 
-def _remove_set(text: str) -> list[str]:
+def _remove_set(text: str, where: str = "--remove") -> list[str]:
     parts = sorted({p.strip().replace("-", "_") for p in text.split(",") if p.strip()})
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
-        raise UsageError(f"--remove: expected parts among {', '.join(PARTS)}, got {text!r}")
+        raise UsageError(f"{where}: expected parts among {', '.join(PARTS)}, got {text!r}")
     return parts
 
 
@@ -86,11 +87,30 @@ def check_options(cell: str, options: dict, where: str = "option") -> None:
         modules[cell](2, 2, **module_options(options))
     except (TypeError, ValueError) as err:
         message = " ".join(str(err).split())
-        raise UsageError(f"{cell} {where}: {message}") from None
+        raise UsageError(f"{where}: {message}" if where.startswith("--") else f"{cell} {where}: {message}") from None
+
+
+def option_names() -> tuple[str, ...]:
+    """The keyword-only LSTM-family options of gatelab.nn (docs/variants.md), sorted."""
+    import inspect
+
+    from gatelab.nn import options as nn_options
+
+    params = inspect.signature(nn_options.parse).parameters.values()
+    return tuple(sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "bias"))
+
+
+def check_names(options: dict, where: str = "option") -> None:
+    """UsageError (one line) for a key that is not an LSTM-family option of gatelab.nn."""
+    known = option_names()
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise UsageError(f"{where}: unknown option {unknown[0]!r}; expected one of {', '.join(known)}")
 
 
 def parse_key_value(text: str) -> tuple[str, object]:
-    """`KEY=VALUE` -> (key, value): true/false, numbers, a comma list for `remove`, else text."""
+    """`KEY=VALUE` -> (key, value): true/false, numbers, a comma list for `remove` or of numbers
+    (a list, e.g. zoneout=0.1,0.05), else text."""
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
@@ -98,11 +118,16 @@ def parse_key_value(text: str) -> tuple[str, object]:
     raw = raw.strip()
     if key == "remove":
         try:
-            return key, _remove_set(raw)
+            return key, _remove_set(raw, "remove")
         except UsageError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
     if raw.lower() in ("true", "false"):
         return key, raw.lower() == "true"
+    if "," in raw:  # a pair of numbers, e.g. zoneout=0.1,0.05 (p_h, p_c)
+        try:
+            return key, [float(v) for v in raw.split(",")]
+        except ValueError:
+            pass
     for convert in (int, float):
         try:
             return key, convert(raw)
