@@ -50,7 +50,7 @@ def test_adding_with_lstm_options(tmp_path, capsys):
             "--lstm-option", "layer_norm=true", "--lstm-option", "zoneout=0.1"]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["lstm_options"] == {"layer_norm": True, "zoneout": 0.1}
+    assert results["lstm_options"] == {"layer_norm": True, "zoneout": 0.1} and results["gru_options"] == {}
     lstm = next(r for r in results["runs"] if r["cell"] == "lstm")
     assert dict(map(tuple, lstm["recipe"]["lstm_options"])) == {"layer_norm": True, "zoneout": 0.1}
     gru = next(r for r in results["runs"] if r["cell"] == "gru")
@@ -59,5 +59,5 @@ def test_adding_with_lstm_options(tmp_path, capsys):
     assert main(["experiment", "adding", "--quick", "--out", str(out), "--lstm-option", "zoneout=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "zoneout" in err
-    assert main(["experiment", "copy", "--quick", "--out", str(out), "--lstm-option", "layer_norm=true"]) == 2
-    assert "does not apply" in capsys.readouterr().err
+    assert main(["experiment", "ablation", "--quick", "--out", str(out), "--lstm-option", "layer_norm=true"]) == 2
+    assert "does not apply to the ablation experiment" in capsys.readouterr().err

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gatelab.experiments.adding_train import AddingRecipe, train_adding
+from gatelab.experiments.models import module_options
 from gatelab.experiments.output import pyplot, save_figure, write_results
 from gatelab.experiments.parallel import map_jobs, progress
 
@@ -69,19 +70,6 @@ TEXT = TextRecipe()
 QUICK_ADDING_T = 10
 QUICK_ADDING = AddingRecipe(hidden=8, batch=16, steps=12, eval_every=6, test_size=100, stop_mse=0.0)
 QUICK_TEXT = TextRecipe(train_chars=6000, val_chars=1500, embed=8, hidden=16, seq_len=16, batch=8, steps=8)
-
-
-def _jsonable(value):
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def module_options(module: torch.nn.Module) -> dict:
-    """The options the built gatelab.nn module really holds (those that differ from torch.nn)."""
-    return {k: _jsonable(v) for k, v in module.options.non_defaults().items()}
 
 
 def _adding_job(variant: str, T: int, recipe: AddingRecipe, seed: int) -> dict:

@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from gatelab.experiments.adding_train import SOLVED_MSE, AddingRecipe, train_adding
-from gatelab.experiments.models import CELLS
+from gatelab.experiments.models import CELLS, option_pairs
 from gatelab.experiments.parallel import map_jobs
-from gatelab.experiments.output import COLORS, pyplot, save_figure, write_results
+from gatelab.experiments.output import COLORS, options_note, pyplot, save_figure, write_results
 
 NAME = "adding"
 LENGTHS = (50, 100, 200)
@@ -36,17 +36,16 @@ def _job(cell: str, T: int, recipe: AddingRecipe, seed: int) -> dict:
 
 def run(
     out: Path, quick: bool = False, seed: int = 0, workers: int = 1, lengths: tuple[int, ...] | None = None,
-    lstm_options: dict | None = None,
+    lstm_options: dict | None = None, gru_options: dict | None = None,
 ) -> dict:
     """Train every cell at every length, write results.json and adding.png; return the results.
 
     The longest lengths are started first so that `workers` processes finish together.
-    `lstm_options` are gatelab.nn options of the LSTM (`--lstm-option layer_norm=true`).
+    `lstm_options` and `gru_options` are gatelab.nn options of the LSTM and the GRU
+    (`--lstm-option layer_norm=true`, `--gru-option layer_norm=true`); the RNN takes none.
     """
     recipe = QUICK_RECIPE if quick else RECIPE
-    if lstm_options:
-        pairs = sorted((k, tuple(v) if isinstance(v, (list, set)) else v) for k, v in lstm_options.items())
-        recipe = replace(recipe, lstm_options=tuple(pairs))
+    recipe = replace(recipe, lstm_options=option_pairs(lstm_options), gru_options=option_pairs(gru_options))
     lengths = tuple(lengths or (QUICK_LENGTHS if quick else LENGTHS))
     jobs = [
         (cell, T, replace(recipe, steps=steps_for(T, recipe)), seed + 10 * k)
@@ -72,6 +71,7 @@ def run(
         "lengths": list(lengths),
         "cells": list(CELLS),
         "lstm_options": dict(lstm_options or {}),
+        "gru_options": dict(gru_options or {}),
         "solved_mse": SOLVED_MSE,
         "mean_predictor_mse": 1 / 6,
         "summary": summary,
@@ -79,11 +79,11 @@ def run(
         "figures": ["adding.png"],
     }
     write_results(out, results)
-    draw(runs, lengths, out / "adding.png")
+    draw(runs, lengths, out / "adding.png", options_note(lstm_options, gru_options))
     return results
 
 
-def draw(runs: list[dict], lengths: tuple[int, ...], path: Path) -> Path:
+def draw(runs: list[dict], lengths: tuple[int, ...], path: Path, note: str = "") -> Path:
     """Test MSE (log) and fraction within 0.04 against training steps, one column per T."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(lengths), figsize=(3.6 * len(lengths), 5.4), squeeze=False, sharey="row")
@@ -102,4 +102,4 @@ def draw(runs: list[dict], lengths: tuple[int, ...], path: Path) -> Path:
     axes[1][0].set_ylabel("fraction |error| < 0.04")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, note)

@@ -14,7 +14,7 @@ import torch
 
 from gatelab.data.synthetic import adding_batch, generator
 from gatelab.experiments.parallel import progress
-from gatelab.experiments.models import SequenceModel, build
+from gatelab.experiments.models import SequenceModel, build_from_recipe, module_options
 
 SOLVED_MSE = 0.01  # the issue's target
 CLOSE = 0.04  # |error| below this counts as a correct answer
@@ -33,9 +33,11 @@ class AddingRecipe:
     test_size: int = 1000  # test sequences (one fixed set per T)
     stop_mse: float = 1e-3  # stop early once test MSE falls below this (0 never stops)
     lstm_forget_bias: float = 1.0  # Jozefowicz et al. 2015
-    # gatelab.nn options of the LSTM (docs/variants.md) as sorted (name, value) pairs, e.g.
-    # (("layer_norm", True),); a forget_bias among them replaces lstm_forget_bias.
+    # gatelab.nn options of the LSTM and the GRU (docs/variants.md) as sorted (name, value)
+    # pairs (`models.option_pairs`), e.g. (("layer_norm", True),); a forget_bias among the
+    # LSTM's replaces lstm_forget_bias.
     lstm_options: tuple = ()
+    gru_options: tuple = ()
 
 
 def evaluate(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -50,14 +52,12 @@ def evaluate(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> tuple[fl
 def train_adding(cell: str, T: int, recipe: AddingRecipe, seed: int, desc: str | None = None) -> tuple[SequenceModel, dict]:
     """Train `cell` on the adding problem of length T; returns the model and its record.
 
-    The record holds the recipe, the evaluation curve (`steps`, `test_mse`, `frac_close`),
-    `final_mse`, `best_mse`, `first_solved_step` (first evaluation with MSE <= 0.01, or None),
-    `baseline_mse` (the test set's variance: what predicting its mean scores), the number
-    of steps run and the wall time.
+    The record holds the recipe, the options the built layer holds (`module_options`), the
+    evaluation curve (`steps`, `test_mse`, `frac_close`), `final_mse`, `best_mse`,
+    `first_solved_step` (first evaluation with MSE <= 0.01, or None), `baseline_mse` (the test
+    set's variance: what predicting its mean scores), the number of steps run and the wall time.
     """
-    options = {k: (set(v) if k == "remove" else v) for k, v in recipe.lstm_options} if cell == "lstm" else {}
-    forget_bias = recipe.lstm_forget_bias if cell == "lstm" and "forget_bias" not in options else None
-    model = build(cell, 2, recipe.hidden, 1, seed=seed, forget_bias=forget_bias, options=options)
+    model = build_from_recipe(cell, 2, 1, seed, recipe)
     x_test, y_test = adding_batch(T, recipe.test_size, generator(seed + 1_000_003))
     train_gen = generator(seed + 2_000_003)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -87,6 +87,7 @@ def train_adding(cell: str, T: int, recipe: AddingRecipe, seed: int, desc: str |
         "T": T,
         "seed": seed,
         "recipe": asdict(recipe),
+        "module_options": module_options(model.rnn),
         **curve,
         "final_mse": curve["test_mse"][-1],
         "best_mse": min(curve["test_mse"]),

@@ -11,7 +11,7 @@ the 10 recall positions (chance 1/8).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,8 +19,8 @@ from torch.nn import functional as F
 
 from gatelab.data.synthetic import COPY_CLASSES, COPY_LENGTH, copy_baseline, copy_batch, generator
 from gatelab.experiments.parallel import map_jobs, progress
-from gatelab.experiments.models import CELLS, SequenceModel, build
-from gatelab.experiments.output import COLORS, pyplot, save_figure, write_results
+from gatelab.experiments.models import CELLS, SequenceModel, build_from_recipe, module_options, option_pairs
+from gatelab.experiments.output import COLORS, options_note, pyplot, save_figure, write_results
 
 NAME = "copy"
 DELAYS = (50, 100)
@@ -39,6 +39,10 @@ class CopyRecipe:
     eval_every: int = 50
     test_size: int = 500
     lstm_forget_bias: float = 1.0
+    # gatelab.nn options of the LSTM and the GRU as sorted (name, value) pairs
+    # (`models.option_pairs`); a forget_bias among the LSTM's replaces lstm_forget_bias.
+    lstm_options: tuple = ()
+    gru_options: tuple = ()
 
 
 RECIPE = CopyRecipe()
@@ -63,8 +67,7 @@ def evaluate(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> tuple[fl
 
 def train_copy(cell: str, delay: int, recipe: CopyRecipe, seed: int) -> dict:
     """Train one cell on one delay; return its record (curve, final numbers, wall time)."""
-    fb = recipe.lstm_forget_bias if cell == "lstm" else None
-    model = build(cell, COPY_CLASSES, recipe.hidden, COPY_CLASSES, seed=seed, forget_bias=fb)
+    model = build_from_recipe(cell, COPY_CLASSES, COPY_CLASSES, seed, recipe)
     x_test, y_test = copy_batch(delay, recipe.test_size, generator(seed + 1_000_003))
     gen = generator(seed + 2_000_003)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -91,6 +94,7 @@ def train_copy(cell: str, delay: int, recipe: CopyRecipe, seed: int) -> dict:
         "cell": cell,
         "delay": delay,
         "seed": seed,
+        "module_options": module_options(model.rnn),
         **curve,
         "baseline_ce": copy_baseline(delay),
         "final_ce": curve["test_ce"][-1],
@@ -100,10 +104,16 @@ def train_copy(cell: str, delay: int, recipe: CopyRecipe, seed: int) -> dict:
 
 
 def run(
-    out: Path, quick: bool = False, seed: int = 0, workers: int = 1, delays: tuple[int, ...] | None = None
+    out: Path, quick: bool = False, seed: int = 0, workers: int = 1, delays: tuple[int, ...] | None = None,
+    lstm_options: dict | None = None, gru_options: dict | None = None,
 ) -> dict:
-    """Train every cell at every delay, write results.json and copy.png; return the results."""
+    """Train every cell at every delay, write results.json and copy.png; return the results.
+
+    `lstm_options` and `gru_options` are gatelab.nn options of the LSTM and the GRU
+    (`--lstm-option`, `--gru-option`); the RNN takes none.
+    """
     recipe = QUICK_RECIPE if quick else RECIPE
+    recipe = replace(recipe, lstm_options=option_pairs(lstm_options), gru_options=option_pairs(gru_options))
     delays = tuple(delays or (QUICK_DELAYS if quick else DELAYS))
     jobs = [(cell, d, recipe, seed + 10 * k) for d in delays for k, cell in enumerate(CELLS)]
     runs = map_jobs(train_copy, jobs, workers, desc="copy")
@@ -124,17 +134,19 @@ def run(
         "delays": list(delays),
         "cells": list(CELLS),
         "recipe": asdict(recipe),
+        "lstm_options": dict(lstm_options or {}),
+        "gru_options": dict(gru_options or {}),
         "chance_recall_acc": 1 / 8,
         "summary": summary,
         "runs": runs,
         "figures": ["copy.png"],
     }
     write_results(out, results)
-    draw(runs, delays, out / "copy.png")
+    draw(runs, delays, out / "copy.png", options_note(lstm_options, gru_options))
     return results
 
 
-def draw(runs: list[dict], delays: tuple[int, ...], path: Path) -> Path:
+def draw(runs: list[dict], delays: tuple[int, ...], path: Path, note: str = "") -> Path:
     """Cross-entropy (with the memoryless baseline) and recall accuracy against steps, per delay."""
     plt = pyplot()
     fig, axes = plt.subplots(2, len(delays), figsize=(3.8 * len(delays), 5.4), squeeze=False)
@@ -152,4 +164,4 @@ def draw(runs: list[dict], delays: tuple[int, ...], path: Path) -> Path:
     axes[1][0].set_ylabel("recall accuracy (10 symbols)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, note)

@@ -13,20 +13,33 @@ For each cell and hidden size H (input size I fixed):
     memory          bytes of the parameters, and the activation memory of one training
                     forward pass: the bytes its autograd graph keeps for backward
                     (`activation_bytes`), which dominates training on long sequences
+
+Options of the LSTM and the GRU (`--lstm-option`, `--gru-option`) change the layers measured:
+their parameters (counted, and in `params_formula` the closed form plus what peephole and
+layer_norm add), time and memory are measured on the optioned layers; `flops_per_step` stays
+the plain cell's count (the options' extra arithmetic is not counted).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from gatelab.experiments.parallel import progress
-from gatelab.experiments.models import CELLS, GATE_ROWS, parameter_count, recurrent
-from gatelab.experiments.output import COLORS, pyplot, save_figure, write_results
+from gatelab.experiments.models import (
+    CELLS,
+    GATE_ROWS,
+    cell_options,
+    module_options,
+    option_pairs,
+    parameter_count,
+    recurrent,
+)
+from gatelab.experiments.output import COLORS, options_note, pyplot, save_figure, write_results
 
 NAME = "cost"
 
@@ -45,6 +58,9 @@ class CostRecipe:
     T: int = 100
     batch: int = 32
     repeats: int = 5  # timed repetitions (the fastest reported), after one warm-up
+    # gatelab.nn options of the LSTM and the GRU as sorted (name, value) pairs (`models.option_pairs`)
+    lstm_options: tuple = ()
+    gru_options: tuple = ()
 
 
 RECIPE = CostRecipe()
@@ -55,6 +71,17 @@ def flops_per_step(cell: str, input_size: int, hidden_size: int) -> int:
     """FLOPs of one step for one sequence: 2·G·H·(I + H) + 2·G·H bias adds + element-wise."""
     G, H = GATE_ROWS[cell], hidden_size
     return 2 * G * H * (input_size + H) + 2 * G * H + ELEMENTWISE[cell] * H
+
+
+def option_parameter_count(cell: str, hidden_size: int, options: dict) -> int:
+    """Closed-form count of the parameters the options add to one layer: peephole 3H (LSTM),
+    layer_norm a gain and a bias on each of the two G·H pre-activations, 4·G·H, and the
+    LSTM's on the cell, 2H. The other options add none."""
+    G, H = GATE_ROWS[cell], hidden_size
+    extra = 3 * H if options.get("peephole") else 0
+    if options.get("layer_norm"):
+        extra += 4 * G * H + (2 * H if cell == "lstm" else 0)
+    return extra
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -108,7 +135,8 @@ def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) ->
     """All numbers for one cell and hidden size."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        module = recurrent(cell, recipe.input_size, hidden)
+        options = cell_options(cell, recipe.lstm_options, recipe.gru_options)
+        module = recurrent(cell, recipe.input_size, hidden, options)
     x = torch.randn(recipe.T, recipe.batch, recipe.input_size, generator=gen)  # (T, B, I)
     x_grad = x.clone().requires_grad_(True)
 
@@ -125,7 +153,9 @@ def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) ->
         "cell": cell,
         "hidden": hidden,
         "params": counted,
-        "params_formula": parameter_count(cell, recipe.input_size, hidden),
+        "module_options": module_options(module),
+        "params_formula": parameter_count(cell, recipe.input_size, hidden)
+        + option_parameter_count(cell, hidden, options),
         "flops_per_step": flops_per_step(cell, recipe.input_size, hidden),
         "forward_us_per_step": 1e6 * _best_seconds(forward, recipe.repeats) / recipe.T,
         "train_us_per_step": 1e6 * _best_seconds(train, recipe.repeats) / recipe.T,
@@ -134,12 +164,18 @@ def measure(cell: str, hidden: int, recipe: CostRecipe, gen: torch.Generator) ->
     }
 
 
-def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict:
+def run(
+    out: Path, quick: bool = False, seed: int = 0, workers: int = 1, lstm_options: dict | None = None,
+    gru_options: dict | None = None,
+) -> dict:
     """Measure every cell at every hidden size, write results.json and cost.png; return the results.
 
     Timings run one at a time in this process (with its torch threads); `workers` is unused.
+    `lstm_options` and `gru_options` are gatelab.nn options of the LSTM and the GRU layers
+    measured (`--lstm-option`, `--gru-option`); the RNN takes none.
     """
     recipe = QUICK_RECIPE if quick else RECIPE
+    recipe = replace(recipe, lstm_options=option_pairs(lstm_options), gru_options=option_pairs(gru_options))
     gen = torch.Generator().manual_seed(seed)
     jobs = [(cell, h) for h in recipe.hidden_sizes for cell in CELLS]
     rows = [measure(cell, h, recipe, gen) for cell, h in progress(jobs, desc="cost")]
@@ -148,18 +184,22 @@ def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict
         "quick": quick,
         "seed": seed,
         "recipe": asdict(recipe),
-        "formula": "params = G * (H*I + H*H + 2*H), G = rnn 1, gru 3, lstm 4",
+        "lstm_options": dict(lstm_options or {}),
+        "gru_options": dict(gru_options or {}),
+        "formula": "params = G * (H*I + H*H + 2*H), G = rnn 1, gru 3, lstm 4; "
+        "peephole adds 3*H (lstm), layer_norm 4*G*H (+ 2*H lstm)",
+        "flops": "flops_per_step counts the plain cell: the options' extra arithmetic is not counted",
         "elementwise_flops_per_unit": ELEMENTWISE,
         "all_params_match_formula": all(r["params"] == r["params_formula"] for r in rows),
         "rows": rows,
         "figures": ["cost.png"],
     }
     write_results(out, results)
-    draw(rows, recipe, out / "cost.png")
+    draw(rows, recipe, out / "cost.png", options_note(lstm_options, gru_options))
     return results
 
 
-def draw(rows: list[dict], recipe: CostRecipe, path: Path) -> Path:
+def draw(rows: list[dict], recipe: CostRecipe, path: Path, note: str = "") -> Path:
     """Four log-log panels against H: parameters, FLOPs, training time per step, saved memory."""
     plt = pyplot()
     panels = [
@@ -181,4 +221,4 @@ def draw(rows: list[dict], recipe: CostRecipe, path: Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, note)

@@ -83,6 +83,49 @@ def build(
         return SequenceModel(cell, input_size, hidden_size, output_size, forget_bias, options)
 
 
+def option_pairs(options: dict | None) -> tuple:
+    """gatelab.nn options as sorted (name, value) pairs: hashable, for a frozen recipe
+    (a list or set value, such as `remove`, becomes a sorted tuple)."""
+    def frozen(value):
+        if isinstance(value, (set, frozenset)):
+            return tuple(sorted(value))
+        return tuple(value) if isinstance(value, list) else value
+
+    return tuple(sorted((k, frozen(v)) for k, v in (options or {}).items()))
+
+
+def cell_options(cell: str, lstm_options: tuple = (), gru_options: tuple = ()) -> dict:
+    """The keyword arguments of gatelab.nn for `cell` from a recipe's option pairs
+    (`remove` back to a set); the rnn takes none."""
+    pairs = {"lstm": lstm_options, "gru": gru_options}.get(cell, ())
+    return {k: (set(v) if k == "remove" else v) for k, v in pairs}
+
+
+def build_from_recipe(cell: str, input_size: int, output_size: int, seed: int, recipe) -> SequenceModel:
+    """`build` with a training recipe's hidden size, LSTM forget bias and cell options.
+
+    `recipe` has `hidden`, `lstm_forget_bias`, `lstm_options` and `gru_options`; a
+    `forget_bias` among the LSTM options replaces `lstm_forget_bias`.
+    """
+    options = cell_options(cell, recipe.lstm_options, recipe.gru_options)
+    forget_bias = recipe.lstm_forget_bias if cell == "lstm" and "forget_bias" not in options else None
+    return build(cell, input_size, recipe.hidden, output_size, seed=seed, forget_bias=forget_bias, options=options)
+
+
+def _jsonable(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def module_options(module: nn.Module) -> dict:
+    """The options a built gatelab.nn module really holds (those that differ from torch.nn),
+    JSON-ready: what the experiments record to show the options reached the model."""
+    return {k: _jsonable(v) for k, v in module.options.non_defaults().items()}
+
+
 def parameter_count(cell: str, input_size: int, hidden_size: int, layers: int = 1, bias: bool = True) -> int:
     """Closed-form parameter count of a unidirectional stack of `cell` layers.
 

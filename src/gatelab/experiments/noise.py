@@ -16,7 +16,7 @@ separates signal from distractors most.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,8 +24,8 @@ from torch.nn import functional as F
 
 from gatelab.data.synthetic import generator, noisy_memory_batch
 from gatelab.experiments.parallel import map_jobs, progress
-from gatelab.experiments.models import CELLS, SequenceModel, build
-from gatelab.experiments.output import COLORS, pyplot, save_figure, write_results
+from gatelab.experiments.models import CELLS, SequenceModel, build_from_recipe, module_options, option_pairs
+from gatelab.experiments.output import COLORS, options_note, pyplot, save_figure, write_results
 
 NAME = "noise"
 
@@ -44,6 +44,10 @@ class NoiseRecipe:
     steps: int = 1500
     test_size: int = 500
     lstm_forget_bias: float = 1.0
+    # gatelab.nn options of the LSTM and the GRU as sorted (name, value) pairs
+    # (`models.option_pairs`); a forget_bias among the LSTM's replaces lstm_forget_bias.
+    lstm_options: tuple = ()
+    gru_options: tuple = ()
 
 
 RECIPE = NoiseRecipe()
@@ -78,8 +82,7 @@ def gate_means(gate: torch.Tensor | None, signal: torch.Tensor) -> dict:
 
 def train_noise(cell: str, noise: float, recipe: NoiseRecipe, seed: int) -> dict:
     """Train one cell at one noise level; return accuracy and write-gate means."""
-    fb = recipe.lstm_forget_bias if cell == "lstm" else None
-    model = build(cell, recipe.symbols + 1, recipe.hidden, recipe.symbols, seed=seed, forget_bias=fb)
+    model = build_from_recipe(cell, recipe.symbols + 1, recipe.symbols, seed, recipe)
     x_test, y_test, signal = noisy_memory_batch(recipe.T, recipe.test_size, noise, generator(seed + 1_000_003), recipe.symbols)
     gen = generator(seed + 2_000_003)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
@@ -98,15 +101,24 @@ def train_noise(cell: str, noise: float, recipe: NoiseRecipe, seed: int) -> dict
         "cell": cell,
         "noise": noise,
         "seed": seed,
+        "module_options": module_options(model.rnn),
         "accuracy": accuracy,
         **gate_means(write_gate(model, x_test), signal),
         "seconds": time.perf_counter() - start,
     }
 
 
-def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict:
-    """Train every cell at every noise level, write results.json and noise.png; return the results."""
+def run(
+    out: Path, quick: bool = False, seed: int = 0, workers: int = 1, lstm_options: dict | None = None,
+    gru_options: dict | None = None,
+) -> dict:
+    """Train every cell at every noise level, write results.json and noise.png; return the results.
+
+    `lstm_options` and `gru_options` are gatelab.nn options of the LSTM and the GRU
+    (`--lstm-option`, `--gru-option`); the RNN takes none.
+    """
     recipe = QUICK_RECIPE if quick else RECIPE
+    recipe = replace(recipe, lstm_options=option_pairs(lstm_options), gru_options=option_pairs(gru_options))
     jobs = [(cell, lvl, recipe, seed + 10 * k) for lvl in recipe.levels for k, cell in enumerate(CELLS)]
     runs = map_jobs(train_noise, jobs, workers, desc="noise")
     summary = {
@@ -121,6 +133,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict
         "seed": seed,
         "cells": list(CELLS),
         "recipe": asdict(recipe),
+        "lstm_options": dict(lstm_options or {}),
+        "gru_options": dict(gru_options or {}),
         "chance_accuracy": 1 / recipe.symbols,
         "write_gate": "lstm: input gate i_t; gru: 1 - z_t; mean over test sequences, over all units "
         "(write_gate_*) and for the unit with the largest signal - distractor gap (top_unit_*)",
@@ -129,11 +143,11 @@ def run(out: Path, quick: bool = False, seed: int = 0, workers: int = 1) -> dict
         "figures": ["noise.png"],
     }
     write_results(out, results)
-    draw(runs, recipe, out / "noise.png")
+    draw(runs, recipe, out / "noise.png", options_note(lstm_options, gru_options))
     return results
 
 
-def draw(runs: list[dict], recipe: NoiseRecipe, path: Path) -> Path:
+def draw(runs: list[dict], recipe: NoiseRecipe, path: Path, note: str = "") -> Path:
     """Accuracy against noise level; write-gate mean on signal and distractor steps."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -156,4 +170,4 @@ def draw(runs: list[dict], recipe: NoiseRecipe, path: Path) -> Path:
     right.set_title("how much new input is written")
     right.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return save_figure(fig, path, note)

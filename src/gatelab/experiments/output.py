@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -34,6 +36,47 @@ def environment() -> dict:
     }
 
 
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "+".join(_text(v) for v in (sorted(value) if isinstance(value, (set, frozenset)) else value))
+    return str(value)
+
+
+def options_tag(lstm_options: dict | None = None, gru_options: dict | None = None) -> str:
+    """A file-name-safe tag of the cell options, "" without any.
+
+    E.g. "lstm-layer_norm=true,zoneout=0.1--gru-reset_after=false": the default output folder
+    of an experiment run with options is NAME--TAG, so that runs with different options do not
+    write over each other (or over the run without options). A tag over 120 characters is
+    cut to 111 and ends in 8 hex digits of its hash.
+    """
+    parts = []
+    for cell, options in (("lstm", lstm_options), ("gru", gru_options)):
+        if options:
+            parts.append(cell + "-" + ",".join(f"{k}={_text(v)}" for k, v in sorted(options.items())))
+    tag = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "--".join(parts))
+    if len(tag) > 120:
+        tag = tag[:111] + "-" + hashlib.sha1(tag.encode()).hexdigest()[:8]
+    return tag
+
+
+def options_note(lstm_options: dict | None = None, gru_options: dict | None = None) -> str:
+    """The cell options in words for a figure's title, "" without any."""
+    parts = []
+    for cell, options in (("LSTM", lstm_options), ("GRU", gru_options)):
+        if options:
+            parts.append(cell + " " + ", ".join(f"{k}={_text(v)}" for k, v in sorted(options.items())))
+    return "; ".join(parts)
+
+
+def default_out(name: str, lstm_options: dict | None = None, gru_options: dict | None = None) -> Path:
+    """runs/experiments/NAME, or runs/experiments/NAME--TAG with cell options (`options_tag`)."""
+    tag = options_tag(lstm_options, gru_options)
+    return Path("runs") / "experiments" / (f"{name}--{tag}" if tag else name)
+
+
 def write_results(out: Path, results: dict) -> Path:
     """Write `results` (plus the environment) to out/results.json and return its path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -43,9 +86,12 @@ def write_results(out: Path, results: dict) -> Path:
     return path
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Save a figure as a small PNG (96 dpi) and close it."""
+def save_figure(fig, path: Path, note: str = "") -> Path:
+    """Save a figure as a small PNG (96 dpi) and close it; a `note` (the cell options,
+    `options_note`) goes under the figure."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if note:
+        fig.text(0.5, 0.0, "options: " + note, ha="center", va="top", fontsize=8)
     fig.savefig(path, dpi=96, bbox_inches="tight")
     pyplot().close(fig)
     return path
