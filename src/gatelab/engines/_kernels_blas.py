@@ -81,38 +81,34 @@ def thread_functions():
     return _state["threads_api"]
 
 
-SMALL_STEP = 4_000_000  # multiply-adds of one recurrent GEMM below which one thread is faster
+def sync_threads() -> int:
+    """Run OpenBLAS on one thread (or GATELAB_BLAS_THREADS), at every engine call; returns
+    the count (the one the user set with OPENBLAS_NUM_THREADS, if so).
 
-
-def sync_threads(step_macs: int, torch_threads: int) -> None:
-    """Give OpenBLAS the thread count of torch's pool, `torch_threads` (or GATELAB_BLAS_THREADS).
-
-    A recurrent GEMM of fewer than SMALL_STEP multiply-adds (`step_macs`, B·G·H·H_out)
-    runs on one thread: at (T,B,I,H) = (50,16,64,128) and (100,1,128,256) two threads made
-    LSTM inference 2x slower than torch.nn (benchmarks/results/bench_default_wall_quiet.txt).
-
-    The engine's GEMMs run on NumPy's OpenBLAS, which torch.set_num_threads does not
-    reach; torch's pool is idle during the recurrence, so the two never run at once and
-    the same count is right. Called at every engine call (a ctypes call only when the
-    count differs). OpenBLAS's threads busy-wait between calls: on a machine whose cores
-    are busy with other work, GATELAB_BLAS_THREADS=1 avoids waiting for a descheduled
-    thread at every step (12 steps of the demo model: 88 s with two threads, 14 s with
-    one, 2 cores with another process running; on an idle machine two threads are up
-    to 1.8x faster). OPENBLAS_NUM_THREADS set by the user is left alone.
+    The engine's parallelism is its own: row blocks of the batch on torch's OpenMP threads
+    (fused_parallel), each calling OpenBLAS single-threaded. OpenBLAS's own threads would
+    compete with torch's: they busy-wait for up to ~0.1 s after each call, and on this
+    2-core machine that made torch.nn's LSTM, run right after gatelab's, up to 7x slower
+    (19 ms against 139 ms at (T,B,I,H) = (100,32,128,256) in `gatelab bench`), besides
+    slowing every other torch op of the user's program. GATELAB_BLAS_THREADS=N gives the
+    per-step GEMMs N threads anyway (the batch is then not split). OPENBLAS_NUM_THREADS set
+    by the user is left alone.
     """
     api = thread_functions()
     wanted = os.environ.get("GATELAB_BLAS_THREADS")
-    if api is None or (wanted is None and "OPENBLAS_NUM_THREADS" in os.environ):
-        return
-    if wanted is None:
-        n = 1 if step_macs < SMALL_STEP else torch_threads
-    else:
+    if api is None:
+        return 1
+    if wanted is None and "OPENBLAS_NUM_THREADS" in os.environ:
+        return api[0]()
+    n = 1
+    if wanted is not None:
         n = int(wanted) if wanted.isdigit() else 0
         if n < 1:
             raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}")
     get, put = api
     if get() != n:
         put(n)
+    return n
 
 
 def bind() -> bool:

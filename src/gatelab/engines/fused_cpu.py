@@ -27,17 +27,20 @@ tensors not on the CPU; dtypes other than float32, float64 and bfloat16; anythin
 CPU autocast (whose bf16 matrix products the eager engine follows); the GRU's layer_norm
 with reset_after=False (which no engine runs); the plain RNN's variants (it has none).
 
-Threads: GEMMs use NumPy's OpenBLAS pool, the gate passes run on the calling thread
-(numba, no parallel pool), torch's intra-op pool is idle during the recurrence, so the
-three never compete for cores (benchmarks/threads.md).
+Threads: a batch of at least 2 x fused_parallel.MIN_ROWS rows is split into row blocks,
+one per thread of torch's pool (torch.set_num_threads, or GATELAB_THREADS), run at once
+on torch's own OpenMP threads; each block calls OpenBLAS single-threaded and runs its own
+gate passes. Smaller batches run on the calling thread. OpenBLAS's own threads are not
+used (GATELAB_BLAS_THREADS=N forces them): they busy-wait after each call and slowed the
+torch ops around the engine several-fold (fused_parallel, _kernels_blas.sync_threads).
 """
 
 from __future__ import annotations
 
 import torch
 
-from gatelab.engines import GATE_ROWS, _kernels_blas, fused_lstm_family
-from gatelab.engines.fused_common import schedule
+from gatelab.engines import _kernels_blas, fused_lstm_family, fused_parallel
+from gatelab.engines.fused_common import numba_loop, schedule
 
 NAME = "fused"
 MASKS = ("zoneout_h", "zoneout_c", "recurrent_dropout")  # LSTM; GRU zoneout_h, recurrent_dropout
@@ -96,9 +99,23 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     for name, w in [*weights.items(), *(("state", s) for s in state), *(masks or {}).items()]:
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
+    # the batch splits into row blocks on torch's threads unless OpenBLAS was given threads
+    threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
+    blocks = fused_parallel.row_blocks(x.shape[1], threads)
+    if len(blocks) == 1:
+        return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks)
+    numba_loop()  # bind OpenBLAS once, before the threads
+
+    def run_block(xb, state_b, weights_b, sizes_b, masks_b):
+        return _run_rows(spec, xb, state_b, weights_b, sizes_b, reverse, record, masks_b)
+
+    return fused_parallel.run_blocks(run_block, blocks, x, tuple(state), weights, batch_sizes,
+                                     masks, spec.gates if record else ())
+
+
+def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks):
+    """One layer-direction on the calling thread: the cell's own engine module."""
     T, B, _ = x.shape  # (T, B, I)
-    _kernels_blas.sync_threads(B * GATE_ROWS[spec.mode] * spec.hidden_size * spec.out_size,
-                               torch.get_num_threads())
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
         return fused_lstm_family.run(spec, x, state, weights, steps, record, masks)

@@ -1,0 +1,272 @@
+"""Batch rows in parallel: one layer-direction split into row blocks, one thread each.
+
+The rows of a batch never meet in a recurrent layer (each has its own h and c), so the
+fused engine can run a block of rows [b0, b1) as a batch of its own: its input
+projection, its time loop (per step a GEMM and a gate pass) and its backward, with
+nothing shared but the weights. With k threads, k blocks run at once, on torch's own
+OpenMP threads (`_on_threads`), and each calls OpenBLAS single-threaded; nothing waits on
+another thread inside the time loop.
+
+Why not let OpenBLAS split each step's GEMM instead: its threads busy-wait after every
+call and take the cores from torch's threads (and torch's idle OpenMP threads spin after
+every torch op, taking them from OpenBLAS's); on 2 cores that made torch.nn's LSTM next
+to gatelab's up to 7x slower and gatelab's own up to 2x. Blocks of rows on torch's threads
+parallelise everything, GEMMs and gate passes alike, and leave no thread spinning
+(benchmarks/README.md, "Threads"). Measured in `gatelab bench` (2 threads, alternating
+with torch.nn): LSTM inference at (50,16,64,128) 2.6 ms against 4.6 ms on a separate
+thread pool and 3.2 ms on one thread.
+
+Autograd: `SplitFunction` is one node for the whole layer-direction. Its forward builds,
+on each thread, the block's own small graph (the block's engine Function applied to
+detached inputs); its backward runs `torch.autograd.grad` of each block on its thread,
+then joins the gradients: x and the states by concatenating the blocks' rows, weights by
+summing the blocks' contributions. Outputs, states and gates are the blocks' rows
+concatenated, so results equal the unsplit run up to the order of the weight-gradient sums.
+
+    threads()              torch.get_num_threads(), or GATELAB_THREADS
+    row_blocks(B, k)       [(b0, b1), ...]: at most k blocks of at least MIN_ROWS rows
+    run_blocks(...)        the split run (inference: blocks on threads, then concatenated)
+
+Results at a different thread count are equal to rounding, not bitwise: the weight
+gradients are sums over the blocks (the same holds for torch.nn across thread counts).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+MIN_ROWS = 4  # rows per block below which a block's GEMMs are too thin to pay for a thread
+_pool = {"size": 0, "executor": None, "lock": threading.Lock()}
+
+
+def threads() -> int:
+    """Threads for the fused engine's row blocks: GATELAB_THREADS, else torch's intra-op count."""
+    wanted = os.environ.get("GATELAB_THREADS")
+    if wanted is None:
+        return torch.get_num_threads()
+    if not wanted.isdigit() or int(wanted) < 1:
+        raise ValueError(f"GATELAB_THREADS: expected a positive integer, got {wanted!r}")
+    return int(wanted)
+
+
+def row_blocks(B: int, k: int) -> list[tuple[int, int]]:
+    """At most k contiguous row ranges [b0, b1) covering [0, B), each >= MIN_ROWS rows,
+    sizes differing by at most one (the first ones larger)."""
+    n = max(1, min(k, B // MIN_ROWS))
+    size, extra = divmod(B, n)
+    bounds, b0 = [], 0
+    for j in range(n):
+        b1 = b0 + size + (1 if j < extra else 0)
+        bounds.append((b0, b1))
+        b0 = b1
+    return bounds
+
+
+def block_sizes(batch_sizes, b0: int, b1: int):
+    """A block's own batch_sizes: rows [b0, b1) of a packed batch (rows sorted by length)."""
+    if batch_sizes is None:
+        return None
+    return [min(max(int(s) - b0, 0), b1 - b0) for s in batch_sizes]
+
+
+def _torch_openmp():
+    """torch's own libgomp as (GOMP_parallel, omp_get_thread_num, omp_get_num_threads,
+    callback type) through ctypes, or None (a torch built without GNU OpenMP)."""
+    if "gomp" not in _pool:
+        found = None
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({ln.split()[-1] for ln in maps if "libgomp" in ln and "/" in ln})
+        except OSError:
+            paths = []
+        paths.sort(key=lambda p: "torch" not in p)  # torch's copy first: its pool is the one in use
+        if paths:
+            lib = ctypes.CDLL(paths[0])
+            if all(hasattr(lib, f) for f in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")):
+                callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+                lib.GOMP_parallel.argtypes = [callback, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                lib.GOMP_parallel.restype = None
+                lib.omp_get_thread_num.restype = ctypes.c_int
+                lib.omp_get_num_threads.restype = ctypes.c_int
+                found = (lib.GOMP_parallel, lib.omp_get_thread_num, lib.omp_get_num_threads, callback)
+        _pool["gomp"] = found
+    return _pool["gomp"]
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    with _pool["lock"]:
+        if _pool["size"] != workers:
+            if _pool["executor"] is not None:
+                _pool["executor"].shutdown(wait=False)
+            _pool["executor"] = ThreadPoolExecutor(workers, thread_name_prefix="gatelab-rows")
+            _pool["size"] = workers
+        return _pool["executor"]
+
+
+def _on_threads(fn, n: int) -> list:
+    """[fn(0), ..., fn(n-1)] on n threads, each under the caller's grad and inference modes
+    (thread-local in torch).
+
+    The threads are torch's own OpenMP pool where torch uses GNU OpenMP (Linux wheels):
+    one parallel region (GOMP_parallel, through ctypes) whose threads each run fn(j) for
+    their j. A separate pool would compete with torch's: after every torch op, libgomp's
+    idle workers spin for milliseconds (GOMP_SPINCOUNT), holding the cores a separate thread
+    needs. Measured, two 5 ms tasks right after a torch op: 10.7 ms on a thread pool, 5.4 ms
+    on torch's OpenMP threads. The Python in fn runs under the GIL; the engine's numba
+    loops and GEMMs release it. Elsewhere a ThreadPoolExecutor runs blocks 1..n-1.
+    """
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    results, errors = [None] * n, []
+
+    def task(j):
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                results[j] = fn(j)
+        except BaseException as err:  # noqa: BLE001 (re-raised on the calling thread)
+            errors.append(err)
+
+    gomp = _torch_openmp()
+    if gomp is not None:
+        parallel, thread_num, num_threads, callback = gomp
+
+        def region(_):
+            for j in range(thread_num(), n, num_threads()):  # every j, whatever the team size
+                task(j)
+
+        parallel(callback(region), None, n, 0)
+    else:
+        futures = [_executor(n - 1).submit(task, j) for j in range(1, n)]
+        task(0)
+        for f in futures:
+            f.result()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _cat(parts, axis):
+    """torch.cat done by NumPy: torch's own ops run on its OpenMP pool, whose worker then
+    spins for milliseconds, taking the core the next row block needs (measured: two 5 ms
+    blocks took 10 ms right after a torch op, 5.4 ms otherwise)."""
+    return torch.from_numpy(np.concatenate([p.detach().numpy() for p in parts], axis=axis))
+
+
+def _sum(parts):
+    """The blocks' weight gradients added, by NumPy (see _cat)."""
+    total = parts[0].detach().numpy().copy()
+    for p in parts[1:]:
+        total += p.detach().numpy()
+    return torch.from_numpy(total)
+
+
+def _block_masks(masks, b0, b1, B):
+    """Each mask's rows [b0, b1) (zoneout (T, B, ·), recurrent_dropout (B, ·)); a mask
+    without a batch axis of size B (a constant in eval) is passed as it is."""
+    if masks is None:
+        return None
+    out = {}
+    for name, m in masks.items():
+        axis = 1 if m.dim() == 3 else 0
+        out[name] = m.narrow(axis, b0, b1 - b0) if m.shape[axis] == B else m
+    return out
+
+
+class SplitFunction(torch.autograd.Function):
+    """One layer-direction as row blocks on threads; inputs x, the state tensors, the weights
+    (in `names` order); outputs out, the final states and the recorded gates (`gate_names`)."""
+
+    @staticmethod
+    def forward(ctx, run_block, bounds, batch_sizes, masks, names, gate_names, n_state, x, *rest):
+        state, weights = rest[:n_state], rest[n_state:]
+        needs = ctx.needs_input_grad[7:]  # x, the states, the weights
+        B = x.shape[1]
+
+        def block(j):
+            b0, b1 = bounds[j]
+            with torch.enable_grad():
+                leaves = [x.narrow(1, b0, b1 - b0)]
+                leaves += [s.narrow(0, b0, b1 - b0) for s in state]
+                leaves += list(weights)
+                leaves = [t.detach().requires_grad_(r) for t, r in zip(leaves, needs)]
+                out, st, gates = run_block(leaves[0], tuple(leaves[1:1 + n_state]),
+                                           dict(zip(names, leaves[1 + n_state:])),
+                                           block_sizes(batch_sizes, b0, b1),
+                                           _block_masks(masks, b0, b1, B))
+            return leaves, (out, *st, *(gates[k] for k in gate_names))
+
+        ctx.blocks = _on_threads(block, len(bounds))
+        ctx.bounds, ctx.n_state = bounds, n_state
+        ctx.set_materialize_grads(False)
+        outs = [o for _, o in ctx.blocks]
+        # out and the gates (T, B, ·) join on rows = axis 1, the states (B, ·) on axis 0
+        return tuple(_cat(parts, 0 if 1 <= k <= n_state else 1)
+                     for k, parts in enumerate(zip(*outs)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        needs = ctx.needs_input_grad[7:]
+        n_state = ctx.n_state
+
+        def block(j):
+            leaves, outputs = ctx.blocks[j]
+            b0, b1 = ctx.bounds[j]
+            pairs = [(o, g.narrow(0 if 1 <= k <= n_state else 1, b0, b1 - b0))
+                     for k, (o, g) in enumerate(zip(outputs, grads))
+                     if g is not None and o.requires_grad]
+            wanted = [leaf for leaf, r in zip(leaves, needs) if r]
+            found = [None] * len(wanted)
+            if pairs and wanted:
+                with torch.enable_grad():
+                    found = torch.autograd.grad([o for o, _ in pairs], wanted,
+                                                [g for _, g in pairs], allow_unused=True)
+            # a block that does not reach an input contributes zeros of its own shape
+            return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(wanted, found)]
+
+        parts = _on_threads(block, len(ctx.bounds))
+        ctx.blocks = None  # free the blocks' graphs
+        result, col = [], 0
+        for i, r in enumerate(needs):
+            if not r:
+                result.append(None)
+                continue
+            column = [p[col] for p in parts]
+            col += 1
+            if i == 0:  # x (T, B, I): the blocks' rows
+                result.append(_cat(column, 1))
+            elif i <= n_state:  # a state (B, ·)
+                result.append(_cat(column, 0))
+            else:  # a weight: the blocks' contributions summed
+                result.append(_sum(column))
+        return (None,) * 7 + tuple(result)
+
+
+def run_blocks(run_block, bounds, x, state, weights, batch_sizes, masks, gate_names):
+    """Run `run_block(x, state, weights, batch_sizes, masks) -> (out, state_T, gates)` on
+    each row block, on threads, and join the results; differentiable when autograd is on.
+    `gate_names`: the gates run_block records, () when it records none."""
+    B = x.shape[1]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *weights.values())):
+        outs = SplitFunction.apply(run_block, bounds, batch_sizes, masks, tuple(weights),
+                                   tuple(gate_names), len(state), x, *state, *weights.values())
+        n = len(state)
+        gates = dict(zip(gate_names, outs[1 + n:])) if gate_names else None
+        return outs[0], tuple(outs[1:1 + n]), gates
+
+    def block(j):
+        b0, b1 = bounds[j]
+        return run_block(x.narrow(1, b0, b1 - b0), tuple(s.narrow(0, b0, b1 - b0) for s in state),
+                         weights, block_sizes(batch_sizes, b0, b1), _block_masks(masks, b0, b1, B))
+
+    parts = _on_threads(block, len(bounds))
+    out = _cat([p[0] for p in parts], 1)  # (T, B, H_out)
+    state_T = tuple(_cat(s, 0) for s in zip(*(p[1] for p in parts)))  # each (B, ·)
+    gates = None
+    if gate_names:
+        gates = {k: _cat([p[2][k] for p in parts], 1) for k in gate_names}
+    return out, state_T, gates

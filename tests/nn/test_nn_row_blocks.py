@@ -1,0 +1,200 @@
+"""The fused engine's row blocks on threads (engines/fused_parallel.py).
+
+Every other test runs with torch at one thread, where the engine never splits a batch;
+here GATELAB_THREADS forces 2 or 3 blocks and the results are compared with torch.nn
+(same weights: outputs, final states, every gradient), with the NumPy reference for the
+LSTM-family variants and masks, and with the unsplit fused run for recorded gates.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nn_oracle import as_tuple, make_pair
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from variant_cases import build, check_against_reference
+
+from gatelab.engines import fused_parallel
+from gatelab.engines.fused_parallel import block_sizes, row_blocks
+
+F64 = torch.float64
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")
+
+
+@pytest.fixture(params=[2, 3])
+def split(request, monkeypatch):
+    """Force `param` row blocks (torch itself stays at one thread) and count the splits."""
+    monkeypatch.setenv("GATELAB_THREADS", str(request.param))
+    calls = []
+    real = fused_parallel.run_blocks
+
+    def counting(run_block, bounds, *args, **kwargs):
+        calls.append(len(bounds))
+        return real(run_block, bounds, *args, **kwargs)
+
+    monkeypatch.setattr(fused_parallel, "run_blocks", counting)
+    return calls, str(request.param)
+
+
+@pytest.mark.parametrize(("B", "k", "expected"), [
+    (16, 2, [(0, 8), (8, 16)]),
+    (13, 3, [(0, 5), (5, 9), (9, 13)]),
+    (7, 2, [(0, 7)]),  # two blocks would have fewer than MIN_ROWS rows each
+    (8, 2, [(0, 4), (4, 8)]),
+    (1, 4, [(0, 1)]),
+    (32, 1, [(0, 32)]),
+])
+def test_row_blocks_cover_the_batch(B, k, expected):
+    assert row_blocks(B, k) == expected
+
+
+def test_block_sizes_of_a_packed_batch():
+    sizes = [9, 9, 7, 4, 2]
+    assert block_sizes(sizes, 0, 5) == [5, 5, 5, 4, 2]
+    assert block_sizes(sizes, 5, 9) == [4, 4, 2, 0, 0]
+    assert block_sizes(None, 0, 5) is None
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_thread_count_is_named(monkeypatch, value):
+    monkeypatch.setenv("GATELAB_THREADS", value)
+    with pytest.raises(ValueError, match=f"GATELAB_THREADS.*{value!r}"):
+        fused_parallel.threads()
+
+
+def _pair(mode, dtype, **kw):
+    torch.manual_seed(0)
+    ref, ours = make_pair(mode, backend="fused", **kw)
+    return ref.to(dtype), ours.to(dtype)
+
+
+def _run(module, x, lengths, h0):
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, state = module(inp, h0)
+    if lengths is not None:
+        out = pad_packed_sequence(out, total_length=x.shape[0])[0]
+    return out, as_tuple(state)
+
+
+CASES = [
+    ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", dict(proj_size=3, bias=False)),
+    ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("RNN_TANH", dict(bidirectional=True)),
+    ("RNN_RELU", dict()),
+]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize(("dtype", "tol"), [(F64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize(("mode", "kw"), CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_split_equals_torch_nn(split, mode, kw, dtype, tol, packed):
+    ref, ours = _pair(mode, dtype, input_size=5, hidden_size=6, **kw)
+    T, B = 7, 13
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, 5, generator=g, dtype=dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
+    if packed:
+        lengths[3] = T
+    D = 2 if ours.bidirectional else 1
+    h0 = tuple(torch.randn(ours.num_layers * D, B, n, generator=g, dtype=dtype)
+               for n in ([ours.proj_size or 6, 6] if mode == "LSTM" else [6]))
+    h0 = h0 if mode == "LSTM" else h0[0]
+    results = []
+    for module in (ref, ours):
+        xs = x.clone().requires_grad_()
+        hs = tuple(s.clone().requires_grad_() for s in as_tuple(h0))
+        out, state = _run(module, xs, lengths, hs if mode == "LSTM" else hs[0])
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum()
+        loss = loss + sum((s * s).sum() for s in state)
+        grads = torch.autograd.grad(loss, [xs, *hs, *module.parameters()])
+        results.append((out, *state, *grads))
+    calls, _ = split
+    assert calls and all(n > 1 for n in calls)  # the batch really was split
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_split_gates_equal_the_unsplit_run(split, monkeypatch, mode):
+    """Recorded gates (and gradients through them) are the blocks' rows, in order."""
+    _, ours = _pair(mode, F64, input_size=4, hidden_size=5, bidirectional=True)
+    x = torch.randn(6, 11, 4, dtype=F64)
+    results = []
+    calls, n = split
+    for threads in ("1", n):  # unsplit first, then split
+        monkeypatch.setenv("GATELAB_THREADS", threads)
+        xs = x.clone().requires_grad_()
+        out, state, gates = ours(xs, return_gates=True)
+        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
+        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *ours.parameters()])))
+    assert calls and all(c > 1 for c in calls)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_split_inference_equals_unsplit(split, monkeypatch):
+    _, ours = _pair("LSTM", torch.float32, input_size=4, hidden_size=8, num_layers=2)
+    x = torch.randn(5, 16, 4)
+    with torch.inference_mode():
+        split_out, split_state = ours(x)
+    assert split[0]
+    monkeypatch.setenv("GATELAB_THREADS", "1")
+    with torch.inference_mode():
+        out, state = ours(x)
+    torch.testing.assert_close(split_out, out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(split_state, state, rtol=1e-6, atol=1e-6)
+
+
+VARIANTS = [
+    ("LSTM", dict(layer_norm=True, peephole=True, zoneout=(0.2, 0.3), recurrent_dropout=0.25)),
+    ("LSTM", dict(coupled_gates=True, gate_activation="hard_sigmoid", proj_size=3, zoneout=0.1)),
+    ("GRU", dict(layer_norm=True, zoneout=0.2, recurrent_dropout=0.3)),
+    ("GRU", dict(reset_after=False, recurrent_dropout=0.3)),
+]
+
+
+@pytest.mark.parametrize("form", ["padded", "packed"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize(("mode", "options"), VARIANTS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(VARIANTS)])
+def test_split_variants_equal_the_reference(split, mode, options, training, form):
+    """Masks are cut into the blocks' rows; the NumPy reference sees the whole batch."""
+    kw = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    if "proj_size" in options:
+        kw["proj_size"] = options.pop("proj_size")
+    module = build(mode, kw, dict(options), "fused", seed=5)
+    check_against_reference(module, T=5, B=9, form=form, seed=6, training=training)
+    calls, _ = split
+    assert calls and all(n > 1 for n in calls)
+
+
+def test_blocks_run_on_torch_openmp_threads_or_a_pool(monkeypatch):
+    """torch's libgomp is found on Linux wheels; without it a thread pool runs the blocks,
+    with the same results."""
+    if fused_parallel._torch_openmp() is None:
+        pytest.skip("torch here is not built with GNU OpenMP")
+    monkeypatch.setenv("GATELAB_THREADS", "2")
+    _, ours = _pair("GRU", F64, input_size=3, hidden_size=4)
+    x = torch.randn(4, 10, 3, dtype=F64, requires_grad=True)
+    results = []
+    for gomp in (fused_parallel._torch_openmp(), None):
+        monkeypatch.setitem(fused_parallel._pool, "gomp", gomp)
+        out, h = ours(x)
+        results.append((out, h, *torch.autograd.grad(out.sum() + h.sum(), [x, *ours.parameters()])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gomp", [True, False], ids=["openmp", "pool"])
+def test_an_error_in_a_block_reaches_the_caller(monkeypatch, gomp):
+    if not gomp:
+        monkeypatch.setitem(fused_parallel._pool, "gomp", None)
+
+    def task(j):
+        if j == 1:
+            raise RuntimeError("block 1 failed")
+        return j
+
+    with pytest.raises(RuntimeError, match="block 1 failed"):
+        fused_parallel._on_threads(task, 2)
+    assert fused_parallel._on_threads(lambda j: j * j, 3) == [0, 1, 4]
