@@ -198,3 +198,83 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch, gomp):
     with pytest.raises(RuntimeError, match="block 1 failed"):
         fused_parallel._on_threads(task, 2)
     assert fused_parallel._on_threads(lambda j: j * j, 3) == [0, 1, 4]
+
+
+@pytest.fixture(params=[2, 3])
+def units_split(request, monkeypatch):
+    """Force each step's units onto `param` threads for any step size (fused_lstm_units)."""
+    from gatelab.engines import fused_lstm_units
+
+    monkeypatch.setenv("GATELAB_THREADS", str(request.param))
+    monkeypatch.setattr(fused_lstm_units, "MIN_STEP_MACS", 0)
+    calls = []
+    real = fused_parallel.team
+
+    def counting(fn, n):
+        calls.append(n)
+        return real(fn, n)
+
+    monkeypatch.setattr(fused_lstm_units, "team", counting)
+    return calls, str(request.param)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize(("dtype", "tol"), [(F64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("B", [1, 3, 7])
+def test_units_split_equals_torch_nn(units_split, B, dtype, tol, packed, bidirectional):
+    """A batch too small for row blocks: the LSTM's units are split between threads."""
+    ref, ours = _pair("LSTM", dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional)
+    T = 6
+    g = torch.Generator().manual_seed(B)
+    x = torch.randn(T, B, 5, generator=g, dtype=dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
+    if packed:
+        lengths[0] = T
+    D = 2 if bidirectional else 1
+    h0 = tuple(torch.randn(2 * D, B, 7, generator=g, dtype=dtype) for _ in range(2))
+    results = []
+    for module in (ref, ours):
+        xs = x.clone().requires_grad_()
+        hs = tuple(s.clone().requires_grad_() for s in h0)
+        out, state = _run(module, xs, lengths, hs)
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum()
+        loss = loss + sum((s * s).sum() for s in state)
+        results.append((out, *state, *torch.autograd.grad(loss, [xs, *hs, *module.parameters()])))
+    calls, n = units_split
+    assert calls and all(c == int(n) for c in calls)  # forward and backward ran on threads
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+def test_units_split_records_the_same_gates(units_split, monkeypatch):
+    _, ours = _pair("LSTM", F64, input_size=4, hidden_size=9, bidirectional=True)
+    x = torch.randn(5, 2, 4, dtype=F64)
+    results = []
+    for threads in ("1", units_split[1]):
+        monkeypatch.setenv("GATELAB_THREADS", threads)
+        xs = x.clone().requires_grad_()
+        out, state, gates = ours(xs, return_gates=True)
+        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
+        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *ours.parameters()])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_units_split_with_a_smaller_team(monkeypatch):
+    """OpenMP may give fewer threads than asked (inside another parallel region): every
+    unit is still computed, by the threads there are."""
+    from gatelab.engines import fused_lstm_units
+
+    monkeypatch.setenv("GATELAB_THREADS", "4")
+    monkeypatch.setattr(fused_lstm_units, "MIN_STEP_MACS", 0)
+    monkeypatch.setattr(fused_lstm_units, "team", lambda fn, n: fused_parallel.team(fn, 2) if n > 2 else None)
+    ref, ours = _pair("LSTM", F64, input_size=3, hidden_size=5)
+    x = torch.randn(4, 1, 3, dtype=F64, requires_grad=True)
+    out, (h, c) = ours(x)
+    want, (h_ref, c_ref) = ref(x)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out.sum() + c.sum(), [x, *ours.parameters()])
+    ref_grads = torch.autograd.grad(want.sum() + c_ref.sum(), [x, *ref.parameters()])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -102,8 +102,8 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     # the batch splits into row blocks on torch's threads unless OpenBLAS was given threads
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
     blocks = fused_parallel.row_blocks(x.shape[1], threads)
-    if len(blocks) == 1:
-        return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks)
+    if len(blocks) == 1:  # a small batch: the plain LSTM may split each step's units instead
+        return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads)
     numba_loop()  # bind OpenBLAS once, before the threads
 
     def run_block(xb, state_b, weights_b, sizes_b, masks_b):
@@ -113,8 +113,9 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
                                      masks, spec.gates if record else ())
 
 
-def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks):
-    """One layer-direction on the calling thread: the cell's own engine module."""
+def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads=1):
+    """One layer-direction on the calling thread (the plain LSTM on up to `threads` when
+    its units are split): the cell's own engine module."""
     T, B, _ = x.shape  # (T, B, I)
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
@@ -124,8 +125,10 @@ def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks):
 
         return fused_gru_family.run(spec, x, state, weights, steps, record, masks)
     if spec.mode == "LSTM":
-        from gatelab.engines import fused_lstm as cell
-    elif spec.mode == "GRU":
+        from gatelab.engines import fused_lstm
+
+        return fused_lstm.run(spec, x, state, weights, steps, record, threads)
+    if spec.mode == "GRU":
         from gatelab.engines import fused_gru as cell
     else:
         from gatelab.engines import fused_rnn as cell

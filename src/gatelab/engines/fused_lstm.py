@@ -37,9 +37,9 @@ from gatelab.engines.fused_common import (
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state):
-    """One step's gate pass for rows [:n]; writes gates and c at ta (not at all when
-    ta < 0: inference without a record), m at t.
+def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state, u0, u1):
+    """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H); writes gates and
+    c at ta (not at all when ta < 0: inference without a record), m at t.
 
     xa (T, B, 4H) input projection; hw (B, 4H) h_{t-1} W_hh^T; bias (4H,) b_ih + b_hh;
     c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
@@ -56,7 +56,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
         c_, i_, f_, g_, o_ = c_state[b], gi[ta, b], gf[ta, b], gg[ta, b], go[ta, b]  # (H,)
         cs_, ms_, m_ = c_seq[ta, b], m_seq[tm, b], m_state[b]  # (H,)
         if not keep:  # inference without a record: c and m only
-            for j in range(H):
+            for j in range(u0, u1):
                 i = sigmoid(x_i[j] + h_i[j] + b_i[j])
                 f = sigmoid(x_f[j] + h_f[j] + b_f[j])
                 g = tanh(x_g[j] + h_g[j] + b_g[j])
@@ -67,7 +67,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
                 ms_[j] = m
                 m_[j] = m
             continue
-        for j in range(H):  # the same, keeping the gates and c for backward or the record
+        for j in range(u0, u1):  # the same, keeping the gates and c for backward or the record
             i = sigmoid(x_i[j] + h_i[j] + b_i[j])
             f = sigmoid(x_f[j] + h_f[j] + b_f[j])
             g = tanh(x_g[j] + h_g[j] + b_g[j])
@@ -86,8 +86,9 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
 
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, c_seq, c0,
-                  dgates, da):
-    """One step of BPTT for rows [:n]; writes δa[t] and carries δc to c_{t-1}.
+                  dgates, da, u0, u1):
+    """One step of BPTT for rows [:n] and units [u0, u1) (all: 0, H); writes δa[t] and
+    carries δc to c_{t-1}.
 
     dm_seq (Tm, B, H) δ from above (the output's gradient at t, or δm with a projection,
     then at index 0); dh_state (B, H) δh carried from step t+1 (zeros with a projection);
@@ -105,9 +106,9 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
         da_i, da_f, da_g, da_o = da[t, b, :H], da[t, b, H:2 * H], da[t, b, 2 * H:3 * H], da[t, b, 3 * H:]
         if has_dg:  # the recorded c joins the carried δc
             dgc = dgates[4, t, b]  # (H,)
-            for j in range(H):
+            for j in range(u0, u1):
                 dc_[j] += dgc[j]
-        for j in range(H):
+        for j in range(u0, u1):
             i, f, g, o = i_[j], f_[j], g_[j], o_[j]
             dm = dm_[j] + dh_[j]
             tc = tanh(c_[j])
@@ -119,7 +120,7 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
             da_o[j] = dm * tc * o * (one(o) - o)  # δa_o = δm tanh(c) o (1 - o)
         if has_dg:  # the recorded f i g o, through their activations
             dgf, dgi, dgg, dgo = dgates[0, t, b], dgates[1, t, b], dgates[2, t, b], dgates[3, t, b]
-            for j in range(H):
+            for j in range(u0, u1):
                 i, f, g, o = i_[j], f_[j], g_[j], o_[j]
                 da_i[j] += dgi[j] * i * (one(i) - i)
                 da_f[j] += dgf[j] * f * (one(f) - f)
@@ -138,7 +139,7 @@ def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, h_state, c_state, hw
         t, n = steps[s, 0], steps[s, 1]
         gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
         forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
-                     m_seq, m_state)
+                     m_seq, m_state, 0, c_state.shape[1])
         if proj:
             gemm(m_state[:n], w_hr, h_state[:n], True, 0.0)  # (n, H) x (H, H_out)
             out[t, :n] = h_state[:n]
@@ -156,25 +157,33 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
             dh_seq[t, :n] = d_out[t, :n] + dh_state[:n]  # (n, H_out)
             gemm(dh_seq[t, :n], w_hr, dm[0, :n], False, 0.0)  # (n, H_out) x (H_out, H)
             backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, gi, gf, gg, go, c_seq, c0,
-                          dgates, da)
+                          dgates, da, 0, dc_state.shape[1])
         else:
             backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
-                          c0, dgates, da)
+                          c0, dgates, da, 0, dc_state.shape[1])
         gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
 
 
-def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
+def unit_threads(threads, B, H, w_hr) -> int:
+    """How many threads split each step's units (fused_lstm_units): `threads` for a step of
+    at least MIN_STEP_MACS multiply-adds without a projection, else 1."""
+    from gatelab.engines import _kernels_sync, fused_lstm_units
+
+    if threads < 2 or w_hr is not None or B * 4 * H * H < fused_lstm_units.MIN_STEP_MACS:
+        return 1
+    return threads if numba_loop() and _kernels_sync.bind() else 1
+
+
+def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, threads=1):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
-    sequences (gates, c) when `keep` or `record`, else None."""
+    sequences (gates, c) when `keep` or `record`, else None. `threads` > 1 splits each
+    step's units between threads (see unit_threads)."""
     T, B, _ = x.shape  # (T, B, I)
     H = c0.shape[1]
     P = h0.shape[1]  # H_out
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
-    xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
     bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,), added in the gate pass
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H): the per-step GEMM runs A @ B
     full = keep or record
     Ta = T if full else 1
     zeros_or_empty = np.zeros if packed else np.empty
@@ -183,6 +192,15 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
     h_state = h0.copy()  # (B, H_out)
     c_state = c0.copy()  # (B, H)
+    if unit_threads(threads, B, H, w_hr) > 1:  # the threads also share the input projection
+        from gatelab.engines import fused_lstm_units
+
+        fused_lstm_units.forward(threads, steps_array(steps), full, x, w_ih, w_hh, bias, h_state, c_state,
+                                 gates, c_seq, out)
+        return out, h_state, c_state, ((gates, c_seq) if full else None)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
+    xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H): the per-step GEMM runs A @ B
     hw = np.empty((B, 4 * H), dt)  # (B, 4H)
     if w_hr is None:
         m_seq, m_state = out, h_state  # m_t is h_t
@@ -198,7 +216,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record):
     w_hr_t = None if w_hr is None else w_hr.T  # (H, H_out)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H_out) x (H_out, 4H)
-        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state)
+        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state, 0, H)
         if w_hr is not None:
             mm(m_state[:n], w_hr_t, h_state[:n])  # (n, H) x (H, H_out)
             out[t, :n] = h_state[:n]
@@ -212,12 +230,12 @@ def _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates,
     for t, n, tp, n_prev in reversed(steps):
         if w_hr is None:
             backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, *gates, c_seq, c0,
-                          dgates, da)
+                          dgates, da, 0, dc_state.shape[1])
         else:
             np.add(d_out[t, :n], dh_state[:n], out=dh_seq[t, :n])  # (n, H_out)
             mm(dh_seq[t, :n], w_hr, dm[0, :n])  # (n, H_out) x (H_out, H)
             backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, *gates, c_seq, c0,
-                          dgates, da)
+                          dgates, da, 0, dc_state.shape[1])
         mm(da[t, :n], w_hh, dh_state[:n])  # (n, 4H) x (4H, H_out)
 
 
@@ -226,15 +244,15 @@ class LSTMFunction(torch.autograd.Function):
     with record, the gates f i g o c (each differentiable)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, record):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, record, threads):
         xs, h0s, c0s = arr(x), arr(h0), arr(c0)
         w_ihs, w_hhs, w_hrs = arr(w_ih), arr(w_hh), arr(w_hr)
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)  # (4H,)
         out, h_T, c_T, saved = _forward(xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, steps,
-                                        keep=True, record=record)
+                                        keep=True, record=record, threads=threads)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, out, saved)
-        ctx.steps, ctx.has_bias = steps, b_ih is not None
+        ctx.steps, ctx.has_bias, ctx.threads = steps, b_ih is not None, threads
         outs = (tensor(out), tensor(h_T), tensor(c_T))
         if record:
             (gi, gf, gg, go), c_seq = saved
@@ -262,42 +280,51 @@ class LSTMFunction(torch.autograd.Function):
         dh_seq = np.zeros((T, B, P) if proj else (1, 1, 1), dt)  # (T, B, H_out) δh_t, for δW_hr
         dm = np.empty((1, B, H), dt)  # (1, B, H)
         zeros_h = np.zeros((B, H), dt)  # (B, H)
-        if numba_loop():
-            backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, c_seq,
-                          c0s, dgates, da, w_hhs, w_hrs if proj else w_hhs, dh_seq, dm, zeros_h)
-        else:
-            _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
-                             w_hhs, w_hrs, dh_seq, dm, zeros_h)
-        da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
         need = ctx.needs_input_grad
-        dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
-        h_prev = previous(out, h0s, steps).reshape(T * B, P)  # (T*B, H_out)
-        dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[4] else None
-        db = add_rows_sum(da) if ctx.has_bias else None  # (4H,)
+        if unit_threads(ctx.threads, B, H, w_hrs) > 1:  # the threads also share the GEMMs after
+            from gatelab.engines import fused_lstm_units
+
+            h_prev = previous(out, h0s, steps) if need[4] else None  # (T, B, H)
+            dx, dw_ih, dw_hh, db = fused_lstm_units.backward(
+                ctx.threads, steps_array(steps), d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
+                xs, h_prev, w_ihs, w_hhs, (need[0], need[3], need[4], ctx.has_bias))
+        else:
+            if numba_loop():
+                backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, c_seq,
+                              c0s, dgates, da, w_hhs, w_hrs if proj else w_hhs, dh_seq, dm, zeros_h)
+            else:
+                _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
+                                 w_hhs, w_hrs, dh_seq, dm, zeros_h)
+            da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
+            dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+            dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
+            h_prev = previous(out, h0s, steps).reshape(T * B, P)  # (T*B, H_out)
+            dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[4] else None
+            db = add_rows_sum(da) if ctx.has_bias else None  # (4H,)
         dw_hr = None
         if w_hrs is not None and need[7]:
             gi, gf, gg, go = gates
             m = go * np.tanh(c_seq)  # (T, B, H), zero at padded positions
             dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
         grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, None if db is None else db.copy(), dw_hr)
-        return tuple(None if g is None else tensor(g) for g in grads) + (None, None)
+        return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)
 
 
-def run(spec, x, state, weights, steps, record):
-    """One LSTM layer-direction; see gatelab.engines for the contract."""
+def run(spec, x, state, weights, steps, record, threads=1):
+    """One LSTM layer-direction; see gatelab.engines for the contract. `threads` > 1 lets a
+    small batch split each step's units between threads (unit_threads)."""
     h0, c0 = state
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if needs_grad(*inputs):
-        outs = LSTMFunction.apply(*inputs, steps, record)
+        outs = LSTMFunction.apply(*inputs, steps, record, threads)
         out, h_T, c_T, *rec = outs
     else:  # inference: nothing saved, gates kept only when recorded
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
         out, h_T, c_T, saved = _forward(arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
-                                        arr(w_hr), steps, keep=False, record=record)
+                                        arr(w_hr), steps, keep=False, record=record, threads=threads)
         out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
         rec = []
         if record:

@@ -109,44 +109,52 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool["executor"]
 
 
-def _on_threads(fn, n: int) -> list:
-    """[fn(0), ..., fn(n-1)] on n threads, each under the caller's grad and inference modes
-    (thread-local in torch).
+def team(fn, n: int) -> None:
+    """Run fn(j, k) once on each of k threads, j = 0..k-1, all at once, under the caller's
+    grad and inference modes (thread-local in torch); k <= n is the team actually given
+    (fewer when OpenMP cannot give n, e.g. inside another parallel region), so fn must
+    cover its work for any k. An exception in fn is raised here.
 
     The threads are torch's own OpenMP pool where torch uses GNU OpenMP (Linux wheels):
-    one parallel region (GOMP_parallel, through ctypes) whose threads each run fn(j) for
-    their j. A separate pool would compete with torch's: after every torch op, libgomp's
-    idle workers spin for milliseconds (GOMP_SPINCOUNT), holding the cores a separate thread
-    needs. Measured, two 5 ms tasks right after a torch op: 10.7 ms on a thread pool, 5.4 ms
-    on torch's OpenMP threads. The Python in fn runs under the GIL; the engine's numba
-    loops and GEMMs release it. Elsewhere a ThreadPoolExecutor runs blocks 1..n-1.
+    one parallel region (GOMP_parallel, through ctypes) whose threads each run fn. A separate
+    pool would compete with torch's: after every torch op, libgomp's idle workers spin for
+    milliseconds (GOMP_SPINCOUNT), holding the cores a separate thread needs. Measured, two
+    5 ms tasks right after a torch op: 10.7 ms on a thread pool, 5.4 ms on torch's OpenMP
+    threads. The Python in fn runs under the GIL; the engine's numba loops and GEMMs
+    release it. Elsewhere a ThreadPoolExecutor runs j = 1..n-1 (k = n).
     """
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    results, errors = [None] * n, []
+    errors = []
 
-    def task(j):
+    def task(j, k):
         try:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                results[j] = fn(j)
+                fn(j, k)
         except BaseException as err:  # noqa: BLE001 (re-raised on the calling thread)
             errors.append(err)
 
     gomp = _torch_openmp()
     if gomp is not None:
         parallel, thread_num, num_threads, callback = gomp
-
-        def region(_):
-            for j in range(thread_num(), n, num_threads()):  # every j, whatever the team size
-                task(j)
-
-        parallel(callback(region), None, n, 0)
+        parallel(callback(lambda _: task(thread_num(), num_threads())), None, n, 0)
     else:
-        futures = [_executor(n - 1).submit(task, j) for j in range(1, n)]
-        task(0)
+        futures = [_executor(n - 1).submit(task, j, n) for j in range(1, n)]
+        task(0, n)
         for f in futures:
             f.result()
     if errors:
         raise errors[0]
+
+
+def _on_threads(fn, n: int) -> list:
+    """[fn(0), ..., fn(n-1)], spread over a team of up to n threads (see team)."""
+    results = [None] * n
+
+    def member(j, k):
+        for i in range(j, n, k):  # every i, whatever the team size
+            results[i] = fn(i)
+
+    team(member, n)
     return results
 
 

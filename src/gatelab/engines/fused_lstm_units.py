@@ -1,0 +1,155 @@
+"""The fused LSTM's time loops with each step's units split between threads (small batches).
+
+A batch of one row cannot be split into row blocks (fused_parallel), and one thread
+leaves the second core idle while it streams the whole W_hh (1 MiB at H = 256, float32)
+through its cache at every step. Here thread j of k owns units [u0, u1): per step it
+multiplies h_{t-1} (all H units) by its columns of W_hh^T (the rows i f g o of its units,
+about 1/k of the matrix, which stays in its own L2 cache) and runs the gate pass of its
+units; the threads then meet at a barrier (`_kernels_sync`), after which everyone's h_t is
+complete and the next step can start.
+
+    forward:  hw[:, gate block of my units] = h_{t-1} W_hh^T[:, same]   (4 GEMMs, one per gate)
+              gate pass for my units (fused_lstm.forward_step with u0, u1)
+              h_t of my units -> the other half of a double buffer; barrier
+    backward: BPTT pass for my units (fused_lstm.backward_step with u0, u1) -> δa[t] of my
+              units; barrier; δh_{t-1}[:, my units] = δa[t] (all 4H) W_hh[:, my units]
+
+One barrier per step in each direction; the state h is double-buffered in the forward
+pass because a thread still reading h_{t-1} for its product must not see h_t being
+written. Results equal the one-thread loops exactly: each unit's arithmetic is unchanged
+(its GEMM column sums run over the same K in the same order).
+
+Used by fused_lstm for the plain LSTM without projection when the batch is too small for
+row blocks and a step has at least MIN_STEP_MACS multiply-adds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gatelab.engines._kernels import JIT
+from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_sync import arrive_and_wait
+from gatelab.engines.fused_parallel import team
+from gatelab.engines.fused_lstm import backward_step, forward_step
+
+MIN_STEP_MACS = 1 << 16  # B·4H·H below which the barrier and the thread wake-up cost more
+
+
+def units(j, k, H):
+    """Thread j of k's units [u0, u1)."""
+    return j * H // k, (j + 1) * H // k
+
+
+@njit(**JIT)
+def forward_units(j, k, steps, full, x2, w_ih, w_hh, bias, hbuf, c_state, hw, xa, gi, gf, gg, go, c_seq,
+                  out, counter):
+    """Thread j of k runs the input projection and the whole forward time loop for units
+    [u0, u1) = units(j, k, H): its rows of W_ih and W_hh are, gate by gate, contiguous
+    blocks W[gH + u0 : gH + u1], used in place.
+
+    x2 (T*B, I) the input; xa (T, B, 4H) receives my columns of x W_ih^T (read only by me);
+    hw (B, 4H) this thread's own product buffer (only my columns used); hbuf (2, B, H):
+    the running h, double-buffered (both start as h0; after S steps the state is
+    hbuf[S % 2]); counter (16,) int64, zero, shared; the rest as in fused_lstm.forward_loop
+    (no projection: out is m).
+    """
+    B, H = c_state.shape
+    T = xa.shape[0]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    xa2 = xa.reshape(T * B, 4 * H)
+    for g in range(4):  # (T*B, I) x (U, I)^T: my columns of gate g, all steps
+        gemm(x2, w_ih[g * H + u0:g * H + u1], xa2[:, g * H + u0:g * H + u1], True, 0.0)
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
+        for g in range(4):  # (n, H) x (U, H)^T
+            gemm(src[:n], w_hh[g * H + u0:g * H + u1], hw[:n, g * H + u0:g * H + u1], True, 0.0)
+        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, out, dst,
+                     u0, u1)
+        for b in range(n, B):  # rows not in this step keep their state
+            for u in range(u0, u1):
+                dst[b, u] = src[b, u]
+        arrive_and_wait(counter, s, k)
+
+
+@njit(**JIT)
+def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates, da, w_hh,
+                   counter):
+    """Thread j of k runs the whole backward time loop for units [u0, u1); w_hh (4H, H),
+    of which my columns are used in place; counter (16,) int64, zero, shared; the rest as
+    in fused_lstm.backward_loop without projection."""
+    H = dc_state.shape[1]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    S = steps.shape[0]
+    for s in range(S - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates, da,
+                      u0, u1)
+        arrive_and_wait(counter, S - 1 - s, k)  # δa[t] complete for every unit
+        gemm(da[t, :n], w_hh[:, u0:u1], dh_state[:n, u0:u1], False, 0.0)  # (n, 4H) x (4H, U)
+    arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
+
+
+def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq, out):
+    """The input projection and forward_units on a team of up to k threads; returns xa
+    (T, B, 4H); h_state and c_state are updated in place."""
+    T, B, I = x.shape
+    H = c_state.shape[1]
+    xa = np.empty((T, B, 4 * H), x.dtype)  # (T, B, 4H)
+    hbuf = np.empty((2, B, H), h_state.dtype)  # (2, B, H)
+    hbuf[0] = h_state
+    hbuf[1] = h_state
+    counter = np.zeros(16, np.int64)  # one cache line of its own
+
+    def member(j, size):
+        hw = np.empty((B, 4 * H), h_state.dtype)  # (B, 4H), per thread: no shared cache lines
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih, w_hh, bias, hbuf, c_state, hw, xa,
+                      *gates, c_seq, out, counter)
+
+    team(member, k)
+    h_state[:] = hbuf[steps.shape[0] % 2]
+    return xa
+
+
+def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, x, h_prev, w_ih, w_hh,
+             need):
+    """backward_units, then the gradients over all steps, on a team of up to k threads.
+
+    x (T, B, I); h_prev (T, B, H) the state each step started from (None when δW_hh is not
+    needed); need: (δx, δW_ih, δW_hh, δb) wanted. Each thread forms the rows of δW_ih, δW_hh
+    and δb of its own units (δA's columns of its units) and δx for its share of the T*B rows.
+    dh_state and dc_state are updated in place. Returns (δx, δW_ih, δW_hh, δb), None where
+    not needed.
+    """
+    T, B, I = x.shape
+    H = dc_state.shape[1]
+    dt = x.dtype
+    counter = np.zeros(16, np.int64)
+    da2, x2 = da.reshape(T * B, 4 * H), x.reshape(T * B, I)  # (T*B, 4H), (T*B, I)
+    dx = np.empty((T * B, I), dt) if need[0] else None  # (T*B, I)
+    dw_ih = np.empty_like(w_ih) if need[1] else None  # (4H, I)
+    dw_hh = np.empty_like(w_hh) if need[2] else None  # (4H, H)
+    db = np.empty(4 * H, dt) if need[3] else None  # (4H,)
+    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
+    ones = np.ones(T * B, dt)
+
+    def member(j, size):
+        backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, w_hh,
+                       counter)
+        u0, u1 = units(j, size, H)
+        for g in range(4):
+            r = slice(g * H + u0, g * H + u1)  # my units' rows of gate g
+            if dw_ih is not None:
+                np.matmul(da2[:, r].T, x2, out=dw_ih[r])  # (U, T*B) x (T*B, I)
+            if dw_hh is not None:
+                np.matmul(da2[:, r].T, hp2, out=dw_hh[r])  # (U, T*B) x (T*B, H)
+            if db is not None:
+                np.matmul(ones, da2[:, r], out=db[r])  # Σ over steps and rows
+        if dx is not None:
+            r0, r1 = units(j, size, T * B)
+            np.matmul(da2[r0:r1], w_ih, out=dx[r0:r1])  # (rows, 4H) x (4H, I)
+
+    team(member, k)
+    return (None if dx is None else dx.reshape(T, B, I)), dw_ih, dw_hh, db
