@@ -207,6 +207,7 @@ def units_split(request, monkeypatch):
 
     monkeypatch.setenv("GATELAB_THREADS", str(request.param))
     monkeypatch.setattr(fused_lstm_units, "MIN_STEP_MACS", 0)
+    monkeypatch.setattr(fused_lstm_units, "MIN_UNITS", 1)
     calls = []
     real = fused_parallel.team
 
@@ -221,9 +222,10 @@ def units_split(request, monkeypatch):
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize(("dtype", "tol"), [(F64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
-@pytest.mark.parametrize("B", [1, 3, 7])
+@pytest.mark.parametrize("B", [1, 3, 7, 12])
 def test_units_split_equals_torch_nn(units_split, B, dtype, tol, packed, bidirectional):
-    """A batch too small for row blocks: the LSTM's units are split between threads."""
+    """The plain LSTM's units split between threads, for any batch (B = 12 would otherwise
+    take row blocks)."""
     ref, ours = _pair("LSTM", dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional)
     T = 6
     g = torch.Generator().manual_seed(B)
@@ -268,6 +270,7 @@ def test_units_split_with_a_smaller_team(monkeypatch):
 
     monkeypatch.setenv("GATELAB_THREADS", "4")
     monkeypatch.setattr(fused_lstm_units, "MIN_STEP_MACS", 0)
+    monkeypatch.setattr(fused_lstm_units, "MIN_UNITS", 1)
     monkeypatch.setattr(fused_lstm_units, "team", lambda fn, n: fused_parallel.team(fn, 2) if n > 2 else None)
     ref, ours = _pair("LSTM", F64, input_size=3, hidden_size=5)
     x = torch.randn(4, 1, 3, dtype=F64, requires_grad=True)

@@ -99,10 +99,17 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     for name, w in [*weights.items(), *(("state", s) for s in state), *(masks or {}).items()]:
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
-    # the batch splits into row blocks on torch's threads unless OpenBLAS was given threads
+    # the batch splits into row blocks on torch's threads unless OpenBLAS was given threads;
+    # the plain LSTM splits each step's units between the threads instead where it pays
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
-    blocks = fused_parallel.row_blocks(x.shape[1], threads)
-    if len(blocks) == 1:  # a small batch: the plain LSTM may split each step's units instead
+    B = x.shape[1]  # x (T, B, I)
+    blocks = fused_parallel.row_blocks(B, threads)
+    if spec.mode == "LSTM" and spec.is_plain and masks is None:
+        from gatelab.engines import fused_lstm
+
+        if fused_lstm.unit_threads(threads, B, spec.hidden_size, spec.proj_size > 0) > 1:
+            blocks = [(0, B)]
+    if len(blocks) == 1:  # one thread, or the plain LSTM's units on `threads`
         return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads)
     numba_loop()  # bind OpenBLAS once, before the threads
 

@@ -49,14 +49,19 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     H = c_state.shape[1]
     tm = t if m_seq.shape[0] > 1 else 0
     keep = ta >= 0
-    for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
-        x_i, x_f, x_g, x_o = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:3 * H], xa[t, b, 3 * H:]
-        h_i, h_f, h_g, h_o = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:3 * H], hw[b, 3 * H:]
-        b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
-        c_, i_, f_, g_, o_ = c_state[b], gi[ta, b], gf[ta, b], gg[ta, b], go[ta, b]  # (H,)
-        cs_, ms_, m_ = c_seq[ta, b], m_seq[tm, b], m_state[b]  # (H,)
+    U = u1 - u0
+    for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
+        x_i, x_f = xa[t, b, u0:u1], xa[t, b, H + u0:H + u1]
+        x_g, x_o = xa[t, b, 2 * H + u0:2 * H + u1], xa[t, b, 3 * H + u0:3 * H + u1]
+        h_i, h_f = hw[b, u0:u1], hw[b, H + u0:H + u1]
+        h_g, h_o = hw[b, 2 * H + u0:2 * H + u1], hw[b, 3 * H + u0:3 * H + u1]
+        b_i, b_f = bias[u0:u1], bias[H + u0:H + u1]
+        b_g, b_o = bias[2 * H + u0:2 * H + u1], bias[3 * H + u0:3 * H + u1]
+        c_, i_, f_ = c_state[b, u0:u1], gi[ta, b, u0:u1], gf[ta, b, u0:u1]  # (U,)
+        g_, o_, cs_ = gg[ta, b, u0:u1], go[ta, b, u0:u1], c_seq[ta, b, u0:u1]  # (U,)
+        ms_, m_ = m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
         if not keep:  # inference without a record: c and m only
-            for j in range(u0, u1):
+            for j in range(U):
                 i = sigmoid(x_i[j] + h_i[j] + b_i[j])
                 f = sigmoid(x_f[j] + h_f[j] + b_f[j])
                 g = tanh(x_g[j] + h_g[j] + b_g[j])
@@ -67,7 +72,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
                 ms_[j] = m
                 m_[j] = m
             continue
-        for j in range(u0, u1):  # the same, keeping the gates and c for backward or the record
+        for j in range(U):  # the same, keeping the gates and c for backward or the record
             i = sigmoid(x_i[j] + h_i[j] + b_i[j])
             f = sigmoid(x_f[j] + h_f[j] + b_f[j])
             g = tanh(x_g[j] + h_g[j] + b_g[j])
@@ -99,16 +104,19 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
     H = dc_state.shape[1]
     tm = t if dm_seq.shape[0] > 1 else 0
     has_dg = dgates.shape[1] > 0
-    for b in range(n):  # 1-D row views keep the inner loops simple enough to vectorise
-        i_, f_, g_, o_, c_ = gi[t, b], gf[t, b], gg[t, b], go[t, b], c_seq[t, b]  # (H,)
-        cp_ = c_seq[tp, b] if b < n_prev else c0[b]  # (H,) c_{t-1}
-        dm_, dh_, dc_ = dm_seq[tm, b], dh_state[b], dc_state[b]  # (H,)
-        da_i, da_f, da_g, da_o = da[t, b, :H], da[t, b, H:2 * H], da[t, b, 2 * H:3 * H], da[t, b, 3 * H:]
+    U = u1 - u0
+    for b in range(n):  # 1-D row views from u0 keep the inner loops simple enough to vectorise
+        i_, f_, g_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1]  # (U,)
+        o_, c_ = go[t, b, u0:u1], c_seq[t, b, u0:u1]  # (U,)
+        cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
+        dm_, dh_, dc_ = dm_seq[tm, b, u0:u1], dh_state[b, u0:u1], dc_state[b, u0:u1]  # (U,)
+        da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
+        da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
         if has_dg:  # the recorded c joins the carried δc
-            dgc = dgates[4, t, b]  # (H,)
-            for j in range(u0, u1):
+            dgc = dgates[4, t, b, u0:u1]  # (U,)
+            for j in range(U):
                 dc_[j] += dgc[j]
-        for j in range(u0, u1):
+        for j in range(U):
             i, f, g, o = i_[j], f_[j], g_[j], o_[j]
             dm = dm_[j] + dh_[j]
             tc = tanh(c_[j])
@@ -119,8 +127,9 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
             da_g[j] = dc * i * (one(g) - g * g)  # δa_g = δc i (1 - g²)
             da_o[j] = dm * tc * o * (one(o) - o)  # δa_o = δm tanh(c) o (1 - o)
         if has_dg:  # the recorded f i g o, through their activations
-            dgf, dgi, dgg, dgo = dgates[0, t, b], dgates[1, t, b], dgates[2, t, b], dgates[3, t, b]
-            for j in range(u0, u1):
+            dgf, dgi = dgates[0, t, b, u0:u1], dgates[1, t, b, u0:u1]
+            dgg, dgo = dgates[2, t, b, u0:u1], dgates[3, t, b, u0:u1]
+            for j in range(U):
                 i, f, g, o = i_[j], f_[j], g_[j], o_[j]
                 da_i[j] += dgi[j] * i * (one(i) - i)
                 da_f[j] += dgf[j] * f * (one(f) - f)
@@ -164,12 +173,14 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
         gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
 
 
-def unit_threads(threads, B, H, w_hr) -> int:
-    """How many threads split each step's units (fused_lstm_units): `threads` for a step of
-    at least MIN_STEP_MACS multiply-adds without a projection, else 1."""
-    from gatelab.engines import _kernels_sync, fused_lstm_units
+def unit_threads(threads, B, H, proj) -> int:
+    """How many threads split each step's units (fused_lstm_units): `threads` when there are
+    several, no projection, at least MIN_UNITS units per thread and a step of at least
+    MIN_STEP_MACS multiply-adds; else 1."""
+    from gatelab.engines import _kernels_sync, fused_lstm_units as units
 
-    if threads < 2 or w_hr is not None or B * 4 * H * H < fused_lstm_units.MIN_STEP_MACS:
+    if (threads < 2 or proj or H < units.MIN_UNITS * threads
+            or B * 4 * H * H < units.MIN_STEP_MACS):
         return 1
     return threads if numba_loop() and _kernels_sync.bind() else 1
 
@@ -192,7 +203,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, threads=1):
     out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
     h_state = h0.copy()  # (B, H_out)
     c_state = c0.copy()  # (B, H)
-    if unit_threads(threads, B, H, w_hr) > 1:  # the threads also share the input projection
+    if unit_threads(threads, B, H, w_hr is not None) > 1:  # the threads also share the input projection
         from gatelab.engines import fused_lstm_units
 
         fused_lstm_units.forward(threads, steps_array(steps), full, x, w_ih, w_hh, bias, h_state, c_state,
@@ -281,7 +292,7 @@ class LSTMFunction(torch.autograd.Function):
         dm = np.empty((1, B, H), dt)  # (1, B, H)
         zeros_h = np.zeros((B, H), dt)  # (B, H)
         need = ctx.needs_input_grad
-        if unit_threads(ctx.threads, B, H, w_hrs) > 1:  # the threads also share the GEMMs after
+        if unit_threads(ctx.threads, B, H, w_hrs is not None) > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_units
 
             h_prev = previous(out, h0s, steps) if need[4] else None  # (T, B, H)
