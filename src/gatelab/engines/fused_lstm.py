@@ -41,7 +41,9 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H); writes gates and
     c at ta (not at all when ta < 0: inference without a record), m at t.
 
-    xa (T, B, 4H) input projection; hw (B, 4H) h_{t-1} W_hh^T; bias (4H,) b_ih + b_hh;
+    xa (T, B, 4G) input projection; hw (B, 4G) h_{t-1} W_hh^T; bias (4G,) b_ih + b_hh:
+    gate blocks i f g o of width G = H (unit u at column gH + u), or G = u1 - u0 when they
+    hold units [u0, u1) only (unit u at column gG + u - u0: one thread's own buffers);
     c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
     m_seq (Tm, B, H) and m_state (B, H) receive m_t = o ⊙ tanh(c_t) (m_seq at index t
     when Tm > 1, else 0).
@@ -50,13 +52,16 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     tm = t if m_seq.shape[0] > 1 else 0
     keep = ta >= 0
     U = u1 - u0
+    G = hw.shape[1] // 4  # gate block width of xa, hw and bias
+    k0 = u0 if G == H else 0  # my units' first column in each block
+    k1 = k0 + U
     for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
-        x_i, x_f = xa[t, b, u0:u1], xa[t, b, H + u0:H + u1]
-        x_g, x_o = xa[t, b, 2 * H + u0:2 * H + u1], xa[t, b, 3 * H + u0:3 * H + u1]
-        h_i, h_f = hw[b, u0:u1], hw[b, H + u0:H + u1]
-        h_g, h_o = hw[b, 2 * H + u0:2 * H + u1], hw[b, 3 * H + u0:3 * H + u1]
-        b_i, b_f = bias[u0:u1], bias[H + u0:H + u1]
-        b_g, b_o = bias[2 * H + u0:2 * H + u1], bias[3 * H + u0:3 * H + u1]
+        x_i, x_f = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1]
+        x_g, x_o = xa[t, b, 2 * G + k0:2 * G + k1], xa[t, b, 3 * G + k0:3 * G + k1]
+        h_i, h_f = hw[b, k0:k1], hw[b, G + k0:G + k1]
+        h_g, h_o = hw[b, 2 * G + k0:2 * G + k1], hw[b, 3 * G + k0:3 * G + k1]
+        b_i, b_f = bias[k0:k1], bias[G + k0:G + k1]
+        b_g, b_o = bias[2 * G + k0:2 * G + k1], bias[3 * G + k0:3 * G + k1]
         c_, i_, f_ = c_state[b, u0:u1], gi[ta, b, u0:u1], gf[ta, b, u0:u1]  # (U,)
         g_, o_, cs_ = gg[ta, b, u0:u1], go[ta, b, u0:u1], c_seq[ta, b, u0:u1]  # (U,)
         ms_, m_ = m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)

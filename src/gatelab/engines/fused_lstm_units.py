@@ -8,7 +8,7 @@ about 1/k of the matrix, which stays in its own L2 cache) and runs the gate pass
 units; the threads then meet at a barrier (`_kernels_sync`), after which everyone's h_t is
 complete and the next step can start.
 
-    forward:  hw[:, gate block of my units] = h_{t-1} W_hh^T[:, same]   (4 GEMMs, one per gate)
+    forward:  hw_mine = h_{t-1} W_mine^T     (W_mine: my units' rows i f g o of W_hh, 4U x H)
               gate pass for my units (fused_lstm.forward_step with u0, u1)
               h_t of my units -> the other half of a double buffer; barrier
     backward: BPTT pass for my units (fused_lstm.backward_step with u0, u1) -> δa[t] of my
@@ -49,31 +49,28 @@ def units(j, k, H):
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih, w_hh, bias, hbuf, c_state, hw, xa, gi, gf, gg, go, c_seq,
-                  out, counter):
-    """Thread j of k runs the input projection and the whole forward time loop for units
-    [u0, u1) = units(j, k, H): its rows of W_ih and W_hh are, gate by gate, contiguous
-    blocks W[gH + u0 : gH + u1], used in place.
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, hbuf, c_state, hw_mine, xa_mine,
+                  gi, gf, gg, go, c_seq, out, counter):
+    """Thread j of k runs its input projection and the whole forward time loop for units
+    [u0, u1) = units(j, k, H), U = u1 - u0.
 
-    x2 (T*B, I) the input; xa (T, B, 4H) receives my columns of x W_ih^T (read only by me);
-    hw (B, 4H) this thread's own product buffer (only my columns used); hbuf (2, B, H):
-    the running h, double-buffered (both start as h0; after S steps the state is
-    hbuf[S % 2]); counter (16,) int64, zero, shared; the rest as in fused_lstm.forward_loop
-    (no projection: out is m).
+    x2 (T*B, I) the input; w_ih_mine (4U, I) and w_hh_mine (4U, H): the rows i f g o of my
+    units of W_ih and W_hh, as contiguous copies; bias_mine (4U,);
+    xa_mine (T, B, 4U) and hw_mine (B, 4U) this thread's own products; hbuf (2, B, H): the
+    running h, double-buffered (both start as h0; after S steps the state is hbuf[S % 2]);
+    counter (16,) int64, zero, shared; the rest as in fused_lstm.forward_loop (no
+    projection: out is m).
     """
     B, H = c_state.shape
-    T = xa.shape[0]
+    T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
-    xa2 = xa.reshape(T * B, 4 * H)
-    for g in range(4):  # (T*B, I) x (U, I)^T: my columns of gate g, all steps
-        gemm(x2, w_ih[g * H + u0:g * H + u1], xa2[:, g * H + u0:g * H + u1], True, 0.0)
+    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (4U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
-        for g in range(4):  # (n, H) x (U, H)^T
-            gemm(src[:n], w_hh[g * H + u0:g * H + u1], hw[:n, g * H + u0:g * H + u1], True, 0.0)
-        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, out, dst,
-                     u0, u1)
+        gemm(src[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (4U, H)^T
+        forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, c_state, gi, gf, gg, go, c_seq,
+                     out, dst, u0, u1)
         for b in range(n, B):  # rows not in this step keep their state
             for u in range(u0, u1):
                 dst[b, u] = src[b, u]
@@ -99,24 +96,26 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq
 
 
 def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq, out):
-    """The input projection and forward_units on a team of up to k threads; returns xa
-    (T, B, 4H); h_state and c_state are updated in place."""
+    """forward_units on a team of up to k threads (each projecting its own units' inputs);
+    h_state and c_state are updated in place."""
     T, B, I = x.shape
     H = c_state.shape[1]
-    xa = np.empty((T, B, 4 * H), x.dtype)  # (T, B, 4H)
-    hbuf = np.empty((2, B, H), h_state.dtype)  # (2, B, H)
+    dt = x.dtype
+    hbuf = np.empty((2, B, H), dt)  # (2, B, H)
     hbuf[0] = h_state
     hbuf[1] = h_state
     counter = np.zeros(16, np.int64)  # one cache line of its own
 
     def member(j, size):
-        hw = np.empty((B, 4 * H), h_state.dtype)  # (B, 4H), per thread: no shared cache lines
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih, w_hh, bias, hbuf, c_state, hw, xa,
-                      *gates, c_seq, out, counter)
+        u0, u1 = units(j, size, H)
+        rows = np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(4)])  # (4U,) i f g o
+        xa_mine = np.empty((T, B, rows.size), dt)  # (T, B, 4U)
+        hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows], hbuf,
+                      c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
 
     team(member, k)
     h_state[:] = hbuf[steps.shape[0] % 2]
-    return xa
 
 
 def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, x, h_prev, w_ih, w_hh,
