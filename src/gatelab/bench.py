@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="gatelab backend (auto|fused|eager)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--threads", type=int, default=None,
-                        help="set torch's and OpenBLAS's thread count (default: leave both)")
+                        help="set torch's thread count, which the fused engine follows, and "
+                        "OpenBLAS's for the large-GEMM probe (default: leave both)")
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                         help="wall: elapsed time (default); cpu: this thread's CPU time, which "
                              "ignores time lost to other processes on a busy machine (use only "
@@ -107,15 +108,16 @@ def machine_info(torch, numpy) -> dict:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    from gatelab.engines import _kernels_blas
+    from gatelab.engines import fused_parallel
 
-    blas = _kernels_blas.thread_functions()
     import numba
 
+    blas = os.environ.get("GATELAB_BLAS_THREADS", "1")
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "numpy": numpy.__version__, "numba": numba.__version__,
             "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-            "openblas_threads": blas[0]() if blas else None,
+            "engine_threads": fused_parallel.threads() if blas == "1" else 1,  # row blocks / units
+            "openblas_threads_per_engine_thread": int(blas) if blas.isdigit() else blas,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
@@ -234,7 +236,8 @@ def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, 
                      clock=clock)
     best = max(peak.values())
     print(f"gatelab bench: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
-          f"({info['torch_threads']} threads), OpenBLAS threads {info['openblas_threads']}, "
+          f"({info['torch_threads']} threads), engine threads {info['engine_threads']} "
+          f"(OpenBLAS {info['openblas_threads_per_engine_thread']} each), "
           f"numba {info['numba']}; backend={args.backend}, {args.dtype}, {args.clock} clock, "
           f"median of {repeats} after {warmup} warm-up")
     print("large GEMM (float32): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
@@ -370,7 +373,8 @@ def _variant_contenders(torch, gnn, variant, shape, backend, dtype):
 def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, variants, dtype) -> int:
     info = machine_info(torch, numpy)
     print(f"gatelab bench --variants: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
-          f"({info['torch_threads']} threads), OpenBLAS threads {info['openblas_threads']}, "
+          f"({info['torch_threads']} threads), engine threads {info['engine_threads']} "
+          f"(OpenBLAS {info['openblas_threads_per_engine_thread']} each), "
           f"numba {info['numba']}; backend={args.backend}, {args.dtype}, {args.clock} clock, "
           f"training (forward + backward), median of {repeats} after {warmup} warm-up")
     print(f"{'variant':24} {'T,B,I,H':>16} {'engine':6} {'plain ms':>9} {'gatelab ms':>10} "
