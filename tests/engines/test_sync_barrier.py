@@ -35,3 +35,50 @@ def test_one_thread_does_not_wait():
     counter = np.zeros(16, np.int64)
     assert _kernels_sync.barrier_check(counter, 5, 1, np.zeros((1, 5), np.int64), 0) == 0
     assert counter[0] == 0
+
+
+def test_aborted_team_stops_waiting():
+    counter = _kernels_sync.new_counter()
+    _kernels_sync.abort(counter)
+    assert _kernels_sync.barrier_check(counter, 3, 2, np.zeros((2, 3), np.int64), 0) == -1
+
+
+_FAILING_THREAD = """
+import torch
+from gatelab import nn as gnn
+from gatelab.engines import fused_lstm_units as units
+units.MIN_STEP_MACS, units.MIN_UNITS = 0, 1
+real = units.{name}
+
+def failing(j, *args):
+    if j == 0:
+        raise KeyboardInterrupt  # as if Ctrl-C arrived in thread 0's Python part
+    return real(j, *args)
+
+units.{name} = failing
+model = gnn.LSTM(3, 8)
+x = torch.randn(5, 2, 3, requires_grad=True)
+try:
+    out, _ = model(x) if "{name}" == "forward_units" else (None, None)
+    if "{name}" == "backward_units":
+        units.{name} = real
+        out, _ = model(x)
+        units.{name} = failing
+        out.sum().backward()
+except KeyboardInterrupt:
+    print("raised")
+"""
+
+
+@pytest.mark.parametrize("name", ["forward_units", "backward_units"])
+def test_a_failing_thread_does_not_hang_the_others(name):
+    """Thread 0 fails before its time loop while thread 1 waits at the first barrier: the
+    call must raise, not wait forever (run in a subprocess, under a timeout)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GATELAB_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", _FAILING_THREAD.format(name=name)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "raised" in done.stdout, done.stderr[-2000:]

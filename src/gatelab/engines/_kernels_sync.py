@@ -7,11 +7,12 @@ barrier per step, a few microseconds apart, far too often for a thread pool or a
 region (~20 us each through ctypes): the threads stay inside one numba function for the
 whole loop and meet at a counter in shared memory.
 
-    arrive_and_wait(counter, generation, k)
-        counter: int64 array (>= 1 element, shared by the k threads, zero at the start);
+    arrive_and_wait(counter, generation, k) -> bool
+        counter: new_counter(), shared by the k threads;
         generation: how many barriers this thread has passed before (0, 1, 2, ...).
         Adds 1 to counter[0] atomically, then waits until all k threads have arrived
-        at this barrier (counter[0] >= k * (generation + 1)).
+        at this barrier (counter[0] >= k * (generation + 1)); False, at once, when another
+        thread called abort(counter) (it failed and will never arrive).
 
 The wait spins on an acquire load (so LLVM re-reads memory and the h_t written before
 the barrier is visible after it; the add is sequentially consistent), and yields the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+import numpy as np
 from llvmlite import binding as llvm
 from numba import njit, types
 from numba.core import cgutils
@@ -49,9 +51,10 @@ def bind() -> bool:
     return _state["bound"]
 
 
-def _pointer(context, builder, array_type, array):
+def _pointer(context, builder, array_type, array, index=None):
     ary = context.make_array(array_type)(context, builder, value=array)
-    return cgutils.get_item_pointer(context, builder, array_type, ary, [context.get_constant(types.intp, 0)])
+    index = context.get_constant(types.intp, 0) if index is None else index
+    return cgutils.get_item_pointer(context, builder, array_type, ary, [index])
 
 
 @intrinsic
@@ -68,41 +71,63 @@ def _fetch_add(typingctx, counter, value):
 
 
 @intrinsic
-def _load_acquire(typingctx, counter):
-    """counter[0], read from memory with acquire ordering (never hoisted out of a loop)."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+def _load_acquire(typingctx, counter, index):
+    """counter[index], read from memory with acquire ordering (never hoisted out of a loop)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1
+            and isinstance(index, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
-        ptr = _pointer(context, builder, signature.args[0], args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = _pointer(context, builder, signature.args[0], args[0], index)
         return builder.load_atomic(ptr, "acquire", 8)
 
-    return types.int64(counter), codegen
+    return types.int64(counter, index), codegen
+
+
+ABORT = 8  # counter[ABORT] != 0: a thread of the team failed; the others stop waiting
+
+
+def new_counter():
+    """A zeroed counter for one team: [0] arrivals, [ABORT] the abort flag (one cache line)."""
+    return np.zeros(16, np.int64)
+
+
+def abort(counter) -> None:
+    """Tell the team's waiting threads to give up (called by a thread that failed before or
+    between barriers, e.g. on KeyboardInterrupt in its Python part: without it the others
+    would wait for it forever)."""
+    counter[ABORT] = 1
 
 
 @njit(nogil=True, cache=True, inline="always")
 def arrive_and_wait(counter, generation, k):
-    """See the module docstring."""
+    """See the module docstring. Returns False when the team was aborted (the caller stops)."""
     if k <= 1:
-        return
+        return True
     _fetch_add(counter, 1)
     target = k * (generation + 1)
     spins = 0
-    while _load_acquire(counter) < target:
+    while _load_acquire(counter, 0) < target:
         spins += 1
         if spins == SPINS_PER_YIELD:
+            if _load_acquire(counter, ABORT) != 0:
+                return False
             _yield()
             spins = 0
+    return True
 
 
 @njit(nogil=True, cache=True)
 def barrier_check(counter, rounds, k, marks, j):  # for the tests: k threads, `rounds` barriers
     """Thread j writes marks[j, r] = r + 1 before barrier r and checks every other thread's
-    mark of round r after it; returns the number of marks found missing (0 when correct)."""
+    mark of round r after it; returns the number of marks found missing (0 when correct),
+    or -1 when the team was aborted."""
     missing = 0
     for r in range(rounds):
         marks[j, r] = r + 1
-        arrive_and_wait(counter, r, k)
+        if not arrive_and_wait(counter, r, k):
+            return -1
         for other in range(k):
             if marks[other, r] != r + 1:
                 missing += 1

@@ -35,7 +35,7 @@ from numba import njit
 
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_sync import arrive_and_wait
+from gatelab.engines._kernels_sync import abort, arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
 
@@ -58,7 +58,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, hbuf, 
     units of W_ih and W_hh, as contiguous copies; bias_mine (4U,);
     xa_mine (T, B, 4U) and hw_mine (B, 4U) this thread's own products; hbuf (2, B, H): the
     running h, double-buffered (both start as h0; after S steps the state is hbuf[S % 2]);
-    counter (16,) int64, zero, shared; the rest as in fused_lstm.forward_loop (no
+    counter: _kernels_sync.new_counter(), shared; the rest as in fused_lstm.forward_loop (no
     projection: out is m).
     """
     B, H = c_state.shape
@@ -74,14 +74,15 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, hbuf, 
         for b in range(n, B):  # rows not in this step keep their state
             for u in range(u0, u1):
                 dst[b, u] = src[b, u]
-        arrive_and_wait(counter, s, k)
+        if not arrive_and_wait(counter, s, k):
+            return  # another thread failed: the caller raises its error
 
 
 @njit(**JIT)
 def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates, da, w_mine,
                    counter):
     """Thread j of k runs the whole backward time loop for units [u0, u1); w_mine (4H, U):
-    W_hh's columns of my units (a contiguous copy); counter (16,) int64, zero, shared; the
+    W_hh's columns of my units (a contiguous copy); counter: new_counter(), shared; the
     rest as in fused_lstm.backward_loop without projection."""
     H = dc_state.shape[1]
     u0, u1 = j * H // k, (j + 1) * H // k
@@ -90,9 +91,27 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates, da,
                       u0, u1)
-        arrive_and_wait(counter, S - 1 - s, k)  # δa[t] complete for every unit
+        if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
+            return  # another thread failed: the caller raises its error
         gemm(da[t, :n], w_mine, dh_state[:n, u0:u1], False, 0.0)  # (n, 4H) x (4H, U)
     arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
+
+
+def _aborting(counter):
+    """Wrap a team member so that its failure (an exception, KeyboardInterrupt included, in
+    its Python part) releases the threads waiting for it at the barrier."""
+
+    def wrap(member):
+        def run(j, size):
+            try:
+                member(j, size)
+            except BaseException:
+                abort(counter)
+                raise
+
+        return run
+
+    return wrap
 
 
 def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq, out):
@@ -104,8 +123,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     hbuf = np.empty((2, B, H), dt)  # (2, B, H)
     hbuf[0] = h_state
     hbuf[1] = h_state
-    counter = np.zeros(16, np.int64)  # one cache line of its own
+    counter = new_counter()
 
+    @_aborting(counter)
     def member(j, size):
         u0, u1 = units(j, size, H)
         rows = np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(4)])  # (4U,) i f g o
@@ -131,7 +151,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     T, B, I = x.shape
     H = dc_state.shape[1]
     dt = x.dtype
-    counter = np.zeros(16, np.int64)
+    counter = new_counter()
     da2, x2 = da.reshape(T * B, 4 * H), x.reshape(T * B, I)  # (T*B, 4H), (T*B, I)
     dx = np.empty((T * B, I), dt) if need[0] else None  # (T*B, I)
     dw_ih = np.empty_like(w_ih) if need[1] else None  # (4H, I)
@@ -140,6 +160,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
     ones = np.ones(T * B, dt)
 
+    @_aborting(counter)
     def member(j, size):
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
