@@ -18,7 +18,9 @@ float32). Threads: torch's intra-op pool and NumPy's OpenBLAS pool, both reporte
 backward) of gatelab.nn.LSTM with that option against the plain fused LSTM at the same
 shape, and against the same variant written as a plain PyTorch loop over the steps
 (`lstm_loop`: LSTMCell-style per-step F.linear and autograd, the baseline users have when
-they write their own cell). Stochastic variants run in training mode and draw their masks
+they write their own cell); then the GRU variants ("gru plain", "gru reset_before", ...)
+likewise: gatelab.nn.GRU with the option against the plain fused GRU and against
+`gru_loop` (GRUCell-style). Stochastic variants run in training mode and draw their masks
 on every call (in all three contenders that have them). The row says which engine ran the
 variant (fused, or eager where the fused engine declines it).
 """
@@ -60,7 +62,21 @@ VARIANTS = {
     "weight_drop": dict(weight_drop=0.5),
     "layer_norm": dict(layer_norm=True),
 }
-TARGET_VS_PLAIN = {"layer_norm": 1.5}  # others 1.2
+# name -> gatelab.nn.GRU options (the GRU's own options, the LSTM's probabilities); the same
+# targets against the plain fused GRU and the GRU loop. Rows after the LSTM's.
+GRU_VARIANTS = {
+    "gru plain": {},
+    "gru reset_before": dict(reset_after=False),
+    "gru hard_sigmoid": dict(gate_activation="hard_sigmoid"),
+    "gru softsign": dict(cell_activation="softsign"),
+    "gru zoneout": dict(zoneout=0.1),
+    "gru recurrent_dropout": dict(recurrent_dropout=0.25),
+    "gru weight_drop": dict(weight_drop=0.5),
+    "gru layer_norm": dict(layer_norm=True),
+}
+ALL_VARIANTS = {**{k: ("LSTM", v) for k, v in VARIANTS.items()},
+                **{k: ("GRU", v) for k, v in GRU_VARIANTS.items()}}  # name -> (cell, options)
+TARGET_VS_PLAIN = {"layer_norm": 1.5, "gru layer_norm": 1.5}  # others 1.2
 TARGET_VS_LOOP = 2.0
 
 
@@ -86,9 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smoke run: one small shape, 3 repeats, 1 warm-up")
     parser.add_argument("--json", default=None, metavar="PATH", help="write every number here")
     parser.add_argument("--variants", nargs="?", const="all", default=None, metavar="NAMES",
-                        help="time the LSTM variants (training) against the plain fused LSTM and "
-                             "a PyTorch loop; optionally a comma-separated subset of: "
-                             + ",".join(VARIANTS))
+                        help="time the LSTM, then the GRU variants (training) against the plain "
+                             "fused LSTM / GRU and a PyTorch loop of the variant; optionally a "
+                             "comma-separated subset (quote the names with spaces) of: "
+                             + ",".join(ALL_VARIANTS))
 
 
 def _parse_shapes(text):
@@ -194,10 +211,11 @@ def run(args) -> int:
         raise UsageError(f"--kinds takes {','.join(KINDS)}, got {args.kinds!r}")
     variants = None
     if args.variants is not None:
-        variants = list(VARIANTS) if args.variants == "all" else [
-            v.strip() for v in args.variants.split(",") if v.strip()]
-        if not variants or any(v not in VARIANTS for v in variants):
-            raise UsageError(f"--variants takes all or a subset of {','.join(VARIANTS)}, got {args.variants!r}")
+        variants = list(ALL_VARIANTS) if args.variants == "all" else [
+            " ".join(v.split()) for v in args.variants.split(",") if v.strip()]
+        if not variants or any(v not in ALL_VARIANTS for v in variants):
+            raise UsageError(f"--variants takes all or a subset of {','.join(ALL_VARIANTS)}, "
+                             f"got {args.variants!r}")
     default_shapes = VARIANT_SHAPES if variants else SHAPES
     shapes = QUICK_SHAPES if args.quick and args.shapes is None else (
         _parse_shapes(args.shapes) if args.shapes else default_shapes)
@@ -299,8 +317,7 @@ def lstm_loop(module, x, state, masks=None):
     m = masks[0] if masks else {}
     w_hh = p["weight_hh"] if "weight_hh" not in m else p["weight_hh"] * m["weight_hh"]  # DropConnect
     d, zh, zc = m.get("recurrent_dropout"), m.get("zoneout_h"), m.get("zoneout_c")
-    sigma = torch.sigmoid if o.gate_activation == "sigmoid" else (lambda a: torch.clamp(a / 6 + 0.5, 0, 1))
-    phi = torch.tanh if o.cell_activation == "tanh" else F.softsign
+    sigma, phi = _loop_activations(o)
     b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
     rm = o.remove
     h, c = state
@@ -332,16 +349,78 @@ def lstm_loop(module, x, state, masks=None):
     return torch.stack(outs), (h, c)
 
 
+def _loop_activations(options):
+    """(σ, φ) of the loops, as torch ops: sigmoid | hard_sigmoid, tanh | softsign."""
+    import torch
+    import torch.nn.functional as F
+
+    sigma = torch.sigmoid if options.gate_activation == "sigmoid" else (lambda a: torch.clamp(a / 6 + 0.5, 0, 1))
+    phi = torch.tanh if options.cell_activation == "tanh" else F.softsign
+    return sigma, phi
+
+
+def gru_loop(module, x, h0, masks=None):
+    """The variant of `module` (a one-layer, one-direction gatelab.nn.GRU) as users write
+    it today: a Python loop over the steps, GRUCell-style (the input and the recurrent
+    products per step with F.linear), torch ops and autograd; its own parameters.
+    Equations: gatelab.engines, "The LSTM family" (GRU rows r|z|n, d the recurrent dropout
+    mask, m the zoneout mask, W_hh ⊙ M with weight_drop):
+
+        ax = x_t W_ih^T,  ah = (d ⊙ h_{t-1}) W_hh^T         (layer_norm: LN of each, before the biases)
+        r = σ(ax_r + b_ir + ah_r + b_hr),  z = σ(ax_z + b_iz + ah_z + b_hz)
+        n = φ(ax_n + b_in + r ⊙ (ah_n + b_hn))               reset after (torch.nn)
+        n = φ(ax_n + b_in + (r ⊙ d ⊙ h_{t-1}) W_hn^T + b_hn)  reset_after=False
+        h_t = m ⊙ h_{t-1} + (1 - m) ⊙ ((1 - z) ⊙ n + z ⊙ h_{t-1})
+
+    `masks`: None or module.draw_masks(T, B) (a list of one dict).
+    x (T, B, I); h0 (B, H). Returns (out (T, B, H), h_T).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    o, H = module.options, module.hidden_size
+    p = {k.removesuffix("_l0"): v for k, v in module.named_parameters()}
+    m = masks[0] if masks else {}
+    w_hh = p["weight_hh"] if "weight_hh" not in m else p["weight_hh"] * m["weight_hh"]  # DropConnect
+    d, zh = m.get("recurrent_dropout"), m.get("zoneout_h")
+    sigma, phi = _loop_activations(o)
+    b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
+    w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H:]  # reset before: two recurrent products
+    b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H:])
+    h = h0
+    outs = []
+    for t in range(x.shape[0]):
+        h_in = h if d is None else d * h
+        if o.layer_norm:  # needs reset_after
+            ax = F.layer_norm(F.linear(x[t], p["weight_ih"]), (3 * H,), p["ln_ih_weight"], p["ln_ih_bias"])
+            ah = F.layer_norm(F.linear(h_in, w_hh), (3 * H,), p["ln_hh_weight"], p["ln_hh_bias"])
+            if b_ih is not None:
+                ax, ah = ax + b_ih, ah + b_hh
+        else:
+            ax = F.linear(x[t], p["weight_ih"], b_ih)  # (B, 3H)
+            ah = F.linear(h_in, w_hh, b_hh) if o.reset_after else F.linear(h_in, w_rz, b_rz)  # (B, 3H | 2H)
+        x_r, x_z, x_n = ax.chunk(3, 1)
+        r = sigma(x_r + ah[:, :H])
+        z = sigma(x_z + ah[:, H: 2 * H])
+        n = phi(x_n + r * ah[:, 2 * H:]) if o.reset_after else phi(x_n + F.linear(r * h_in, w_n, b_n))
+        h_new = (1 - z) * n + z * h
+        h = h_new if zh is None else zh[t] * h + (1 - zh[t]) * h_new
+        outs.append(h)
+    return torch.stack(outs), h
+
+
 def _variant_contenders(torch, gnn, variant, shape, backend, dtype):
-    """name -> forward + backward for the plain fused LSTM, the variant in gatelab.nn and
-    the variant as a PyTorch loop; and the engine that runs the variant."""
+    """name -> forward + backward for the plain fused LSTM (GRU), the variant in gatelab.nn
+    and the variant as a PyTorch loop; and the engine that runs the variant."""
     from gatelab import engines
 
+    cell, options = ALL_VARIANTS[variant]
     T, B, I, H = shape
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    plain = gnn.LSTM(I, H, dtype=dtype, backend="fused")
-    ours = gnn.LSTM(I, H, dtype=dtype, backend=backend, **VARIANTS[variant])
+    cls = getattr(gnn, cell)
+    plain = cls(I, H, dtype=dtype, backend="fused")
+    ours = cls(I, H, dtype=dtype, backend=backend, **options)
     plain.train()
     ours.train()
     x = torch.randn(T, B, I, generator=gen, dtype=dtype).requires_grad_()
@@ -351,12 +430,13 @@ def _variant_contenders(torch, gnn, variant, shape, backend, dtype):
     masks = ours.draw_masks(T, B) if ours.options.stochastic else []
     engine = engines.select(backend, ours._cell_spec(0), x, False,
                             {k: None for m in masks for k in m if k != "weight_hh"})
+    state = (h0[None], c0[None]) if cell == "LSTM" else h0[None]
 
     def module_run(module):
         def f():
             module.zero_grad(set_to_none=True)
             x.grad = h0.grad = c0.grad = None
-            out = module(x, (h0[None], c0[None]))[0]
+            out = module(x, state)[0]
             out.backward(grad)
         return f
 
@@ -364,7 +444,10 @@ def _variant_contenders(torch, gnn, variant, shape, backend, dtype):
         ours.zero_grad(set_to_none=True)
         x.grad = h0.grad = c0.grad = None
         drawn = ours.draw_masks(T, B) if ours.options.stochastic else None
-        out, _ = lstm_loop(ours, x, (h0, c0), drawn)
+        if cell == "LSTM":
+            out, _ = lstm_loop(ours, x, (h0, c0), drawn)
+        else:
+            out, _ = gru_loop(ours, x, h0, drawn)
         out.backward(grad)
 
     return {"plain fused": module_run(plain), "gatelab": module_run(ours), "loop": loop_run}, engine.NAME
@@ -380,26 +463,28 @@ def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, varia
     print(f"{'variant':24} {'T,B,I,H':>16} {'engine':6} {'plain ms':>9} {'gatelab ms':>10} "
           f"{'x plain':>7} {'loop ms':>9} {'vs loop':>7}  targets")
     results = []
-    for shape in shapes:
-        for variant in variants:
-            runs, engine = _variant_contenders(torch, gnn, variant, shape, args.backend, dtype)
-            times = _round_robin(runs, warmup, repeats, clock)
-            med = {k: statistics.median(v) for k, v in times.items()}
-            vs_plain = med["gatelab"] / med["plain fused"]
-            vs_loop = med["loop"] / med["gatelab"]
-            limit = TARGET_VS_PLAIN.get(variant, 1.2)
-            ok_plain, ok_loop = vs_plain <= limit, vs_loop >= TARGET_VS_LOOP
-            row = {"variant": variant, "options": {k: v for k, v in VARIANTS[variant].items()},
-                   "shape": list(shape), "engine": engine, "times_s": times, "median_s": med,
-                   "vs_plain": vs_plain, "vs_loop": vs_loop, "target_vs_plain": limit,
-                   "target_vs_loop": TARGET_VS_LOOP, "meets_vs_plain": ok_plain,
-                   "meets_vs_loop": ok_loop}
-            results.append(row)
-            marks = (f"{'ok' if ok_plain else 'MISS'} (≤{limit}x), "
-                     f"{'ok' if ok_loop else 'MISS'} (≥{TARGET_VS_LOOP:g}x)")
-            print(f"{variant:24} {','.join(map(str, shape)):>16} {engine:6} "
-                  f"{med['plain fused'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} {vs_plain:7.2f} "
-                  f"{med['loop'] * 1e3:9.2f} {vs_loop:7.2f}  {marks}", flush=True)
+    ordered = [(shape, v) for cell in ("LSTM", "GRU") for shape in shapes
+               for v in variants if ALL_VARIANTS[v][0] == cell]  # the LSTM rows, then the GRU's
+    for shape, variant in ordered:
+        runs, engine = _variant_contenders(torch, gnn, variant, shape, args.backend, dtype)
+        times = _round_robin(runs, warmup, repeats, clock)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        vs_plain = med["gatelab"] / med["plain fused"]
+        vs_loop = med["loop"] / med["gatelab"]
+        limit = TARGET_VS_PLAIN.get(variant, 1.2)
+        ok_plain, ok_loop = vs_plain <= limit, vs_loop >= TARGET_VS_LOOP
+        cell, options = ALL_VARIANTS[variant]
+        row = {"variant": variant, "cell": cell, "options": dict(options),
+               "shape": list(shape), "engine": engine, "times_s": times, "median_s": med,
+               "vs_plain": vs_plain, "vs_loop": vs_loop, "target_vs_plain": limit,
+               "target_vs_loop": TARGET_VS_LOOP, "meets_vs_plain": ok_plain,
+               "meets_vs_loop": ok_loop}
+        results.append(row)
+        marks = (f"{'ok' if ok_plain else 'MISS'} (≤{limit}x), "
+                 f"{'ok' if ok_loop else 'MISS'} (≥{TARGET_VS_LOOP:g}x)")
+        print(f"{variant:24} {','.join(map(str, shape)):>16} {engine:6} "
+              f"{med['plain fused'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} {vs_plain:7.2f} "
+              f"{med['loop'] * 1e3:9.2f} {vs_loop:7.2f}  {marks}", flush=True)
     if args.json:
         report = {"machine": info, "mode": "variants", "backend": args.backend, "clock": args.clock,
                   "dtype": args.dtype, "repeats": repeats, "warmup": warmup, "results": results}

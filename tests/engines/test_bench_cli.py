@@ -88,3 +88,56 @@ def test_the_loop_baseline_computes_the_variant(variant):
     out_loop, (h_loop, c_loop) = bench.lstm_loop(module, x, (h0, c0), masks)
     for a, b in ((out, out_loop), (h[0], h_loop), (c[0], c_loop)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_bench_gru_variants_quick_writes_json(tmp_path, capsys):
+    """The GRU rows come after the LSTM's, whatever order the names are given in."""
+    path = tmp_path / "variants.json"
+    assert main(["bench", "--variants", "gru plain, gru reset_before,plain,gru  layer_norm", "--quick",
+                 "--threads", "1", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(path.read_text())
+    rows = report["results"]
+    assert [(r["cell"], r["variant"]) for r in rows] == [
+        ("LSTM", "plain"), ("GRU", "gru plain"), ("GRU", "gru reset_before"), ("GRU", "gru layer_norm")]
+    assert rows[2]["options"] == {"reset_after": False}
+    assert [r["target_vs_plain"] for r in rows] == [1.2, 1.2, 1.2, 1.5]
+    for r in rows:
+        assert r["engine"] == "fused"
+        assert set(r["median_s"]) == {"plain fused", "gatelab", "loop"}
+        assert r["vs_plain"] > 0 and r["vs_loop"] > 0
+        assert f"{r['variant']:24} " in printed and f"{r['vs_loop']:7.2f}" in printed
+
+
+GRU_LOOP_CASES = [
+    *[(name, {}) for name in ("gru plain", "gru reset_before", "gru hard_sigmoid", "gru softsign", "gru zoneout",
+                              "gru recurrent_dropout", "gru weight_drop", "gru layer_norm")],
+    # every mask together, in both forms (d inside r ⊙ h_{t-1} under reset before), and no biases
+    ("gru reset_before", dict(zoneout=0.3, recurrent_dropout=0.25, weight_drop=0.5, gate_activation="hard_sigmoid")),
+    ("gru layer_norm", dict(zoneout=0.3, recurrent_dropout=0.25, weight_drop=0.5, cell_activation="softsign")),
+    ("gru reset_before", dict(bias=False, recurrent_dropout=0.25)),
+    ("gru layer_norm", dict(bias=False, weight_drop=0.5)),
+]
+
+
+@pytest.mark.parametrize("variant, extra", GRU_LOOP_CASES)
+def test_the_gru_loop_baseline_computes_the_variant(variant, extra):
+    """The benchmark's PyTorch GRU loop is the same function as gatelab.nn.GRU with the
+    option (float64, the same masks, outputs and final state): the comparison is like for like."""
+    import torch
+
+    from gatelab import bench
+    import gatelab.nn as gnn
+
+    torch.manual_seed(0)
+    module = gnn.GRU(3, 5, dtype=torch.float64, **bench.GRU_VARIANTS[variant], **extra)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 5, dtype=torch.float64)
+    masks = module.draw_masks(6, 2) if module.options.stochastic else None
+    out, h = module(x, h0[None], masks=masks)
+    out_loop, h_loop = bench.gru_loop(module, x, h0, masks)
+    for a, b in ((out, out_loop), (h[0], h_loop)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
