@@ -46,8 +46,8 @@ def test_aborted_team_stops_waiting():
 _FAILING_THREAD = """
 import torch
 from gatelab import nn as gnn
-from gatelab.engines import fused_lstm_units as units
-units.MIN_STEP_MACS, units.MIN_UNITS = 0, 1
+from gatelab.engines import fused_lstm_units as units, fused_units
+fused_units.MIN_STEP_MACS, fused_units.MIN_UNITS = 0, 1
 real = units.{name}
 
 def failing(j, *args):

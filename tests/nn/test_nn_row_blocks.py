@@ -202,12 +202,13 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch, gomp):
 
 @pytest.fixture(params=[2, 3])
 def units_split(request, monkeypatch):
-    """Force each step's units onto `param` threads for any step size (fused_lstm_units)."""
-    from gatelab.engines import fused_lstm_units
+    """Force each step's units onto `param` threads for any step size (fused_lstm_units,
+    fused_gru_units)."""
+    from gatelab.engines import fused_gru_units, fused_lstm_units, fused_units
 
     monkeypatch.setenv("GATELAB_THREADS", str(request.param))
-    monkeypatch.setattr(fused_lstm_units, "MIN_STEP_MACS", 0)
-    monkeypatch.setattr(fused_lstm_units, "MIN_UNITS", 1)
+    monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
+    monkeypatch.setattr(fused_units, "MIN_UNITS", 1)
     calls = []
     real = fused_parallel.team
 
@@ -216,6 +217,7 @@ def units_split(request, monkeypatch):
         return real(fn, n)
 
     monkeypatch.setattr(fused_lstm_units, "team", counting)
+    monkeypatch.setattr(fused_gru_units, "team", counting)
     return calls, str(request.param)
 
 
@@ -223,10 +225,11 @@ def units_split(request, monkeypatch):
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize(("dtype", "tol"), [(F64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("B", [1, 3, 7, 12])
-def test_units_split_equals_torch_nn(units_split, B, dtype, tol, packed, bidirectional):
-    """The plain LSTM's units split between threads, for any batch (B = 12 would otherwise
-    take row blocks)."""
-    ref, ours = _pair("LSTM", dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_units_split_equals_torch_nn(units_split, mode, B, dtype, tol, packed, bidirectional):
+    """The plain LSTM's and GRU's units split between threads, for any batch (B = 12 would
+    otherwise take row blocks)."""
+    ref, ours = _pair(mode, dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional)
     T = 6
     g = torch.Generator().manual_seed(B)
     x = torch.randn(T, B, 5, generator=g, dtype=dtype)
@@ -234,12 +237,12 @@ def test_units_split_equals_torch_nn(units_split, B, dtype, tol, packed, bidirec
     if packed:
         lengths[0] = T
     D = 2 if bidirectional else 1
-    h0 = tuple(torch.randn(2 * D, B, 7, generator=g, dtype=dtype) for _ in range(2))
+    h0 = tuple(torch.randn(2 * D, B, 7, generator=g, dtype=dtype) for _ in range(2 if mode == "LSTM" else 1))
     results = []
     for module in (ref, ours):
         xs = x.clone().requires_grad_()
         hs = tuple(s.clone().requires_grad_() for s in h0)
-        out, state = _run(module, xs, lengths, hs)
+        out, state = _run(module, xs, lengths, hs if mode == "LSTM" else hs[0])
         loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum()
         loss = loss + sum((s * s).sum() for s in state)
         results.append((out, *state, *torch.autograd.grad(loss, [xs, *hs, *module.parameters()])))
@@ -249,8 +252,9 @@ def test_units_split_equals_torch_nn(units_split, B, dtype, tol, packed, bidirec
         torch.testing.assert_close(b, a, rtol=tol, atol=tol)
 
 
-def test_units_split_records_the_same_gates(units_split, monkeypatch):
-    _, ours = _pair("LSTM", F64, input_size=4, hidden_size=9, bidirectional=True)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_units_split_records_the_same_gates(units_split, monkeypatch, mode):
+    _, ours = _pair(mode, F64, input_size=4, hidden_size=9, bidirectional=True)
     x = torch.randn(5, 2, 4, dtype=F64)
     results = []
     for threads in ("1", units_split[1]):
@@ -266,11 +270,11 @@ def test_units_split_records_the_same_gates(units_split, monkeypatch):
 def test_units_split_with_a_smaller_team(monkeypatch):
     """OpenMP may give fewer threads than asked (inside another parallel region): every
     unit is still computed, by the threads there are."""
-    from gatelab.engines import fused_lstm_units
+    from gatelab.engines import fused_lstm_units, fused_units
 
     monkeypatch.setenv("GATELAB_THREADS", "4")
-    monkeypatch.setattr(fused_lstm_units, "MIN_STEP_MACS", 0)
-    monkeypatch.setattr(fused_lstm_units, "MIN_UNITS", 1)
+    monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
+    monkeypatch.setattr(fused_units, "MIN_UNITS", 1)
     monkeypatch.setattr(fused_lstm_units, "team", lambda fn, n: fused_parallel.team(fn, 2) if n > 2 else None)
     ref, ours = _pair("LSTM", F64, input_size=3, hidden_size=5)
     x = torch.randn(4, 1, 3, dtype=F64, requires_grad=True)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from gatelab.engines import _kernels_blas, fused_lstm_family, fused_parallel
+from gatelab.engines import GATE_ROWS, _kernels_blas, fused_lstm_family, fused_parallel, fused_units
 from gatelab.engines.fused_common import numba_loop, schedule
 
 NAME = "fused"
@@ -100,16 +100,15 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
     # the batch splits into row blocks on torch's threads unless OpenBLAS was given threads;
-    # the plain LSTM splits each step's units between the threads instead where it pays
+    # the plain LSTM and GRU split each step's units between the threads instead where it pays
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
     B = x.shape[1]  # x (T, B, I)
     blocks = fused_parallel.row_blocks(B, threads)
-    if spec.mode == "LSTM" and spec.is_plain and masks is None:
-        from gatelab.engines import fused_lstm
-
-        if fused_lstm.unit_threads(threads, B, spec.hidden_size, spec.proj_size > 0) > 1:
+    if spec.mode in ("LSTM", "GRU") and spec.is_plain and masks is None:
+        G = GATE_ROWS[spec.mode]
+        if fused_units.unit_threads(threads, B, spec.hidden_size, G, spec.proj_size > 0) > 1:
             blocks = [(0, B)]
-    if len(blocks) == 1:  # one thread, or the plain LSTM's units on `threads`
+    if len(blocks) == 1:  # one thread, or the plain LSTM's or GRU's units on `threads`
         return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads)
     numba_loop()  # bind OpenBLAS once, before the threads
 
@@ -121,8 +120,8 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
 
 
 def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads=1):
-    """One layer-direction on the calling thread (the plain LSTM on up to `threads` when
-    its units are split): the cell's own engine module."""
+    """One layer-direction on the calling thread (the plain LSTM or GRU on up to `threads`
+    when its units are split): the cell's own engine module."""
     T, B, _ = x.shape  # (T, B, I)
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
@@ -136,7 +135,9 @@ def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, thre
 
         return fused_lstm.run(spec, x, state, weights, steps, record, threads)
     if spec.mode == "GRU":
-        from gatelab.engines import fused_gru as cell
-    else:
-        from gatelab.engines import fused_rnn as cell
-    return cell.run(spec, x, state, weights, steps, record)
+        from gatelab.engines import fused_gru
+
+        return fused_gru.run(spec, x, state, weights, steps, record, threads)
+    from gatelab.engines import fused_rnn
+
+    return fused_rnn.run(spec, x, state, weights, steps, record)

@@ -32,27 +32,35 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines.fused_units import unit_threads
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out):
-    """One step's gate pass for rows [:n].
+def forward_step(t, n, ta, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out, u0, u1):
+    """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H).
 
-    xa (T, B, 3H) x W_ih^T; hw (B, 3H) h_{t-1} W_hh^T; bias (3H,) b_ih + [b_hr, b_hz, 0];
-    b_hn (H,);
+    xa (T, B, 3G) x W_ih^T; hw (B, 3G) h_{t-1} W_hh^T; bias (3G,) b_ih + [b_hr, b_hz, 0];
+    b_hn (G,): gate blocks r z n of width G = H (unit u at column gH + u), or G = u1 - u0
+    when they hold units [u0, u1) only (one thread's own buffers, fused_gru_units);
     h_state (B, H) h_{t-1} in, h_t out; gr gz gn hn_seq (Ta, B, H) written at ta;
     out (T, B, H) written at t.
     """
     H = h_state.shape[1]
-    for b in range(n):  # 1-D row views keep the inner loop simple enough to vectorise
-        x_r, x_z, x_n = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:]  # (H,)
-        h_r, h_z, h_n = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:]  # (H,)
-        b_r, b_z, b_n = bias[:H], bias[H:2 * H], bias[2 * H:]  # (H,)
-        h_, r_, z_, n_, hn_, out_ = h_state[b], gr[ta, b], gz[ta, b], gn[ta, b], hn_seq[ta, b], out[t, b]
-        for j in range(H):
+    U = u1 - u0
+    G = hw.shape[1] // 3  # gate block width of xa, hw, bias and b_hn
+    k0 = u0 if G == H else 0  # my units' first column in each block
+    k1 = k0 + U
+    for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
+        x_r, x_z, x_n = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1], xa[t, b, 2 * G + k0:2 * G + k1]  # (U,)
+        h_r, h_z, h_n = hw[b, k0:k1], hw[b, G + k0:G + k1], hw[b, 2 * G + k0:2 * G + k1]  # (U,)
+        b_r, b_z, b_n = bias[k0:k1], bias[G + k0:G + k1], bias[2 * G + k0:2 * G + k1]  # (U,)
+        b_hn_ = b_hn[k0:k1]  # (U,)
+        h_, r_, z_, n_ = h_state[b, u0:u1], gr[ta, b, u0:u1], gz[ta, b, u0:u1], gn[ta, b, u0:u1]  # (U,)
+        hn_, out_ = hn_seq[ta, b, u0:u1], out[t, b, u0:u1]  # (U,)
+        for j in range(U):
             r = sigmoid(x_r[j] + h_r[j] + b_r[j])
             z = sigmoid(x_z[j] + h_z[j] + b_z[j])
-            hn = h_n[j] + b_hn[j]
+            hn = h_n[j] + b_hn_[j]
             nn = tanh(x_n[j] + b_n[j] + r * hn)
             h = (one(z) - z) * nn + z * h_[j]
             r_[j] = r
@@ -65,8 +73,8 @@ def forward_step(t, n, ta, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out)
 
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates,
-                  dxa, dhw):
-    """One step of BPTT for rows [:n].
+                  dxa, dhw, u0, u1):
+    """One step of BPTT for rows [:n] and units [u0, u1) (all: 0, H).
 
     d_out (T, B, H); dh_state (B, H) δh carried in, δh ⊙ z out (the GEMM adds δhw W_hh);
     gr gz gn hn_seq out (T, B, H) saved; h0 (B, H) initial state of rows [n_prev, n);
@@ -74,13 +82,15 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
     dxa, dhw (T, B, 3H) out.
     """
     H = dh_state.shape[1]
+    U = u1 - u0
     has_dg = dgates.shape[1] > 0
-    for b in range(n):  # 1-D row views keep the inner loops simple enough to vectorise
-        r_, z_, n_, hn_, do_, dh_ = gr[t, b], gz[t, b], gn[t, b], hn_seq[t, b], d_out[t, b], dh_state[b]
-        hp_ = out[tp, b] if b < n_prev else h0[b]  # (H,) h_{t-1}
-        dx_r, dx_z, dx_n = dxa[t, b, :H], dxa[t, b, H:2 * H], dxa[t, b, 2 * H:]  # (H,)
-        dw_r, dw_z, dw_n = dhw[t, b, :H], dhw[t, b, H:2 * H], dhw[t, b, 2 * H:]  # (H,)
-        for j in range(H):
+    for b in range(n):  # 1-D row views from u0 keep the inner loops simple enough to vectorise
+        r_, z_, n_, hn_ = gr[t, b, u0:u1], gz[t, b, u0:u1], gn[t, b, u0:u1], hn_seq[t, b, u0:u1]  # (U,)
+        do_, dh_ = d_out[t, b, u0:u1], dh_state[b, u0:u1]  # (U,)
+        hp_ = out[tp, b, u0:u1] if b < n_prev else h0[b, u0:u1]  # (U,) h_{t-1}
+        dx_r, dx_z, dx_n = dxa[t, b, u0:u1], dxa[t, b, H + u0:H + u1], dxa[t, b, 2 * H + u0:2 * H + u1]
+        dw_r, dw_z, dw_n = dhw[t, b, u0:u1], dhw[t, b, H + u0:H + u1], dhw[t, b, 2 * H + u0:2 * H + u1]
+        for j in range(U):
             r, z, nn, hn = r_[j], z_[j], n_[j], hn_[j]
             dh = do_[j] + dh_[j]
             dan = dh * (one(z) - z) * (one(nn) - nn * nn)  # δa_n = δh (1 - z)(1 - n²)
@@ -94,8 +104,8 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
             dw_n[j] = dan * r
             dh_[j] = dh * z
         if has_dg:  # the recorded r z n: δn joins before tanh', δr after, δz after
-            dgr, dgz, dgn = dgates[0, t, b], dgates[1, t, b], dgates[2, t, b]  # (H,)
-            for j in range(H):
+            dgr, dgz, dgn = dgates[0, t, b, u0:u1], dgates[1, t, b, u0:u1], dgates[2, t, b, u0:u1]  # (U,)
+            for j in range(U):
                 r, z, nn, hn = r_[j], z_[j], n_[j], hn_[j]
                 dan = dgn[j] * (one(nn) - nn * nn)
                 dar = (dan * hn + dgr[j]) * r * (one(r) - r)
@@ -116,7 +126,7 @@ def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, h_state, hw, gr, gz, gn, h
         t, n = steps[s, 0], steps[s, 1]
         gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, 3H)
         forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq,
-                     out)
+                     out, 0, h_state.shape[1])
 
 
 @njit(**JIT)
@@ -127,37 +137,44 @@ def backward_loop(steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, d
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates,
-                      dxa, dhw)
+                      dxa, dhw, 0, dh_state.shape[1])
         gemm(dhw[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
 
 
-def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record):
-    """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn)."""
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, threads=1):
+    """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn).
+    `threads` > 1 splits each step's units between threads (fused_units.unit_threads)."""
     T, B, _ = x.shape  # (T, B, I)
     H = h0.shape[1]
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
-    xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
     bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)  # (3H,), (H,)
     if b_ih is not None:
         bias = b_ih.copy()  # (3H,)
         bias[:2 * H] += b_hh[:2 * H]  # b_hr, b_hz join the input bias; b_hn stays inside r ⊙ (.)
         b_hn = b_hh[2 * H:]
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H): the per-step GEMM runs A @ B
     full = keep or record
     Ta = T if full else 1
     zeros_or_empty = np.zeros if packed else np.empty
     saved = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # r z n hn, (Ta, B, H)
     out = zeros_or_empty((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
+    if unit_threads(threads, B, H, 3) > 1:  # the threads also share the input projection
+        from gatelab.engines import fused_gru_units
+
+        fused_gru_units.forward(threads, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, h_state,
+                                saved, out)
+        return out, h_state, (saved if full else None)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
+    xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
+    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H): the per-step GEMM runs A @ B
     hw = np.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
         forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, h_state, hw, *saved, out)
         return out, h_state, (saved if full else None)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, 3H)
-        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, *saved, out)
+        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, *saved, out, 0, H)
     return out, h_state, (saved if full else None)
 
 
@@ -165,13 +182,13 @@ class GRUFunction(torch.autograd.Function):
     """One GRU layer-direction; outputs out, h_T and, with record, the gates r z n."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, steps, record):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, steps, record, threads):
         xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
         out, h_T, saved = _forward(xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), steps,
-                                   keep=True, record=record)
+                                   keep=True, record=record, threads=threads)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved)
-        ctx.steps, ctx.has_bias = steps, b_ih is not None
+        ctx.steps, ctx.has_bias, ctx.threads = steps, b_ih is not None, threads
         outs = (tensor(out), tensor(h_T))
         if record:
             outs += tuple(tensor(a) for a in saved[:3])
@@ -194,39 +211,48 @@ class GRUFunction(torch.autograd.Function):
         packed = any(s.n < B for s in steps)
         dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
         dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
-        if numba_loop():
-            backward_loop(steps_array(steps), d_out, dh_state, *saved, out, h0s, dgates, dxa,
-                          dhw, w_hhs)
-        else:
-            tmp = np.empty((B, H), dt)  # (B, H)
-            for t, n, tp, n_prev in reversed(steps):
-                backward_step(t, n, tp, n_prev, d_out, dh_state, *saved, out, h0s, dgates,
-                              dxa, dhw)
-                mm(dhw[t, :n], w_hhs, tmp[:n])  # (n, 3H) x (3H, H)
-                np.add(dh_state[:n], tmp[:n], out=dh_state[:n])
         need = ctx.needs_input_grad
-        dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
-        dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
-        h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
-        dw_hh = mm(dhw2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
-        db_ih = add_rows_sum(dxa) if ctx.has_bias else None  # (3H,)
-        db_hh = add_rows_sum(dhw) if ctx.has_bias else None  # (3H,)
+        if unit_threads(ctx.threads, B, H, 3) > 1:  # the threads also share the GEMMs after
+            from gatelab.engines import fused_gru_units
+
+            h_prev = previous(out, h0s, steps) if need[3] else None  # (T, B, H)
+            dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_units.backward(
+                ctx.threads, steps_array(steps), d_out, dh_state, saved, out, h0s, dgates, dxa, dhw, xs,
+                h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
+        else:
+            if numba_loop():
+                backward_loop(steps_array(steps), d_out, dh_state, *saved, out, h0s, dgates, dxa,
+                              dhw, w_hhs)
+            else:
+                tmp = np.empty((B, H), dt)  # (B, H)
+                for t, n, tp, n_prev in reversed(steps):
+                    backward_step(t, n, tp, n_prev, d_out, dh_state, *saved, out, h0s, dgates,
+                                  dxa, dhw, 0, H)
+                    mm(dhw[t, :n], w_hhs, tmp[:n])  # (n, 3H) x (3H, H)
+                    np.add(dh_state[:n], tmp[:n], out=dh_state[:n])
+            dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
+            dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+            dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
+            h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
+            dw_hh = mm(dhw2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
+            db_ih = add_rows_sum(dxa) if ctx.has_bias else None  # (3H,)
+            db_hh = add_rows_sum(dhw) if ctx.has_bias else None  # (3H,)
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh)
-        return tuple(None if g is None else tensor(g) for g in grads) + (None, None)
+        return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)
 
 
-def run(spec, x, state, weights, steps, record):
-    """One GRU layer-direction; see gatelab.engines for the contract."""
+def run(spec, x, state, weights, steps, record, threads=1):
+    """One GRU layer-direction; see gatelab.engines for the contract. `threads` > 1 lets
+    each step's units be split between threads (fused_units.unit_threads)."""
     (h0,) = state
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if needs_grad(*inputs):
-        out, h_T, *rec = GRUFunction.apply(*inputs, steps, record)
+        out, h_T, *rec = GRUFunction.apply(*inputs, steps, record, threads)
     else:  # inference: nothing saved, gates kept only when recorded
         out, h_T, saved = _forward(arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih),
-                                   arr(b_hh), steps, keep=False, record=record)
+                                   arr(b_hh), steps, keep=False, record=record, threads=threads)
         out, h_T = tensor(out), tensor(h_T)
         rec = [tensor(a) for a in saved[:3]] if record else []
     gates = dict(zip(("r", "z", "n"), rec)) if record else None

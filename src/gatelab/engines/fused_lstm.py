@@ -34,6 +34,7 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines.fused_units import unit_threads
 
 
 @njit(**JIT)
@@ -178,22 +179,10 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
         gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
 
 
-def unit_threads(threads, B, H, proj) -> int:
-    """How many threads split each step's units (fused_lstm_units): `threads` when there are
-    several, no projection, at least MIN_UNITS units per thread and a step of at least
-    MIN_STEP_MACS multiply-adds; else 1."""
-    from gatelab.engines import _kernels_sync, fused_lstm_units as units
-
-    if (threads < 2 or proj or H < units.MIN_UNITS * threads
-            or B * 4 * H * H < units.MIN_STEP_MACS):
-        return 1
-    return threads if numba_loop() and _kernels_sync.bind() else 1
-
-
 def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, threads=1):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
     sequences (gates, c) when `keep` or `record`, else None. `threads` > 1 splits each
-    step's units between threads (see unit_threads)."""
+    step's units between threads (fused_units.unit_threads)."""
     T, B, _ = x.shape  # (T, B, I)
     H = c0.shape[1]
     P = h0.shape[1]  # H_out
@@ -208,7 +197,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, threads=1):
     out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
     h_state = h0.copy()  # (B, H_out)
     c_state = c0.copy()  # (B, H)
-    if unit_threads(threads, B, H, w_hr is not None) > 1:  # the threads also share the input projection
+    if unit_threads(threads, B, H, 4, w_hr is not None) > 1:  # the threads also share the input projection
         from gatelab.engines import fused_lstm_units
 
         fused_lstm_units.forward(threads, steps_array(steps), full, x, w_ih, w_hh, bias, h_state, c_state,
@@ -297,7 +286,7 @@ class LSTMFunction(torch.autograd.Function):
         dm = np.empty((1, B, H), dt)  # (1, B, H)
         zeros_h = np.zeros((B, H), dt)  # (B, H)
         need = ctx.needs_input_grad
-        if unit_threads(ctx.threads, B, H, w_hrs is not None) > 1:  # the threads also share the GEMMs after
+        if unit_threads(ctx.threads, B, H, 4, w_hrs is not None) > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_units
 
             h_prev = previous(out, h0s, steps) if need[4] else None  # (T, B, H)

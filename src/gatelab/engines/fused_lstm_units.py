@@ -20,7 +20,7 @@ written. Results equal the one-thread loops exactly: each unit's arithmetic is u
 (its GEMM column sums run over the same K in the same order).
 
 Used by fused_lstm for the plain LSTM without projection, in place of row blocks, when each
-thread gets at least MIN_UNITS units and a step has at least MIN_STEP_MACS multiply-adds:
+thread gets enough units and a step is large enough (fused_units.unit_threads):
 each thread then keeps the whole batch in its GEMMs (row blocks halve their M, and OpenBLAS
 is slower at M = 16 than at 32) and reads only its share of the weights. Measured in
 `gatelab bench` (2 threads, float32), units against row blocks: LSTM inference at
@@ -35,17 +35,11 @@ from numba import njit
 
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_sync import abort, arrive_and_wait, new_counter
+from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
+from gatelab.engines.fused_units import aborting, gate_rows, grads_of_my_rows, units
 
-MIN_STEP_MACS = 1 << 16  # B·4H·H below which the barrier and the thread wake-up cost more
-MIN_UNITS = 32  # units per thread below which row blocks (or one thread) do better
-
-
-def units(j, k, H):
-    """Thread j of k's units [u0, u1)."""
-    return j * H // k, (j + 1) * H // k
 
 
 @njit(**JIT)
@@ -97,23 +91,6 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq
     arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
 
 
-def _aborting(counter):
-    """Wrap a team member so that its failure (an exception, KeyboardInterrupt included, in
-    its Python part) releases the threads waiting for it at the barrier."""
-
-    def wrap(member):
-        def run(j, size):
-            try:
-                member(j, size)
-            except BaseException:
-                abort(counter)
-                raise
-
-        return run
-
-    return wrap
-
-
 def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq, out):
     """forward_units on a team of up to k threads (each projecting its own units' inputs);
     h_state and c_state are updated in place."""
@@ -125,10 +102,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     hbuf[1] = h_state
     counter = new_counter()
 
-    @_aborting(counter)
+    @aborting(counter)
     def member(j, size):
-        u0, u1 = units(j, size, H)
-        rows = np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(4)])  # (4U,) i f g o
+        rows = gate_rows(4, H, *units(j, size, H))  # (4U,) i f g o
         xa_mine = np.empty((T, B, rows.size), dt)  # (T, B, 4U)
         hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
         forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows], hbuf,
@@ -144,39 +120,29 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
 
     x (T, B, I); h_prev (T, B, H) the state each step started from (None when δW_hh is not
     needed); need: (δx, δW_ih, δW_hh, δb) wanted. Each thread forms the rows of δW_ih, δW_hh
-    and δb of its own units (δA's columns of its units) and δx for its share of the T*B rows.
-    dh_state and dc_state are updated in place. Returns (δx, δW_ih, δW_hh, δb), None where
-    not needed.
+    and δb of its own units (δA's columns of its units) and δx for its share of the T*B rows
+    (fused_units.grads_of_my_rows). dh_state and dc_state are updated in place. Returns
+    (δx, δW_ih, δW_hh, δb), None where not needed.
     """
     T, B, I = x.shape
     H = dc_state.shape[1]
     dt = x.dtype
     counter = new_counter()
-    da2, x2 = da.reshape(T * B, 4 * H), x.reshape(T * B, I)  # (T*B, 4H), (T*B, I)
-    dx = np.empty((T * B, I), dt) if need[0] else None  # (T*B, I)
-    dw_ih = np.empty_like(w_ih) if need[1] else None  # (4H, I)
-    dw_hh = np.empty_like(w_hh) if need[2] else None  # (4H, H)
-    db = np.empty(4 * H, dt) if need[3] else None  # (4H,)
+    out = {k_: v for k_, v, wanted in (("dx", np.empty((T * B, I), dt), need[0]),
+                                       ("dw_ih", np.empty_like(w_ih), need[1]),
+                                       ("dw_hh", np.empty_like(w_hh), need[2]),
+                                       ("db_ih", np.empty(4 * H, dt), need[3])) if wanted}
+    da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
-    ones = np.ones(T * B, dt)
 
-    @_aborting(counter)
+    @aborting(counter)
     def member(j, size):
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, w_mine,
                        counter)
-        for g in range(4):
-            r = slice(g * H + u0, g * H + u1)  # my units' rows of gate g
-            if dw_ih is not None:
-                np.matmul(da2[:, r].T, x2, out=dw_ih[r])  # (U, T*B) x (T*B, I)
-            if dw_hh is not None:
-                np.matmul(da2[:, r].T, hp2, out=dw_hh[r])  # (U, T*B) x (T*B, H)
-            if db is not None:
-                np.matmul(ones, da2[:, r], out=db[r])  # Σ over steps and rows
-        if dx is not None:
-            r0, r1 = units(j, size, T * B)
-            np.matmul(da2[r0:r1], w_ih, out=dx[r0:r1])  # (rows, 4H) x (4H, I)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k)
-    return (None if dx is None else dx.reshape(T, B, I)), dw_ih, dw_hh, db
+    dx = out.get("dx")
+    return (None if dx is None else dx.reshape(T, B, I)), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

@@ -1,0 +1,122 @@
+"""The fused GRU's time loops with each step's units split between threads.
+
+As fused_lstm_units for the LSTM (the reasons and the measurements are there): thread j
+of k owns units [u0, u1), a contiguous copy of its rows r z n of W_ih and W_hh, its input
+projection and gate pass, and the whole batch.
+
+    forward:  hw_mine = h_{t-1} W_mine^T; barrier (everyone has read h_{t-1});
+              gate pass for my units, h_t written in place; barrier (h_t complete)
+    backward: BPTT pass for my units (fused_gru.backward_step with u0, u1) -> δxa, δhw of
+              my units; barrier; δh_{t-1}[:, my units] += δhw[t] (all 3H) W_hh[:, my units]
+
+The GRU's gate pass reads h_{t-1} of its units and writes h_t in place (as the one-thread
+loop does; a second buffer would make LLVM's alias check fail and the pass run scalar),
+so the forward meets twice per step. Results equal the one-thread loops exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gatelab.engines._kernels import JIT
+from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
+from gatelab.engines.fused_gru import backward_step, forward_step
+from gatelab.engines.fused_parallel import team
+from gatelab.engines.fused_units import aborting, gate_rows, grads_of_my_rows, units
+
+
+@njit(**JIT)
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_mine, h_state, hw_mine,
+                  xa_mine, gr, gz, gn, hn_seq, out, counter):
+    """Thread j of k runs its input projection and the whole forward time loop for units
+    [u0, u1) = units(j, k, H), U = u1 - u0.
+
+    x2 (T*B, I); w_ih_mine (3U, I), w_hh_mine (3U, H): my rows r z n, contiguous copies;
+    bias_mine (3U,), b_hn_mine (U,); xa_mine (T, B, 3U) and hw_mine (B, 3U) my products;
+    h_state (B, H) shared, h_{t-1} in, h_t out; counter: _kernels_sync.new_counter(),
+    shared; the rest as in fused_gru.forward_loop.
+    """
+    B, H = h_state.shape
+    T = xa_mine.shape[0]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        gemm(h_state[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (3U, H)^T
+        if not arrive_and_wait(counter, 2 * s, k):  # everyone has read h_{t-1}
+            return  # another thread failed: the caller raises its error
+        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, h_state, gr, gz, gn,
+                     hn_seq, out, u0, u1)
+        if not arrive_and_wait(counter, 2 * s + 1, k):  # h_t complete
+            return
+
+
+@njit(**JIT)
+def backward_units(j, k, steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, dxa, dhw, w_mine,
+                   counter):
+    """Thread j of k runs the whole backward time loop for units [u0, u1); w_mine (3H, U):
+    W_hh's columns of my units (a contiguous copy); counter: new_counter(), shared; the
+    rest as in fused_gru.backward_loop."""
+    H = dh_state.shape[1]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    S = steps.shape[0]
+    for s in range(S - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, dxa, dhw,
+                      u0, u1)
+        if not arrive_and_wait(counter, S - 1 - s, k):  # δhw[t] complete for every unit
+            return  # another thread failed: the caller raises its error
+        gemm(dhw[t, :n], w_mine, dh_state[:n, u0:u1], False, 1.0)  # += (n, 3H) x (3H, U)
+    arrive_and_wait(counter, S, k)  # δxa, δhw complete: the GEMMs over all steps may read any column
+
+
+def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
+    """forward_units on a team of up to k threads; h_state is updated in place.
+    bias (3H,) b_ih + [b_hr, b_hz, 0]; b_hn (H,); saved: (r, z, n, hn) arrays."""
+    T, B, I = x.shape
+    H = h_state.shape[1]
+    dt = x.dtype
+    counter = new_counter()
+
+    @aborting(counter)
+    def member(j, size):
+        u0, u1 = units(j, size, H)
+        rows = gate_rows(3, H, u0, u1)  # (3U,) r z n
+        xa_mine = np.empty((T, B, rows.size), dt)  # (T, B, 3U)
+        hw_mine = np.empty((B, rows.size), dt)  # (B, 3U)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows],
+                      b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
+
+    team(member, k)
+
+
+def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh, need):
+    """backward_units, then the gradients over all steps (fused_units.grads_of_my_rows), on a
+    team of up to k threads. need: (δx, δW_ih, δW_hh, δb) wanted; h_prev (T, B, H) or None.
+    dh_state is updated in place. Returns (δx, δW_ih, δW_hh, δb_ih, δb_hh), None where not
+    needed."""
+    T, B, I = x.shape
+    H = dh_state.shape[1]
+    dt = x.dtype
+    counter = new_counter()
+    results = {name: v for name, v, wanted in (("dx", np.empty((T * B, I), dt), need[0]),
+                                               ("dw_ih", np.empty_like(w_ih), need[1]),
+                                               ("dw_hh", np.empty_like(w_hh), need[2]),
+                                               ("db_ih", np.empty(3 * H, dt), need[3]),
+                                               ("db_hh", np.empty(3 * H, dt), need[3])) if wanted}
+    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
+
+    @aborting(counter)
+    def member(j, size):
+        u0, u1 = units(j, size, H)
+        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
+        backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, w_mine, counter)
+        grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
+                         x.reshape(T * B, I), hp2, w_ih, results)
+
+    team(member, k)
+    dx = results.get("dx")
+    return ((None if dx is None else dx.reshape(T, B, I)), results.get("dw_ih"), results.get("dw_hh"),
+            results.get("db_ih"), results.get("db_hh"))
