@@ -30,7 +30,9 @@ with reset_after=False (which no engine runs); the plain RNN's variants (it has 
 Threads: a batch of at least 2 x fused_parallel.MIN_ROWS rows is split into row blocks,
 one per thread of torch's pool (torch.set_num_threads, or GATELAB_THREADS), run at once
 on torch's own OpenMP threads; each block calls OpenBLAS single-threaded and runs its own
-gate passes. Smaller batches run on the calling thread. OpenBLAS's own threads are not
+gate passes. The plain LSTM and GRU split each step's units between the threads instead
+where each thread gets enough of them (fused_units.unit_threads; fused_lstm_units,
+fused_gru_units), at any batch size. Otherwise one thread. OpenBLAS's own threads are not
 used (GATELAB_BLAS_THREADS=N forces them): they busy-wait after each call and slowed the
 torch ops around the engine several-fold (fused_parallel, _kernels_blas.sync_threads).
 """
