@@ -1,7 +1,13 @@
 """Helpers of the variant tests: build a gatelab.nn module with LSTM-family options and random
 (non-trivial) parameters, run it on padded / packed / unbatched / batch_first input with
 initial states, and compare outputs, final states, recorded gates and every gradient with
-the NumPy reference run by variant_oracle (float64, ≤ 1e-10)."""
+the NumPy reference run by variant_oracle (float64, ≤ 1e-10).
+
+The bound is |got - want| <= 1e-10 + 1e-10 |want| (float32: 1e-5 both): layer
+norm with moved gains, peepholes and weight drop give gradients of 10^2 to 10^3, whose
+rounding in float64 (a few 1e-13 relative, depending on the order of sums) exceeds 1e-10
+absolute; hypothesis found one (δweight_hh 267.86562330200 against 267.86562330212,
+relative 4e-13)."""
 
 from __future__ import annotations
 
@@ -140,21 +146,21 @@ def _check(module, *, T, B, form, seed, training, with_masks, dtype, tol):
 
     x_np, h0_np = x_np.astype(np.float64), tuple(s.astype(np.float64) for s in h0_np)  # reference in float64
     want_out, want_final, want_gates, want_grads = stack(module, x_np, lengths, h0_np, masks_np, d_out, d_final)
-    np.testing.assert_allclose(out.detach().numpy(), want_out, rtol=0, atol=tol, err_msg="output")
+    np.testing.assert_allclose(out.detach().numpy(), want_out, rtol=tol, atol=tol, err_msg="output")
     for s, w in zip(state, want_final):
-        np.testing.assert_allclose(s.detach().numpy(), w, rtol=0, atol=tol, err_msg="final state")
+        np.testing.assert_allclose(s.detach().numpy(), w, rtol=tol, atol=tol, err_msg="final state")
     for name, w in want_gates.items():
-        np.testing.assert_allclose(gates[name].detach().numpy(), w, rtol=0, atol=tol, err_msg=f"gate {name}")
+        np.testing.assert_allclose(gates[name].detach().numpy(), w, rtol=tol, atol=tol, err_msg=f"gate {name}")
     dx = got[0].numpy()
     if module.batch_first:
         dx = dx.transpose(1, 0, 2)
-    np.testing.assert_allclose(dx, want_grads["x"], rtol=0, atol=tol, err_msg="grad x")
+    np.testing.assert_allclose(dx, want_grads["x"], rtol=tol, atol=tol, err_msg="grad x")
     for g, w, name in zip(got[1: 1 + len(h0)], want_grads["h0"], ("h0", "c0")):
-        np.testing.assert_allclose(g.numpy(), w, rtol=0, atol=tol, err_msg=f"grad {name}")
+        np.testing.assert_allclose(g.numpy(), w, rtol=tol, atol=tol, err_msg=f"grad {name}")
     for (name, p), g in zip(params.items(), got[1 + len(h0):]):
         want = want_grads[name]
         g = torch.zeros_like(p) if g is None else g
-        np.testing.assert_allclose(g.numpy(), want, rtol=0, atol=tol, err_msg=f"grad {name}")
+        np.testing.assert_allclose(g.numpy(), want, rtol=tol, atol=tol, err_msg=f"grad {name}")
     return masks
 
 
