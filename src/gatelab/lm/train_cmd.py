@@ -210,9 +210,12 @@ def run(args) -> int:
 
     ctx = distributed.setup(_device(args.device))
     try:
-        return _run(args, ctx)
+        code = _run(args, ctx)
     finally:
         distributed.teardown(ctx)
+    if ctx.distributed:  # a torchrun worker whose work is done and saved
+        distributed.exit_process(code)
+    return code
 
 
 def _run(args, ctx) -> int:
