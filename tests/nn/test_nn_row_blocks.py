@@ -76,6 +76,16 @@ def _run(module, x, lengths, h0):
     return out, as_tuple(state)
 
 
+def _outputs_and_grads(module, x, lengths, h0, mode):
+    """(out, final states..., δx, δh0 [, δc0], δparameters...) of a loss on out and the states."""
+    xs = x.clone().requires_grad_()
+    hs = tuple(s.clone().requires_grad_() for s in h0)
+    out, state = _run(module, xs, lengths, hs if mode == "LSTM" else hs[0])
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=x.dtype).view_as(out)).sum()
+    loss = loss + sum((s * s).sum() for s in state)
+    return (out, *state, *torch.autograd.grad(loss, [xs, *hs, *module.parameters()]))
+
+
 CASES = [
     ("LSTM", dict(num_layers=2, bidirectional=True)),
     ("LSTM", dict(proj_size=3, bias=False)),
@@ -100,15 +110,7 @@ def test_split_equals_torch_nn(split, mode, kw, dtype, tol, packed):
     h0 = tuple(torch.randn(ours.num_layers * D, B, n, generator=g, dtype=dtype)
                for n in ([ours.proj_size or 6, 6] if mode == "LSTM" else [6]))
     h0 = h0 if mode == "LSTM" else h0[0]
-    results = []
-    for module in (ref, ours):
-        xs = x.clone().requires_grad_()
-        hs = tuple(s.clone().requires_grad_() for s in as_tuple(h0))
-        out, state = _run(module, xs, lengths, hs if mode == "LSTM" else hs[0])
-        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum()
-        loss = loss + sum((s * s).sum() for s in state)
-        grads = torch.autograd.grad(loss, [xs, *hs, *module.parameters()])
-        results.append((out, *state, *grads))
+    results = [_outputs_and_grads(module, x, lengths, as_tuple(h0), mode) for module in (ref, ours)]
     calls, _ = split
     assert calls and all(n > 1 for n in calls)  # the batch really was split
     for a, b in zip(*results):
@@ -238,14 +240,7 @@ def test_units_split_equals_torch_nn(units_split, mode, B, dtype, tol, packed, b
         lengths[0] = T
     D = 2 if bidirectional else 1
     h0 = tuple(torch.randn(2 * D, B, 7, generator=g, dtype=dtype) for _ in range(2 if mode == "LSTM" else 1))
-    results = []
-    for module in (ref, ours):
-        xs = x.clone().requires_grad_()
-        hs = tuple(s.clone().requires_grad_() for s in h0)
-        out, state = _run(module, xs, lengths, hs if mode == "LSTM" else hs[0])
-        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum()
-        loss = loss + sum((s * s).sum() for s in state)
-        results.append((out, *state, *torch.autograd.grad(loss, [xs, *hs, *module.parameters()])))
+    results = [_outputs_and_grads(module, x, lengths, h0, mode) for module in (ref, ours)]
     calls, n = units_split
     assert calls and all(c == int(n) for c in calls)  # forward and backward ran on threads
     for a, b in zip(*results):
