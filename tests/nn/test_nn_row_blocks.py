@@ -76,6 +76,20 @@ def _run(module, x, lengths, h0):
     return out, as_tuple(state)
 
 
+def _inputs(module, mode, T, B, dtype, packed, seed):
+    """x (T, B, I); lengths (B,) with one full-length row when packed, else None; the
+    initial states as a tuple ((h0, c0) for the LSTM)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, module.input_size, generator=g, dtype=dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
+    if packed:
+        lengths[B // 2] = T
+    L = module.num_layers * (2 if module.bidirectional else 1)
+    H = module.hidden_size
+    sizes = [module.proj_size or H, H] if mode == "LSTM" else [H]
+    return x, lengths, tuple(torch.randn(L, B, n, generator=g, dtype=dtype) for n in sizes)
+
+
 def _outputs_and_grads(module, x, lengths, h0, mode):
     """(out, final states..., δx, δh0 [, δc0], δparameters...) of a loss on out and the states."""
     xs = x.clone().requires_grad_()
@@ -100,17 +114,8 @@ CASES = [
 @pytest.mark.parametrize(("mode", "kw"), CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
 def test_split_equals_torch_nn(split, mode, kw, dtype, tol, packed):
     ref, ours = _pair(mode, dtype, input_size=5, hidden_size=6, **kw)
-    T, B = 7, 13
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(T, B, 5, generator=g, dtype=dtype)
-    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
-    if packed:
-        lengths[3] = T
-    D = 2 if ours.bidirectional else 1
-    h0 = tuple(torch.randn(ours.num_layers * D, B, n, generator=g, dtype=dtype)
-               for n in ([ours.proj_size or 6, 6] if mode == "LSTM" else [6]))
-    h0 = h0 if mode == "LSTM" else h0[0]
-    results = [_outputs_and_grads(module, x, lengths, as_tuple(h0), mode) for module in (ref, ours)]
+    x, lengths, h0 = _inputs(ours, mode, 7, 13, dtype, packed, seed=1)
+    results = [_outputs_and_grads(module, x, lengths, h0, mode) for module in (ref, ours)]
     calls, _ = split
     assert calls and all(n > 1 for n in calls)  # the batch really was split
     for a, b in zip(*results):
@@ -232,14 +237,7 @@ def test_units_split_equals_torch_nn(units_split, mode, B, dtype, tol, packed, b
     """The plain LSTM's and GRU's units split between threads, for any batch (B = 12 would
     otherwise take row blocks)."""
     ref, ours = _pair(mode, dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=bidirectional)
-    T = 6
-    g = torch.Generator().manual_seed(B)
-    x = torch.randn(T, B, 5, generator=g, dtype=dtype)
-    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
-    if packed:
-        lengths[0] = T
-    D = 2 if bidirectional else 1
-    h0 = tuple(torch.randn(2 * D, B, 7, generator=g, dtype=dtype) for _ in range(2 if mode == "LSTM" else 1))
+    x, lengths, h0 = _inputs(ours, mode, 6, B, dtype, packed, seed=B)
     results = [_outputs_and_grads(module, x, lengths, h0, mode) for module in (ref, ours)]
     calls, n = units_split
     assert calls and all(c == int(n) for c in calls)  # forward and backward ran on threads
