@@ -81,6 +81,17 @@ def thread_functions():
     return _state["threads_api"]
 
 
+def count_from_env(name: str) -> int | None:
+    """The positive integer in environment variable `name`, None when unset; ValueError
+    naming the variable and the value otherwise (GATELAB_THREADS, GATELAB_BLAS_THREADS)."""
+    wanted = os.environ.get(name)
+    if wanted is None:
+        return None
+    if not wanted.isdigit() or int(wanted) < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {wanted!r}")
+    return int(wanted)
+
+
 def sync_threads() -> int:
     """Run OpenBLAS on one thread (or GATELAB_BLAS_THREADS), at every engine call; returns
     the count (the one the user set with OPENBLAS_NUM_THREADS, if so).
@@ -95,16 +106,12 @@ def sync_threads() -> int:
     by the user is left alone.
     """
     api = thread_functions()
-    wanted = os.environ.get("GATELAB_BLAS_THREADS")
+    wanted = count_from_env("GATELAB_BLAS_THREADS")
     if api is None:
         return 1
     if wanted is None and "OPENBLAS_NUM_THREADS" in os.environ:
         return api[0]()
-    n = 1
-    if wanted is not None:
-        n = int(wanted) if wanted.isdigit() else 0
-        if n < 1:
-            raise ValueError(f"GATELAB_BLAS_THREADS: expected a positive integer, got {wanted!r}")
+    n = 1 if wanted is None else wanted
     get, put = api
     if get() != n:
         put(n)

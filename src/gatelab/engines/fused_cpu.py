@@ -105,13 +105,13 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     # the plain LSTM and GRU split each step's units between the threads instead where it pays
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
     B = x.shape[1]  # x (T, B, I)
-    blocks = fused_parallel.row_blocks(B, threads)
+    units = 1  # threads splitting each step's units (1: none)
     if spec.mode in ("LSTM", "GRU") and spec.is_plain and masks is None:
-        G = GATE_ROWS[spec.mode]
-        if fused_units.unit_threads(threads, B, spec.hidden_size, G, spec.proj_size > 0) > 1:
-            blocks = [(0, B)]
-    if len(blocks) == 1:  # one thread, or the plain LSTM's or GRU's units on `threads`
-        return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads)
+        units = fused_units.unit_threads(threads, B, spec.hidden_size, GATE_ROWS[spec.mode],
+                                         spec.proj_size > 0)
+    blocks = fused_parallel.row_blocks(B, threads)
+    if units > 1 or len(blocks) == 1:  # the units split, or one thread
+        return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, units)
     numba_loop()  # bind OpenBLAS once, before the threads
 
     def run_block(xb, state_b, weights_b, sizes_b, masks_b):
@@ -121,9 +121,9 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
                                      masks, spec.gates if record else ())
 
 
-def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, threads=1):
-    """One layer-direction on the calling thread (the plain LSTM or GRU on up to `threads`
-    when its units are split): the cell's own engine module."""
+def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, units=1):
+    """One layer-direction on the calling thread (the plain LSTM or GRU with its units split
+    between `units` threads when > 1): the cell's own engine module."""
     T, B, _ = x.shape  # (T, B, I)
     steps = schedule(T, B, batch_sizes, reverse)
     if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):
@@ -135,11 +135,11 @@ def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, thre
     if spec.mode == "LSTM":
         from gatelab.engines import fused_lstm
 
-        return fused_lstm.run(spec, x, state, weights, steps, record, threads)
+        return fused_lstm.run(spec, x, state, weights, steps, record, units)
     if spec.mode == "GRU":
         from gatelab.engines import fused_gru
 
-        return fused_gru.run(spec, x, state, weights, steps, record, threads)
+        return fused_gru.run(spec, x, state, weights, steps, record, units)
     from gatelab.engines import fused_rnn
 
     return fused_rnn.run(spec, x, state, weights, steps, record)

@@ -32,7 +32,6 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
-from gatelab.engines.fused_units import unit_threads
 
 
 @njit(**JIT)
@@ -141,9 +140,10 @@ def backward_loop(steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, d
         gemm(dhw[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
 
 
-def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, threads=1):
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
     """The forward pass on arrays: out (T, B, H), h_T and the saved (r, z, n, hn).
-    `threads` > 1 splits each step's units between threads (fused_units.unit_threads)."""
+    `units` > 1: each step's units split between that many threads (fused_gru_units;
+    decided by fused_units.unit_threads)."""
     T, B, _ = x.shape  # (T, B, I)
     H = h0.shape[1]
     dt = x.dtype
@@ -159,10 +159,10 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, threads=1):
     saved = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # r z n hn, (Ta, B, H)
     out = zeros_or_empty((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
-    if unit_threads(threads, B, H, 3) > 1:  # the threads also share the input projection
+    if units > 1:  # the threads also share the input projection
         from gatelab.engines import fused_gru_units
 
-        fused_gru_units.forward(threads, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, h_state,
+        fused_gru_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, h_state,
                                 saved, out)
         return out, h_state, (saved if full else None)
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
@@ -182,13 +182,13 @@ class GRUFunction(torch.autograd.Function):
     """One GRU layer-direction; outputs out, h_T and, with record, the gates r z n."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, steps, record, threads):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, steps, record, units):
         xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
         out, h_T, saved = _forward(xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), steps,
-                                   keep=True, record=record, threads=threads)
+                                   keep=True, record=record, units=units)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved)
-        ctx.steps, ctx.has_bias, ctx.threads = steps, b_ih is not None, threads
+        ctx.steps, ctx.has_bias, ctx.units = steps, b_ih is not None, units
         outs = (tensor(out), tensor(h_T))
         if record:
             outs += tuple(tensor(a) for a in saved[:3])
@@ -212,12 +212,12 @@ class GRUFunction(torch.autograd.Function):
         dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
         dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
         need = ctx.needs_input_grad
-        if unit_threads(ctx.threads, B, H, 3) > 1:  # the threads also share the GEMMs after
+        if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_gru_units
 
             h_prev = previous(out, h0s, steps) if need[3] else None  # (T, B, H)
             dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_units.backward(
-                ctx.threads, steps_array(steps), d_out, dh_state, saved, out, h0s, dgates, dxa, dhw, xs,
+                ctx.units, steps_array(steps), d_out, dh_state, saved, out, h0s, dgates, dxa, dhw, xs,
                 h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
         else:
             if numba_loop():
@@ -241,18 +241,18 @@ class GRUFunction(torch.autograd.Function):
         return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)
 
 
-def run(spec, x, state, weights, steps, record, threads=1):
-    """One GRU layer-direction; see gatelab.engines for the contract. `threads` > 1 lets
-    each step's units be split between threads (fused_units.unit_threads)."""
+def run(spec, x, state, weights, steps, record, units=1):
+    """One GRU layer-direction; see gatelab.engines for the contract. `units` > 1: each
+    step's units split between that many threads (fused_gru_units)."""
     (h0,) = state
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     inputs = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if needs_grad(*inputs):
-        out, h_T, *rec = GRUFunction.apply(*inputs, steps, record, threads)
+        out, h_T, *rec = GRUFunction.apply(*inputs, steps, record, units)
     else:  # inference: nothing saved, gates kept only when recorded
         out, h_T, saved = _forward(arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih),
-                                   arr(b_hh), steps, keep=False, record=record, threads=threads)
+                                   arr(b_hh), steps, keep=False, record=record, units=units)
         out, h_T = tensor(out), tensor(h_T)
         rec = [tensor(a) for a in saved[:3]] if record else []
     gates = dict(zip(("r", "z", "n"), rec)) if record else None

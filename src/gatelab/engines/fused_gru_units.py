@@ -11,7 +11,8 @@ projection and gate pass, and the whole batch.
 
 The GRU's gate pass reads h_{t-1} of its units and writes h_t in place (as the one-thread
 loop does; a second buffer would make LLVM's alias check fail and the pass run scalar),
-so the forward meets twice per step. Results equal the one-thread loops exactly.
+so the forward meets twice per step. Results equal the one-thread loops to rounding, as
+for the LSTM.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, gate_rows, grads_of_my_rows, units
+from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
 
 
 @njit(**JIT)
@@ -99,13 +100,8 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
     needed."""
     T, B, I = x.shape
     H = dh_state.shape[1]
-    dt = x.dtype
     counter = new_counter()
-    results = {name: v for name, v, wanted in (("dx", np.empty((T * B, I), dt), need[0]),
-                                               ("dw_ih", np.empty_like(w_ih), need[1]),
-                                               ("dw_hh", np.empty_like(w_hh), need[2]),
-                                               ("db_ih", np.empty(3 * H, dt), need[3]),
-                                               ("db_hh", np.empty(3 * H, dt), need[3])) if wanted}
+    results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
     @aborting(counter)
@@ -117,6 +113,4 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
                          x.reshape(T * B, I), hp2, w_ih, results)
 
     team(member, k)
-    dx = results.get("dx")
-    return ((None if dx is None else dx.reshape(T, B, I)), results.get("dw_ih"), results.get("dw_hh"),
-            results.get("db_ih"), results.get("db_hh"))
+    return tuple(results.get(name) for name in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))

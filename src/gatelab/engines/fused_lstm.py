@@ -34,7 +34,6 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
-from gatelab.engines.fused_units import unit_threads
 
 
 @njit(**JIT)
@@ -179,10 +178,11 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
         gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
 
 
-def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, threads=1):
+def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
-    sequences (gates, c) when `keep` or `record`, else None. `threads` > 1 splits each
-    step's units between threads (fused_units.unit_threads)."""
+    sequences (gates, c) when `keep` or `record`, else None. `units` > 1: each step's units
+    split between that many threads (fused_lstm_units; decided by fused_units.unit_threads,
+    no projection)."""
     T, B, _ = x.shape  # (T, B, I)
     H = c0.shape[1]
     P = h0.shape[1]  # H_out
@@ -197,10 +197,10 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, threads=1):
     out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
     h_state = h0.copy()  # (B, H_out)
     c_state = c0.copy()  # (B, H)
-    if unit_threads(threads, B, H, 4, w_hr is not None) > 1:  # the threads also share the input projection
+    if units > 1:  # the threads also share the input projection
         from gatelab.engines import fused_lstm_units
 
-        fused_lstm_units.forward(threads, steps_array(steps), full, x, w_ih, w_hh, bias, h_state, c_state,
+        fused_lstm_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, h_state, c_state,
                                  gates, c_seq, out)
         return out, h_state, c_state, ((gates, c_seq) if full else None)
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
@@ -249,15 +249,15 @@ class LSTMFunction(torch.autograd.Function):
     with record, the gates f i g o c (each differentiable)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, record, threads):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, steps, record, units):
         xs, h0s, c0s = arr(x), arr(h0), arr(c0)
         w_ihs, w_hhs, w_hrs = arr(w_ih), arr(w_hh), arr(w_hr)
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)  # (4H,)
         out, h_T, c_T, saved = _forward(xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, steps,
-                                        keep=True, record=record, threads=threads)
+                                        keep=True, record=record, units=units)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, out, saved)
-        ctx.steps, ctx.has_bias, ctx.threads = steps, b_ih is not None, threads
+        ctx.steps, ctx.has_bias, ctx.units = steps, b_ih is not None, units
         outs = (tensor(out), tensor(h_T), tensor(c_T))
         if record:
             (gi, gf, gg, go), c_seq = saved
@@ -286,12 +286,12 @@ class LSTMFunction(torch.autograd.Function):
         dm = np.empty((1, B, H), dt)  # (1, B, H)
         zeros_h = np.zeros((B, H), dt)  # (B, H)
         need = ctx.needs_input_grad
-        if unit_threads(ctx.threads, B, H, 4, w_hrs is not None) > 1:  # the threads also share the GEMMs after
+        if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_units
 
             h_prev = previous(out, h0s, steps) if need[4] else None  # (T, B, H)
             dx, dw_ih, dw_hh, db = fused_lstm_units.backward(
-                ctx.threads, steps_array(steps), d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
+                ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
                 xs, h_prev, w_ihs, w_hhs, (need[0], need[3], need[4], ctx.has_bias))
         else:
             if numba_loop():
@@ -315,21 +315,21 @@ class LSTMFunction(torch.autograd.Function):
         return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)
 
 
-def run(spec, x, state, weights, steps, record, threads=1):
-    """One LSTM layer-direction; see gatelab.engines for the contract. `threads` > 1 lets a
-    small batch split each step's units between threads (unit_threads)."""
+def run(spec, x, state, weights, steps, record, units=1):
+    """One LSTM layer-direction; see gatelab.engines for the contract. `units` > 1: each
+    step's units split between that many threads (fused_lstm_units)."""
     h0, c0 = state
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if needs_grad(*inputs):
-        outs = LSTMFunction.apply(*inputs, steps, record, threads)
+        outs = LSTMFunction.apply(*inputs, steps, record, units)
         out, h_T, c_T, *rec = outs
     else:  # inference: nothing saved, gates kept only when recorded
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
         out, h_T, c_T, saved = _forward(arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
-                                        arr(w_hr), steps, keep=False, record=record, threads=threads)
+                                        arr(w_hr), steps, keep=False, record=record, units=units)
         out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
         rec = []
         if record:

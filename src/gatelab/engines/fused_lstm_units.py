@@ -16,8 +16,9 @@ complete and the next step can start.
 
 One barrier per step in each direction; the state h is double-buffered in the forward
 pass because a thread still reading h_{t-1} for its product must not see h_t being
-written. Results equal the one-thread loops exactly: each unit's arithmetic is unchanged
-(its GEMM column sums run over the same K in the same order).
+written. Results equal the one-thread loops to rounding (float64: within a few 1e-16):
+each unit's gate maths is unchanged, but OpenBLAS multiplies the thread's weight rows as a
+different (transposed, narrower) GEMM.
 
 Used by fused_lstm for the plain LSTM without projection, in place of row blocks, when each
 thread gets enough units and a step is large enough (fused_units.unit_threads):
@@ -38,7 +39,7 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
-from gatelab.engines.fused_units import aborting, gate_rows, grads_of_my_rows, units
+from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
 
 
 
@@ -126,12 +127,8 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     """
     T, B, I = x.shape
     H = dc_state.shape[1]
-    dt = x.dtype
     counter = new_counter()
-    out = {k_: v for k_, v, wanted in (("dx", np.empty((T * B, I), dt), need[0]),
-                                       ("dw_ih", np.empty_like(w_ih), need[1]),
-                                       ("dw_hh", np.empty_like(w_hh), need[2]),
-                                       ("db_ih", np.empty(4 * H, dt), need[3])) if wanted}
+    out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
@@ -144,5 +141,4 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k)
-    dx = out.get("dx")
-    return (None if dx is None else dx.reshape(T, B, I)), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")
+    return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

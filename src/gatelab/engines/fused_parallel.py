@@ -34,12 +34,13 @@ gradients are sums over the blocks (the same holds for torch.nn across thread co
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from gatelab.engines._kernels_blas import count_from_env
 
 MIN_ROWS = 4  # rows per block below which a block's GEMMs are too thin to pay for a thread
 _pool = {"size": 0, "executor": None, "lock": threading.Lock()}
@@ -47,12 +48,8 @@ _pool = {"size": 0, "executor": None, "lock": threading.Lock()}
 
 def threads() -> int:
     """Threads for the fused engine's row blocks: GATELAB_THREADS, else torch's intra-op count."""
-    wanted = os.environ.get("GATELAB_THREADS")
-    if wanted is None:
-        return torch.get_num_threads()
-    if not wanted.isdigit() or int(wanted) < 1:
-        raise ValueError(f"GATELAB_THREADS: expected a positive integer, got {wanted!r}")
-    return int(wanted)
+    wanted = count_from_env("GATELAB_THREADS")
+    return torch.get_num_threads() if wanted is None else wanted
 
 
 def row_blocks(B: int, k: int) -> list[tuple[int, int]]:
@@ -185,6 +182,13 @@ def _block_masks(masks, b0, b1, B):
     return out
 
 
+def _block_inputs(bounds, x, state, batch_sizes, masks):
+    """Block [b0, b1)'s rows: x (T, b, I), the states (b, ·), its batch_sizes and masks."""
+    b0, b1 = bounds
+    return (x.narrow(1, b0, b1 - b0), tuple(s.narrow(0, b0, b1 - b0) for s in state),
+            block_sizes(batch_sizes, b0, b1), _block_masks(masks, b0, b1, x.shape[1]))
+
+
 class SplitFunction(torch.autograd.Function):
     """One layer-direction as row blocks on threads; inputs x, the state tensors, the weights
     (in `names` order); outputs out, the final states and the recorded gates (`gate_names`)."""
@@ -193,19 +197,13 @@ class SplitFunction(torch.autograd.Function):
     def forward(ctx, run_block, bounds, batch_sizes, masks, names, gate_names, n_state, x, *rest):
         state, weights = rest[:n_state], rest[n_state:]
         needs = ctx.needs_input_grad[7:]  # x, the states, the weights
-        B = x.shape[1]
 
         def block(j):
-            b0, b1 = bounds[j]
+            xb, state_b, sizes_b, masks_b = _block_inputs(bounds[j], x, state, batch_sizes, masks)
             with torch.enable_grad():
-                leaves = [x.narrow(1, b0, b1 - b0)]
-                leaves += [s.narrow(0, b0, b1 - b0) for s in state]
-                leaves += list(weights)
-                leaves = [t.detach().requires_grad_(r) for t, r in zip(leaves, needs)]
+                leaves = [t.detach().requires_grad_(r) for t, r in zip((xb, *state_b, *weights), needs)]
                 out, st, gates = run_block(leaves[0], tuple(leaves[1:1 + n_state]),
-                                           dict(zip(names, leaves[1 + n_state:])),
-                                           block_sizes(batch_sizes, b0, b1),
-                                           _block_masks(masks, b0, b1, B))
+                                           dict(zip(names, leaves[1 + n_state:])), sizes_b, masks_b)
             return leaves, (out, *st, *(gates[k] for k in gate_names))
 
         ctx.blocks = _on_threads(block, len(bounds))
@@ -258,7 +256,6 @@ def run_blocks(run_block, bounds, x, state, weights, batch_sizes, masks, gate_na
     """Run `run_block(x, state, weights, batch_sizes, masks) -> (out, state_T, gates)` on
     each row block, on threads, and join the results; differentiable when autograd is on.
     `gate_names`: the gates run_block records, () when it records none."""
-    B = x.shape[1]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *state, *weights.values())):
         outs = SplitFunction.apply(run_block, bounds, batch_sizes, masks, tuple(weights),
                                    tuple(gate_names), len(state), x, *state, *weights.values())
@@ -267,9 +264,8 @@ def run_blocks(run_block, bounds, x, state, weights, batch_sizes, masks, gate_na
         return outs[0], tuple(outs[1:1 + n]), gates
 
     def block(j):
-        b0, b1 = bounds[j]
-        return run_block(x.narrow(1, b0, b1 - b0), tuple(s.narrow(0, b0, b1 - b0) for s in state),
-                         weights, block_sizes(batch_sizes, b0, b1), _block_masks(masks, b0, b1, B))
+        xb, state_b, sizes_b, masks_b = _block_inputs(bounds[j], x, state, batch_sizes, masks)
+        return run_block(xb, state_b, weights, sizes_b, masks_b)
 
     parts = _on_threads(block, len(bounds))
     out = _cat([p[0] for p in parts], 1)  # (T, B, H_out)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gatelab.engines import _kernels_sync
 from gatelab.engines._kernels_sync import abort
+from gatelab.engines.fused_common import numba_loop
 
 MIN_STEP_MACS = 1 << 16  # B·G·H·H below which the barrier and the thread wake-up cost more
 MIN_UNITS = 32  # units per thread below which row blocks (or one thread) do better
@@ -24,9 +26,6 @@ def unit_threads(threads, B, H, G, proj=False) -> int:
     and a step of at least MIN_STEP_MACS multiply-adds; else 1 (row blocks or one thread).
     Measured against row blocks, LSTM inference (fused_lstm_units): (100,32,128,256)
     21.9 against 24.2 ms, (256,32,512,512) 233 against 267, (50,16,64,128) 2.3 against 2.6."""
-    from gatelab.engines import _kernels_sync
-    from gatelab.engines.fused_common import numba_loop
-
     if threads < 2 or proj or H < MIN_UNITS * threads or B * G * H * H < MIN_STEP_MACS:
         return 1
     return threads if numba_loop() and _kernels_sync.bind() else 1
@@ -59,14 +58,26 @@ def aborting(counter):
     return wrap
 
 
+def gradient_buffers(need, x, w_ih, w_hh, biases):
+    """The results grads_of_my_rows fills, allocated only where wanted.
+
+    need: (δx, δW_ih, δW_hh, δb) wanted; biases: the bias names, ("db_ih",) for the LSTM
+    (one bias gradient) or ("db_ih", "db_hh") for the GRU. dx has x's shape (T, B, I).
+    """
+    wanted = (("dx", lambda: np.empty_like(x)), ("dw_ih", lambda: np.empty_like(w_ih)),
+              ("dw_hh", lambda: np.empty_like(w_hh)))
+    out = {name: make() for (name, make), yes in zip(wanted, need) if yes}
+    if need[3]:
+        out.update((name, np.empty(w_ih.shape[0], x.dtype)) for name in biases)
+    return out
+
+
 def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
     """The gradients over all steps, for my units' rows (and my share of δx's rows).
 
     d_in, d_rec (T*B, G*H): δ of the input and of the recurrent products (the same array
     for the LSTM); x2 (T*B, I); h_prev2 (T*B, H) the state each step started from (None
-    when δW_hh is not wanted); w_ih (G*H, I); out: dict of preallocated results, each
-    present only when wanted: "dx" (T*B, I), "dw_ih" (G*H, I), "dw_hh" (G*H, H),
-    "db_ih" (G*H,), "db_hh" (G*H,).
+    when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...).
     """
     u0, u1 = units(j, size, H)
     ones = np.ones(d_in.shape[0], d_in.dtype)
@@ -82,4 +93,5 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
             np.matmul(ones, d_rec[:, r], out=out["db_hh"][r])
     if "dx" in out:
         r0, r1 = units(j, size, d_in.shape[0])
-        np.matmul(d_in[r0:r1], w_ih, out=out["dx"][r0:r1])  # (rows, G*H) x (G*H, I)
+        dx2 = out["dx"].reshape(d_in.shape[0], -1)  # (T*B, I), a view
+        np.matmul(d_in[r0:r1], w_ih, out=dx2[r0:r1])  # (rows, G*H) x (G*H, I)
