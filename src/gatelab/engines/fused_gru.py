@@ -117,13 +117,13 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
 
 
 @njit(**JIT)
-def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
+def forward_loop(steps, full, xa, w_hh, bias, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the gate pass.
-    steps (S, 4) rows (t, n, tp, n_prev); w_hh_t (H, 3H) = W_hh^T; the rest as in
+    steps (S, 4) rows (t, n, tp, n_prev); w_hh (3H, H), used transposed; the rest as in
     forward_step."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, 3H)
+        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (3H, H)^T
         forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq,
                      out, 0, h_state.shape[1])
 
@@ -167,13 +167,12 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
         return out, h_state, (saved if full else None)
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H): the per-step GEMM runs A @ B
     hw = np.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, h_state, hw, *saved, out)
+        forward_loop(steps_array(steps), full, xa, w_hh, bias, b_hn, h_state, hw, *saved, out)
         return out, h_state, (saved if full else None)
     for t, n, _, _ in steps:
-        mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, 3H)
+        mm(h_state[:n], w_hh.T, hw[:n])  # (n, H) x (H, 3H)
         forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, *saved, out, 0, H)
     return out, h_state, (saved if full else None)
 

@@ -129,7 +129,7 @@ def add_dropped(n, has_d, d, tmp, dh_state):
 
 
 @njit(**JIT)
-def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
+def forward_loop(steps, full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
                  gr, gz, gn, hn_seq, out, ln, lnh, hhat, rs_h):
     """Per step: hw = (d ⊙ h) W_hh^T (GEMM), with layer_norm hw <- LN(hw; lnh) (v̂ into hhat
     (Ta, B, 3H), 1/σ into rs_h (Ta, B)), then the gate pass."""
@@ -137,9 +137,9 @@ def forward_loop(steps, full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, 
         t, n = steps[s, 0], steps[s, 1]
         if has_d:
             dropped(n, h_state, d, hd)
-            gemm(hd[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, 3H)
+            gemm(hd[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (3H, H)^T
         else:
-            gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)
+            gemm(h_state[:n], w_hh, hw[:n], True, 0.0)
         if ln:
             tk = t if full else 0
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
@@ -248,22 +248,22 @@ def backward_r_step(t, n, tp, n_prev, gk, has_d, d, gr, out, h0, dgates, tmp, dx
 
 
 @njit(**JIT)
-def forward_loop_before(steps, full, xa, w_hh_t, bias, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
+def forward_loop_before(steps, full, xa, w_hh, bias, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
                         u, gr, gz, gn, out):
     """Reset before, per step: hw_rz = (d ⊙ h) W_hrz^T (GEMM), r and z, hw_n = u W_hn^T
-    (GEMM), n and h. w_hh_t (H, 3H); hw (B, 3H); u (B, H)."""
+    (GEMM), n and h. w_hh (3H, H), used transposed; hw (B, 3H); u (B, H)."""
     H = h_state.shape[1]
-    w_rz, w_n = w_hh_t[:, :2 * H], w_hh_t[:, 2 * H:]  # (H, 2H), (H, H)
+    w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]  # (2H, H), (H, H)
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         ta = t if full else 0
         if has_d:
             dropped(n, h_state, d, hd)
-            gemm(hd[:n], w_rz, hw[:n, :2 * H], False, 0.0)  # (n, H) x (H, 2H)
+            gemm(hd[:n], w_rz, hw[:n, :2 * H], True, 0.0)  # (n, H) x (2H, H)^T
         else:
-            gemm(h_state[:n], w_rz, hw[:n, :2 * H], False, 0.0)
+            gemm(h_state[:n], w_rz, hw[:n, :2 * H], True, 0.0)
         rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, gr, gz, u)
-        gemm(u[:n], w_n, hw[:n, 2 * H:], False, 0.0)  # (n, H) x (H, H)
+        gemm(u[:n], w_n, hw[:n, 2 * H:], True, 0.0)  # (n, H) x (H, H)^T
         n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, gz, gn, out)
 
 
@@ -323,7 +323,6 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
             b_hn = b_hh[2 * H:]
         else:  # every recurrent bias sits outside its product
             bias += b_hh
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, 3H)
     full = keep or record
     Ta = T if full else 1
     alloc = np.zeros if packed else np.empty
@@ -344,25 +343,25 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
     if not after:
         u = np.empty((B, H), dt)
         if numba_loop():
-            forward_loop_before(steps_array(steps), full, xa, w_hh_t, bias, gk, ck, has_d, d, has_zh, zh,
+            forward_loop_before(steps_array(steps), full, xa, w_hh, bias, gk, ck, has_d, d, has_zh, zh,
                                 h_state, hd, hw, u, *saved, out)
         else:
             for t, n, _, _ in steps:
                 ta = t if full else 0
-                mm(dropped_rows(n, has_d, h_state, d, hd), w_hh_t[:, :2 * H], hw[:n, :2 * H])
+                mm(dropped_rows(n, has_d, h_state, d, hd), w_hh[:2 * H].T, hw[:n, :2 * H])
                 rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, *saved[:2], u)
-                mm(u[:n], w_hh_t[:, 2 * H:], hw[:n, 2 * H:])
+                mm(u[:n], w_hh[2 * H:].T, hw[:n, 2 * H:])
                 n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, *saved[1:], out)
     elif numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh_t, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
+        forward_loop(steps_array(steps), full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
                      h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
     else:
         for t, n, _, _ in steps:
             if has_d:
                 dropped(n, h_state, d, hd)
-                mm(hd[:n], w_hh_t, hw[:n])
+                mm(hd[:n], w_hh.T, hw[:n])
             else:
-                mm(h_state[:n], w_hh_t, hw[:n])
+                mm(h_state[:n], w_hh.T, hw[:n])
             if ln is not None:
                 tk = t if full else 0
                 ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])

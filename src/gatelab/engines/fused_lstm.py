@@ -143,15 +143,15 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
 
 
 @njit(**JIT)
-def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, h_state, c_state, hw, gi, gf, gg, go,
+def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, h_state, c_state, hw, gi, gf, gg, go,
                  c_seq, m_seq, m_state, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM), the gate pass, and
     with a projection h_t = m_t W_hr^T. steps (S, 4) rows (t, n, tp, n_prev);
-    w_hh_t (H_out, 4H) = W_hh^T; w_hr (H_out, H) (any array when not proj); the rest as
+    w_hh (4H, H_out) used transposed by the GEMM; w_hr (H_out, H) (any array when not proj); the rest as
     in forward_step, out (T, B, H_out)."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
+        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H_out) x (4H, H_out)^T
         forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
                      m_seq, m_state, 0, c_state.shape[1])
         if proj:
@@ -205,7 +205,6 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
         return out, h_state, c_state, ((gates, c_seq) if full else None)
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
     xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H): the per-step GEMM runs A @ B
     hw = np.empty((B, 4 * H), dt)  # (B, 4H)
     if w_hr is None:
         m_seq, m_state = out, h_state  # m_t is h_t
@@ -214,13 +213,13 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
         m_seq = np.empty((1, B, H), dt)  # (1, B, H): not a view of m_state, which would
         # make LLVM's overlap check fail and the gate pass run scalar
     if numba_loop():
-        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh_t, bias,
+        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh, bias,
                      w_hh if w_hr is None else w_hr, h_state, c_state, hw, *gates, c_seq,
                      m_seq, m_state, out)
         return out, h_state, c_state, ((gates, c_seq) if full else None)
     w_hr_t = None if w_hr is None else w_hr.T  # (H, H_out)
     for t, n, _, _ in steps:
-        mm(h_state[:n], w_hh_t, hw[:n])  # (n, H_out) x (H_out, 4H)
+        mm(h_state[:n], w_hh.T, hw[:n])  # (n, H_out) x (H_out, 4H)
         forward_step(t, n, t if full else -1, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state, 0, H)
         if w_hr is not None:
             mm(m_state[:n], w_hr_t, h_state[:n])  # (n, H) x (H, H_out)

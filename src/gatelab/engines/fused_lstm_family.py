@@ -395,7 +395,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
 
 
 @njit(**JIT)
-def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, ph, flags, has_d, d, has_zh, zh, zc,
+def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, ph, flags, has_d, d, has_zh, zh, zc,
                  h_state, c_state, hd, hw, gi, gf, gg, go, cn_seq, c_seq, m_state, h_new, out,
                  lnh, lnc, hhat, stats):
     """The forward time loop: hd = d ⊙ h_{t-1}; hw = hd W_hh^T (GEMM); the gate pass;
@@ -408,9 +408,9 @@ def forward_loop(steps, full, proj, xa, w_hh_t, bias, w_hr, ph, flags, has_d, d,
         tk = t if full else 0
         if has_d:
             dropped(n, h_state, d, hd)
-            gemm(hd[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H_out) x (H_out, 4H)
+            gemm(hd[:n], w_hh, hw[:n], True, 0.0)  # (n, H_out) x (4H, H_out)^T
         else:
-            gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)
+            gemm(h_state[:n], w_hh, hw[:n], True, 0.0)
         if ln:
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
         forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
@@ -534,7 +534,6 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
     stats = np.zeros((3, Ta, B), dt)  # μ, 1/σ of c̃; 1/σ of the recurrent product
     bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,)
     ph = np.zeros((3, H), dt) if ph is None else ph  # (3, H)
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H_out, 4H)
     gates = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # i f g o
     cn_seq = alloc((Ta, B, H), dt)  # c̃
     c_seq = alloc((Ta, B, H), dt) if has_zc else np.zeros((1, B, H), dt)  # carried c
@@ -546,16 +545,16 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
     h_new = np.empty((B, P), dt)
     proj = w_hr is not None
     if numba_loop():
-        forward_loop(steps_array(steps), full, proj, xa, w_hh_t, bias, w_hh if w_hr is None else w_hr,
+        forward_loop(steps_array(steps), full, proj, xa, w_hh, bias, w_hh if w_hr is None else w_hr,
                      ph, flags, has_d, d, has_zh, zh, zc, h_state, c_state, hd, hw, *gates, cn_seq,
                      c_seq, m_state, h_new, out, lnh, lnc, hhat, stats)
     else:
         for t, n, _, _ in steps:
             if has_d:
                 dropped(n, h_state, d, hd)
-                mm(hd[:n], w_hh_t, hw[:n])
+                mm(hd[:n], w_hh.T, hw[:n])
             else:
-                mm(h_state[:n], w_hh_t, hw[:n])
+                mm(h_state[:n], w_hh.T, hw[:n])
             tk = t if full else 0
             if ln is not None:
                 ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])

@@ -69,11 +69,11 @@ def backward_step(t, n, relu, d_out, d_rec, dh_state, out, da):
 
 
 @njit(**JIT)
-def forward_loop(steps, relu, xa, w_hh_t, bias, h_state, hw, out):
+def forward_loop(steps, relu, xa, w_hh, bias, h_state, hw, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the pass."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh_t, hw[:n], False, 0.0)  # (n, H) x (H, H)
+        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (H, H)^T
         forward_step(t, n, relu, xa, hw, bias, h_state, out)
 
 
@@ -95,15 +95,14 @@ def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, H), dt))  # (T*B, H)
     xa = xa.reshape(T, B, H)  # (T, B, H)
     bias = np.zeros(H, dt) if bias is None else bias  # (H,), added in the pass
-    w_hh_t = np.ascontiguousarray(w_hh.T)  # (H, H): the per-step GEMM runs A @ B
     out = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
     hw = np.empty((B, H), dt)  # (B, H)
     if numba_loop():
-        forward_loop(steps_array(steps), relu, xa, w_hh_t, bias, h_state, hw, out)
+        forward_loop(steps_array(steps), relu, xa, w_hh, bias, h_state, hw, out)
         return out, h_state
     for t, n, _, _ in steps:
-        mm(h_state[:n], w_hh_t, hw[:n])  # (n, H) x (H, H)
+        mm(h_state[:n], w_hh.T, hw[:n])  # (n, H) x (H, H)
         forward_step(t, n, relu, xa, hw, bias, h_state, out)
     return out, h_state
 
