@@ -81,14 +81,16 @@ def thread_functions():
     return _state["threads_api"]
 
 
-def count_from_env(name: str) -> int | None:
-    """The positive integer in environment variable `name`, None when unset; ValueError
-    naming the variable and the value otherwise (GATELAB_THREADS, GATELAB_BLAS_THREADS)."""
+def count_from_env(name: str, minimum: int = 1) -> int | None:
+    """The integer >= minimum in environment variable `name`, None when unset; ValueError
+    naming the variable and the value otherwise (GATELAB_THREADS, GATELAB_BLAS_THREADS,
+    GATELAB_WORKSPACE_MB)."""
     wanted = os.environ.get(name)
     if wanted is None:
         return None
-    if not wanted.isdigit() or int(wanted) < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {wanted!r}")
+    if not wanted.isdigit() or int(wanted) < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {kind}, got {wanted!r}")
     return int(wanted)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gatelab.engines import _kernels_blas
+from gatelab.engines import workspace
 
 LOOP = "numba"  # "numba" | "python": who drives the time loop (see the module docstring)
 
@@ -71,9 +72,9 @@ def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray
     """
     T, B, K = seq.shape
     if not steps:  # T = 0
-        return np.zeros_like(seq)
+        return workspace.zeros_like(seq)
     if all(s.n == B for s in steps):  # no packing: one shifted copy
-        out = np.empty_like(seq)  # (T, B, K)
+        out = workspace.empty_like(seq)  # (T, B, K)
         if steps[0].t == 0:  # forward
             out[0] = init
             out[1:] = seq[:-1]
@@ -81,7 +82,7 @@ def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray
             out[T - 1] = init
             out[:-1] = seq[1:]
         return out
-    out = np.zeros_like(seq)  # (T, B, K)
+    out = workspace.zeros_like(seq)  # (T, B, K)
     for t, n, tp, n_prev in steps:
         if n_prev:
             out[t, :n_prev] = seq[tp, :n_prev]

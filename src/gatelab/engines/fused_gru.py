@@ -32,6 +32,7 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines import workspace
 
 
 @njit(**JIT)
@@ -148,14 +149,14 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
     H = h0.shape[1]
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)  # (3H,), (H,)
+    bias, b_hn = workspace.zeros(3 * H, dt), workspace.zeros(H, dt)  # (3H,), (H,)
     if b_ih is not None:
         bias = b_ih.copy()  # (3H,)
         bias[:2 * H] += b_hh[:2 * H]  # b_hr, b_hz join the input bias; b_hn stays inside r ⊙ (.)
         b_hn = b_hh[2 * H:]
     full = keep or record
     Ta = T if full else 1
-    zeros_or_empty = np.zeros if packed else np.empty
+    zeros_or_empty = workspace.zeros if packed else workspace.empty
     saved = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # r z n hn, (Ta, B, H)
     out = zeros_or_empty((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
@@ -165,9 +166,9 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
         fused_gru_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, h_state,
                                 saved, out)
         return out, h_state, (saved if full else None)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt))  # (T*B, 3H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 3 * H), dt))  # (T*B, 3H)
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
-    hw = np.empty((B, 3 * H), dt)  # (B, 3H)
+    hw = workspace.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
         forward_loop(steps_array(steps), full, xa, w_hh, bias, b_hn, h_state, hw, *saved, out)
         return out, h_state, (saved if full else None)
@@ -201,15 +202,15 @@ class GRUFunction(torch.autograd.Function):
         T, B, _ = xs.shape  # (T, B, I)
         H = h0s.shape[1]
         dt = xs.dtype
-        d_out = np.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
-        dh_state = np.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
-        dgates = np.zeros((3, 0, B, H), dt)  # (3, 0, B, H): none
+        d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
+        dh_state = workspace.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
+        dgates = workspace.zeros((3, 0, B, H), dt)  # (3, 0, B, H): none
         if d_gates and any(g is not None for g in d_gates):
-            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g)
+            dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g)
                                for g in d_gates])  # (3, T, B, H) r z n
         packed = any(s.n < B for s in steps)
-        dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
-        dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
+        dxa = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
+        dhw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)  # (T, B, 3H)
         need = ctx.needs_input_grad
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_gru_units
@@ -223,17 +224,17 @@ class GRUFunction(torch.autograd.Function):
                 backward_loop(steps_array(steps), d_out, dh_state, *saved, out, h0s, dgates, dxa,
                               dhw, w_hhs)
             else:
-                tmp = np.empty((B, H), dt)  # (B, H)
+                tmp = workspace.empty((B, H), dt)  # (B, H)
                 for t, n, tp, n_prev in reversed(steps):
                     backward_step(t, n, tp, n_prev, d_out, dh_state, *saved, out, h0s, dgates,
                                   dxa, dhw, 0, H)
                     mm(dhw[t, :n], w_hhs, tmp[:n])  # (n, 3H) x (3H, H)
                     np.add(dh_state[:n], tmp[:n], out=dh_state[:n])
             dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
-            dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-            dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
+            dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+            dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
             h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
-            dw_hh = mm(dhw2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
+            dw_hh = mm(dhw2.T, h_prev, workspace.empty_like(w_hhs)) if need[3] else None
             db_ih = add_rows_sum(dxa) if ctx.has_bias else None  # (3H,)
             db_hh = add_rows_sum(dhw) if ctx.has_bias else None  # (3H,)
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh)

@@ -56,6 +56,7 @@ from gatelab.engines.fused_common import (
 from gatelab.engines.fused_lstm_family import (
     CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, _ln_all, _ln_all_backward, dropped,
     ln_back_rows, ln_rows)
+from gatelab.engines import workspace
 
 
 @njit(**JIT)
@@ -296,8 +297,8 @@ def _masks(masks, T, B, H, dt):
     """(has_d, d (B, H), has_zh, zh (T|1, B, H)); absent masks are zero placeholders."""
     masks = masks or {}
     d, zh = arr(masks.get("recurrent_dropout")), arr(masks.get("zoneout_h"))
-    return (d is not None, np.zeros((B, H), dt) if d is None else d,
-            zh is not None, np.zeros((1, B, H), dt) if zh is None else zh)
+    return (d is not None, workspace.zeros((B, H), dt) if d is None else d,
+            zh is not None, workspace.zeros((1, B, H), dt) if zh is None else zh)
 
 
 def _kinds(spec):
@@ -313,8 +314,8 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
     has_d, d, has_zh, zh = masks
     gk, ck = _kinds(spec)
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 3 * H), dt)).reshape(T, B, 3 * H)
-    bias, b_hn = np.zeros(3 * H, dt), np.zeros(H, dt)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 3 * H), dt)).reshape(T, B, 3 * H)
+    bias, b_hn = workspace.zeros(3 * H, dt), workspace.zeros(H, dt)
     after = spec.reset_after
     if b_ih is not None:
         bias = b_ih.copy()
@@ -325,23 +326,23 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
             bias += b_hh
     full = keep or record
     Ta = T if full else 1
-    alloc = np.zeros if packed else np.empty
+    alloc = workspace.zeros if packed else workspace.empty
     xhat = rs_x = None
     if ln is not None and not after:
         raise ValueError("fused GRU: layer_norm needs reset_after=True")
     if ln is not None:  # LN of the input products, all steps at once
         xa, xhat, rs_x = _ln_all(xa, ln[0], ln[1])
         lnh = np.stack([ln[2], ln[3]])  # (2, 3H)
-        hhat, rs_h = alloc((Ta, B, 3 * H), dt), np.zeros((Ta, B), dt)
+        hhat, rs_h = alloc((Ta, B, 3 * H), dt), workspace.zeros((Ta, B), dt)
     else:
-        lnh, hhat, rs_h = np.zeros((2, 3 * H), dt), np.zeros((1, 1, 1), dt), np.zeros((1, 1), dt)
+        lnh, hhat, rs_h = workspace.zeros((2, 3 * H), dt), workspace.zeros((1, 1, 1), dt), workspace.zeros((1, 1), dt)
     saved = tuple(alloc((Ta, B, H), dt) for _ in range(4 if after else 3))  # r z n (hn)
     out = alloc((T, B, H), dt)
     h_state = h0.copy()
-    hd = np.empty((B, H), dt)
-    hw = np.empty((B, 3 * H), dt)
+    hd = workspace.empty((B, H), dt)
+    hw = workspace.empty((B, 3 * H), dt)
     if not after:
-        u = np.empty((B, H), dt)
+        u = workspace.empty((B, H), dt)
         if numba_loop():
             forward_loop_before(steps_array(steps), full, xa, w_hh, bias, gk, ck, has_d, d, has_zh, zh,
                                 h_state, hd, hw, u, *saved, out)
@@ -400,18 +401,18 @@ class GRUFamilyFunction(torch.autograd.Function):
         T, B, _ = xs.shape
         H = h0s.shape[1]
         dt = xs.dtype
-        d_out = np.zeros((T, B, H), dt) if d_out is None else arr(d_out)
-        dh_state = np.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()
-        dgates = np.zeros((3, 1, B, H), dt)
+        d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)
+        dh_state = workspace.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()
+        dgates = workspace.zeros((3, 1, B, H), dt)
         if d_gates and any(g is not None for g in d_gates):
-            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
+            dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
         packed = any(s.n < B for s in steps)
-        dxa = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
+        dxa = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
         if not ctx.spec.reset_after:
             return _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa)
-        dhw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt)
-        tmp = np.empty((B, H), dt)
-        dhw_raw = (np.zeros if packed else np.empty)((T, B, 3 * H), dt) if ln else np.zeros((1, 1, 1), dt)
+        dhw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
+        tmp = workspace.empty((B, H), dt)
+        dhw_raw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)
         if numba_loop():
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
                           out, h0s, dgates, dxa, dhw, w_hhs, tmp, ln, lnh, hhat, rs_h, dhw_raw)
@@ -432,14 +433,14 @@ class GRUFamilyFunction(torch.autograd.Function):
         else:
             dxa_raw, dhw_raw_all = dxa, dhw
         dxa2, dhw2 = dxa_raw.reshape(T * B, 3 * H), dhw_raw_all.reshape(T * B, 3 * H)
-        dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
+        dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
         dw_hh = None
         if need[3]:
             h_prev = previous(out, h0s, steps)  # (T, B, H)
             if has_d:
                 h_prev *= d
-            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), np.empty_like(w_hhs))
+            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), workspace.empty_like(w_hhs))
         db_ih = add_rows_sum(dxa) if ctx.has_bias else None
         db_hh = add_rows_sum(dhw) if ctx.has_bias else None
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln)
@@ -456,7 +457,7 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
     H = h0s.shape[1]
     dt = xs.dtype
     gr, gz, gn = saved
-    tmp = np.empty((B, H), dt)
+    tmp = workspace.empty((B, H), dt)
     if numba_loop():
         backward_loop_before(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn,
                              out, h0s, dgates, dxa, w_hhs, tmp)
@@ -470,14 +471,14 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
             add_dropped(n, has_d, d, tmp, dh_state)
     need = ctx.needs_input_grad
     dxa2 = dxa.reshape(T * B, 3 * H)
-    dx = mm(dxa2, w_ihs, np.empty((T * B, I), dt)).reshape(xs.shape) if need[0] else None
-    dw_ih = mm(dxa2.T, xs.reshape(T * B, I), np.empty_like(w_ihs)) if need[2] else None
+    dx = mm(dxa2, w_ihs, workspace.empty((T * B, I), dt)).reshape(xs.shape) if need[0] else None
+    dw_ih = mm(dxa2.T, xs.reshape(T * B, I), workspace.empty_like(w_ihs)) if need[2] else None
     dw_hh = None
     if need[3]:
         h_prev = previous(out, h0s, steps)  # (T, B, H), zero at padded rows
         if has_d:
             h_prev *= d
-        dw_hh = np.empty_like(w_hhs)  # (3H, H)
+        dw_hh = workspace.empty_like(w_hhs)  # (3H, H)
         mm(dxa2[:, :2 * H].T, h_prev.reshape(T * B, H), dw_hh[:2 * H])  # δW_hrz = δXA_rz^T (d ⊙ H_prev)
         h_prev *= gr  # U = r ⊙ d ⊙ H_prev
         mm(dxa2[:, 2 * H:].T, h_prev.reshape(T * B, H), dw_hh[2 * H:])  # δW_hn = δXA_n^T U

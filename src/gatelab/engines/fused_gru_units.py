@@ -26,6 +26,7 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+from gatelab.engines import workspace
 
 
 @njit(**JIT)
@@ -85,8 +86,8 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
     def member(j, size):
         u0, u1 = units(j, size, H)
         rows = gate_rows(3, H, u0, u1)  # (3U,) r z n
-        xa_mine = np.empty((T, B, rows.size), dt)  # (T, B, 3U)
-        hw_mine = np.empty((B, rows.size), dt)  # (B, 3U)
+        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
+        hw_mine = workspace.empty((B, rows.size), dt)  # (B, 3U)
         forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows],
                       b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
 

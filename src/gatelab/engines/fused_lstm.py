@@ -34,6 +34,7 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines import workspace
 
 
 @njit(**JIT)
@@ -188,10 +189,10 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
     P = h0.shape[1]  # H_out
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,), added in the gate pass
+    bias = workspace.zeros(4 * H, dt) if bias is None else bias  # (4H,), added in the gate pass
     full = keep or record
     Ta = T if full else 1
-    zeros_or_empty = np.zeros if packed else np.empty
+    zeros_or_empty = workspace.zeros if packed else workspace.empty
     gates = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # i f g o, (Ta, B, H)
     c_seq = zeros_or_empty((Ta, B, H), dt)  # (Ta, B, H)
     out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
@@ -203,14 +204,14 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
         fused_lstm_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, h_state, c_state,
                                  gates, c_seq, out)
         return out, h_state, c_state, ((gates, c_seq) if full else None)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt))  # (T*B, 4H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 4 * H), dt))  # (T*B, 4H)
     xa = xa.reshape(T, B, 4 * H)  # (T, B, 4H)
-    hw = np.empty((B, 4 * H), dt)  # (B, 4H)
+    hw = workspace.empty((B, 4 * H), dt)  # (B, 4H)
     if w_hr is None:
         m_seq, m_state = out, h_state  # m_t is h_t
     else:
-        m_state = np.empty((B, H), dt)  # (B, H)
-        m_seq = np.empty((1, B, H), dt)  # (1, B, H): not a view of m_state, which would
+        m_state = workspace.empty((B, H), dt)  # (B, H)
+        m_seq = workspace.empty((1, B, H), dt)  # (1, B, H): not a view of m_state, which would
         # make LLVM's overlap check fail and the gate pass run scalar
     if numba_loop():
         forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh, bias,
@@ -271,19 +272,19 @@ class LSTMFunction(torch.autograd.Function):
         T, B, _ = xs.shape  # (T, B, I)
         H, P = c0s.shape[1], h0s.shape[1]
         dt = xs.dtype
-        d_out = np.zeros((T, B, P), dt) if d_out is None else arr(d_out)  # (T, B, H_out)
-        dh_state = np.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()  # (B, H_out)
-        dc_state = np.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()  # (B, H)
-        dgates = np.zeros((5, 0, B, H), dt)  # (5, 0, B, H): none
+        d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)  # (T, B, H_out)
+        dh_state = workspace.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()  # (B, H_out)
+        dc_state = workspace.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()  # (B, H)
+        dgates = workspace.zeros((5, 0, B, H), dt)  # (5, 0, B, H): none
         if d_gates and any(g is not None for g in d_gates):
-            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g)
+            dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g)
                                for g in d_gates])  # (5, T, B, H) f i g o c
         packed = any(s.n < B for s in steps)
-        da = (np.zeros if packed else np.empty)((T, B, 4 * H), dt)  # (T, B, 4H)
+        da = (workspace.zeros if packed else workspace.empty)((T, B, 4 * H), dt)  # (T, B, 4H)
         proj = w_hrs is not None
-        dh_seq = np.zeros((T, B, P) if proj else (1, 1, 1), dt)  # (T, B, H_out) δh_t, for δW_hr
-        dm = np.empty((1, B, H), dt)  # (1, B, H)
-        zeros_h = np.zeros((B, H), dt)  # (B, H)
+        dh_seq = workspace.zeros((T, B, P) if proj else (1, 1, 1), dt)  # (T, B, H_out) δh_t, for δW_hr
+        dm = workspace.empty((1, B, H), dt)  # (1, B, H)
+        zeros_h = workspace.zeros((B, H), dt)  # (B, H)
         need = ctx.needs_input_grad
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_units
@@ -300,16 +301,16 @@ class LSTMFunction(torch.autograd.Function):
                 _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
                                  w_hhs, w_hrs, dh_seq, dm, zeros_h)
             da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
-            dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-            dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
+            dx = mm(da2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+            dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
             h_prev = previous(out, h0s, steps).reshape(T * B, P)  # (T*B, H_out)
-            dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[4] else None
+            dw_hh = mm(da2.T, h_prev, workspace.empty_like(w_hhs)) if need[4] else None
             db = add_rows_sum(da) if ctx.has_bias else None  # (4H,)
         dw_hr = None
         if w_hrs is not None and need[7]:
             gi, gf, gg, go = gates
             m = go * np.tanh(c_seq)  # (T, B, H), zero at padded positions
-            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
+            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), workspace.empty_like(w_hrs))
         grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db, None if db is None else db.copy(), dw_hr)
         return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)
 

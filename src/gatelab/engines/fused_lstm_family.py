@@ -50,6 +50,7 @@ from gatelab.engines._kernels import (JIT, hard_sigmoid, hard_sigmoid_grad, one,
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines import workspace
 
 # flags: int64 array of the variant switches, in this order
 GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC, LN = range(11)
@@ -486,16 +487,16 @@ def _masks(masks, T, B, H, P, dt):
     masks are zero placeholders the kernels do not read."""
     masks = masks or {}
     d, zh, zc = (arr(masks.get(k)) for k in ("recurrent_dropout", "zoneout_h", "zoneout_c"))
-    return (d is not None, np.zeros((B, P), dt) if d is None else d,
-            zh is not None, np.zeros((1, B, P), dt) if zh is None else zh,
-            zc is not None, np.zeros((1, B, H), dt) if zc is None else zc)
+    return (d is not None, workspace.zeros((B, P), dt) if d is None else d,
+            zh is not None, workspace.zeros((1, B, P), dt) if zh is None else zh,
+            zc is not None, workspace.zeros((1, B, H), dt) if zc is None else zc)
 
 
 def _ln_all(v, w, b):
     """LN over the last axis of v (T, B, N), in place, for all steps at once: (LN(v), v̂, 1/σ)."""
     T, B, N = v.shape
-    vhat = np.empty_like(v)
-    rs = np.empty((T, B), v.dtype)
+    vhat = workspace.empty_like(v)
+    rs = workspace.empty((T, B), v.dtype)
     ln_rows(T * B, v.reshape(T * B, N), w, b, vhat.reshape(T * B, N), rs.reshape(T * B))
     return v, vhat, rs
 
@@ -503,7 +504,7 @@ def _ln_all(v, w, b):
 def _ln_all_backward(dy, vhat, rs, w):
     """∂L/∂v for dy = ∂L/∂LN(v), all steps at once (see ln_back_rows)."""
     T, B, N = dy.shape
-    dv = np.empty_like(dy)
+    dv = workspace.empty_like(dy)
     ln_back_rows(T * B, dy.reshape(T * B, N), vhat.reshape(T * B, N), rs.reshape(T * B), w,
                  dv.reshape(T * B, N))
     return dv
@@ -519,30 +520,30 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
     has_d, d, has_zh, zh, has_zc, zc = masks
     flags = flags_of(spec, has_zc)
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, 4 * H), dt)).reshape(T, B, 4 * H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 4 * H), dt)).reshape(T, B, 4 * H)
     full = keep or record
     Ta = T if full else 1
-    alloc = np.zeros if packed else np.empty
+    alloc = workspace.zeros if packed else workspace.empty
     xhat = rs_x = None
     if ln is not None:  # LN of the input products, all steps at once
         xa, xhat, rs_x = _ln_all(xa, ln[0], ln[1])
         lnh, lnc = np.stack([ln[2], ln[3]]), np.stack([ln[4], ln[5]])  # (2, 4H), (2, H)
         hhat = alloc((Ta, B, 4 * H), dt)  # v̂ of the recurrent products
     else:
-        lnh, lnc = np.zeros((2, 4 * H), dt), np.zeros((2, H), dt)
-        hhat = np.zeros((1, 1, 1), dt)
-    stats = np.zeros((3, Ta, B), dt)  # μ, 1/σ of c̃; 1/σ of the recurrent product
-    bias = np.zeros(4 * H, dt) if bias is None else bias  # (4H,)
-    ph = np.zeros((3, H), dt) if ph is None else ph  # (3, H)
+        lnh, lnc = workspace.zeros((2, 4 * H), dt), workspace.zeros((2, H), dt)
+        hhat = workspace.zeros((1, 1, 1), dt)
+    stats = workspace.zeros((3, Ta, B), dt)  # μ, 1/σ of c̃; 1/σ of the recurrent product
+    bias = workspace.zeros(4 * H, dt) if bias is None else bias  # (4H,)
+    ph = workspace.zeros((3, H), dt) if ph is None else ph  # (3, H)
     gates = tuple(alloc((Ta, B, H), dt) for _ in range(4))  # i f g o
     cn_seq = alloc((Ta, B, H), dt)  # c̃
-    c_seq = alloc((Ta, B, H), dt) if has_zc else np.zeros((1, B, H), dt)  # carried c
+    c_seq = alloc((Ta, B, H), dt) if has_zc else workspace.zeros((1, B, H), dt)  # carried c
     out = alloc((T, B, P), dt)
     h_state, c_state = h0.copy(), c0.copy()
-    hd = np.empty((B, P), dt)
-    hw = np.empty((B, 4 * H), dt)
-    m_state = np.empty((B, H), dt)
-    h_new = np.empty((B, P), dt)
+    hd = workspace.empty((B, P), dt)
+    hw = workspace.empty((B, 4 * H), dt)
+    m_state = workspace.empty((B, H), dt)
+    h_new = workspace.empty((B, P), dt)
     proj = w_hr is not None
     if numba_loop():
         forward_loop(steps_array(steps), full, proj, xa, w_hh, bias, w_hh if w_hr is None else w_hr,
@@ -607,24 +608,24 @@ class LSTMFamilyFunction(torch.autograd.Function):
         T, B, _ = xs.shape
         H, P = c0s.shape[1], h0s.shape[1]
         dt = xs.dtype
-        d_out = np.zeros((T, B, P), dt) if d_out is None else arr(d_out)
-        dh_state = np.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()
-        dc_state = np.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()
-        dgates = np.zeros((5, 1, B, H), dt)  # none recorded: zeros read at index 0
+        d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)
+        dh_state = workspace.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()
+        dc_state = workspace.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()
+        dgates = workspace.zeros((5, 1, B, H), dt)  # none recorded: zeros read at index 0
         if d_gates and any(g is not None for g in d_gates):
-            dgates = np.stack([np.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
+            dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
         packed = any(s.n < B for s in steps)
-        alloc = np.zeros if packed else np.empty
+        alloc = workspace.zeros if packed else workspace.empty
         da = alloc((T, B, 4 * H), dt)
-        dhw = alloc((T, B, 4 * H), dt) if ln else np.zeros((1, 1, 1), dt)  # δ of h W_hh^T
-        dlnc = np.zeros((2, H), np.float64)  # δ ln_c weight|bias, accumulated over steps
-        dchat = np.zeros(H + 2, dt)  # δĉ of one row, then its two means
+        dhw = alloc((T, B, 4 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)  # δ of h W_hh^T
+        dlnc = workspace.zeros((2, H), np.float64)  # δ ln_c weight|bias, accumulated over steps
+        dchat = workspace.zeros(H + 2, dt)  # δĉ of one row, then its two means
         proj = w_hrs is not None
-        ph = np.zeros((3, H), dt) if phs is None else phs
-        dht = np.zeros((B, P), dt)
-        dzone = np.zeros((B, P), dt)
-        dh_seq = np.zeros((T, B, P) if proj else (1, 1, 1), dt)
-        dm = np.empty((B, H), dt)
+        ph = workspace.zeros((3, H), dt) if phs is None else phs
+        dht = workspace.zeros((B, P), dt)
+        dzone = workspace.zeros((B, P), dt)
+        dh_seq = workspace.zeros((T, B, P) if proj else (1, 1, 1), dt)
+        dm = workspace.empty((B, H), dt)
         if numba_loop():
             backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
                           c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
@@ -649,20 +650,20 @@ class LSTMFamilyFunction(torch.autograd.Function):
             dxa = da
         dxa2 = dxa.reshape(T * B, 4 * H)
         dhw2 = (dhw if ln else da).reshape(T * B, 4 * H)
-        dx = mm(dxa2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[3] else None
+        dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
         dw_hh = None
         if need[4]:
             h_prev = previous(out, h0s, steps)  # (T, B, H_out)
             if has_d:
                 h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
-            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), np.empty_like(w_hhs))
+            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), workspace.empty_like(w_hhs))
         db = add_rows_sum(da) if (ctx.has_bias or ln) else None  # (4H,): also δ of the LN biases
         dw_hr = None
         if proj and need[7]:
-            m = np.empty((T, B, H), dt)
+            m = workspace.empty((T, B, H), dt)
             outputs(cn_seq, gates[3], flags, lnc, stats, m)  # zero at padded positions
-            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), np.empty_like(w_hrs))
+            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), workspace.empty_like(w_hrs))
         dph = None
         if phs is not None and need[8]:
             c_prev = previous(c_seq, c0s, steps)  # (T, B, H)

@@ -40,6 +40,7 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
 from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+from gatelab.engines import workspace
 
 
 
@@ -98,7 +99,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     T, B, I = x.shape
     H = c_state.shape[1]
     dt = x.dtype
-    hbuf = np.empty((2, B, H), dt)  # (2, B, H)
+    hbuf = workspace.empty((2, B, H), dt)  # (2, B, H)
     hbuf[0] = h_state
     hbuf[1] = h_state
     counter = new_counter()
@@ -106,8 +107,8 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     @aborting(counter)
     def member(j, size):
         rows = gate_rows(4, H, *units(j, size, H))  # (4U,) i f g o
-        xa_mine = np.empty((T, B, rows.size), dt)  # (T, B, 4U)
-        hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
+        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
+        hw_mine = workspace.empty((B, rows.size), dt)  # (B, 4U)
         forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows], hbuf,
                       c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
 

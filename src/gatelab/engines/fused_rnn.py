@@ -21,6 +21,7 @@ from gatelab.engines._kernels import JIT, one, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+from gatelab.engines import workspace
 
 
 @njit(**JIT)
@@ -92,12 +93,12 @@ def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     H = h0.shape[1]
     dt = x.dtype
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, np.empty((T * B, H), dt))  # (T*B, H)
+    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, H), dt))  # (T*B, H)
     xa = xa.reshape(T, B, H)  # (T, B, H)
-    bias = np.zeros(H, dt) if bias is None else bias  # (H,), added in the pass
-    out = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
+    bias = workspace.zeros(H, dt) if bias is None else bias  # (H,), added in the pass
+    out = (workspace.zeros if packed else workspace.empty)((T, B, H), dt)  # (T, B, H)
     h_state = h0.copy()  # (B, H)
-    hw = np.empty((B, H), dt)  # (B, H)
+    hw = workspace.empty((B, H), dt)  # (B, H)
     if numba_loop():
         forward_loop(steps_array(steps), relu, xa, w_hh, bias, h_state, hw, out)
         return out, h_state
@@ -129,11 +130,11 @@ class RNNFunction(torch.autograd.Function):
         T, B, _ = xs.shape  # (T, B, I)
         H = h0s.shape[1]
         dt = xs.dtype
-        d_out = np.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
-        dh_state = np.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
-        d_rec = arr(d_rec[0]) if d_rec and d_rec[0] is not None else np.zeros((0, B, H), dt)
+        d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
+        dh_state = workspace.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
+        d_rec = arr(d_rec[0]) if d_rec and d_rec[0] is not None else workspace.zeros((0, B, H), dt)
         packed = any(s.n < B for s in steps)
-        da = (np.zeros if packed else np.empty)((T, B, H), dt)  # (T, B, H)
+        da = (workspace.zeros if packed else workspace.empty)((T, B, H), dt)  # (T, B, H)
         if numba_loop():
             backward_loop(steps_array(steps), ctx.relu, d_out, d_rec, dh_state, out, da, w_hhs)
         else:
@@ -142,10 +143,10 @@ class RNNFunction(torch.autograd.Function):
                 mm(da[t, :n], w_hhs, dh_state[:n])  # (n, H) x (H, H)
         need = ctx.needs_input_grad
         da2 = da.reshape(T * B, H)  # (T*B, H)
-        dx = mm(da2, w_ihs, np.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), np.empty_like(w_ihs)) if need[2] else None
+        dx = mm(da2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+        dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
         h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
-        dw_hh = mm(da2.T, h_prev, np.empty_like(w_hhs)) if need[3] else None
+        dw_hh = mm(da2.T, h_prev, workspace.empty_like(w_hhs)) if need[3] else None
         db = add_rows_sum(da) if ctx.has_bias else None  # (H,)
         grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
         return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)

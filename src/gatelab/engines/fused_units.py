@@ -15,6 +15,7 @@ import numpy as np
 from gatelab.engines import _kernels_sync
 from gatelab.engines._kernels_sync import abort
 from gatelab.engines.fused_common import numba_loop
+from gatelab.engines import workspace
 
 MIN_STEP_MACS = 1 << 16  # B·G·H·H below which the barrier and the thread wake-up cost more
 MIN_UNITS = 32  # units per thread below which row blocks (or one thread) do better
@@ -64,11 +65,11 @@ def gradient_buffers(need, x, w_ih, w_hh, biases):
     need: (δx, δW_ih, δW_hh, δb) wanted; biases: the bias names, ("db_ih",) for the LSTM
     (one bias gradient) or ("db_ih", "db_hh") for the GRU. dx has x's shape (T, B, I).
     """
-    wanted = (("dx", lambda: np.empty_like(x)), ("dw_ih", lambda: np.empty_like(w_ih)),
-              ("dw_hh", lambda: np.empty_like(w_hh)))
+    wanted = (("dx", lambda: workspace.empty_like(x)), ("dw_ih", lambda: workspace.empty_like(w_ih)),
+              ("dw_hh", lambda: workspace.empty_like(w_hh)))
     out = {name: make() for (name, make), yes in zip(wanted, need) if yes}
     if need[3]:
-        out.update((name, np.empty(w_ih.shape[0], x.dtype)) for name in biases)
+        out.update((name, workspace.empty(w_ih.shape[0], x.dtype)) for name in biases)
     return out
 
 
