@@ -210,8 +210,8 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch, gomp):
 @pytest.fixture(params=[2, 3])
 def units_split(request, monkeypatch):
     """Force each step's units onto `param` threads for any step size (fused_lstm_units,
-    fused_gru_units)."""
-    from gatelab.engines import fused_gru_units, fused_lstm_units, fused_units
+    fused_gru_units, fused_lstm_family_units)."""
+    from gatelab.engines import fused_gru_units, fused_lstm_family_units, fused_lstm_units, fused_units
 
     monkeypatch.setenv("GATELAB_THREADS", str(request.param))
     monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
@@ -225,6 +225,7 @@ def units_split(request, monkeypatch):
 
     monkeypatch.setattr(fused_lstm_units, "team", counting)
     monkeypatch.setattr(fused_gru_units, "team", counting)
+    monkeypatch.setattr(fused_lstm_family_units, "team", counting)
     return calls, str(request.param)
 
 
@@ -278,3 +279,41 @@ def test_units_split_with_a_smaller_team(monkeypatch):
     ref_grads = torch.autograd.grad(want.sum() + c_ref.sum(), [x, *ref.parameters()])
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+UNIT_VARIANTS = [  # every LSTM variant but layer_norm (and no projection) splits its units
+    dict(peephole=True, zoneout=(0.2, 0.3), recurrent_dropout=0.25, weight_drop=0.3),
+    dict(coupled_gates=True, gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1),
+    dict(remove={"output_gate", "candidate_activation"}, forget_bias=1.0, recurrent_dropout=0.5),
+    dict(remove={"forget_gate", "input_gate", "output_activation"}, zoneout=(0.0, 0.4)),
+]
+
+
+@pytest.mark.parametrize("form", ["padded", "packed", "unbatched"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("options", UNIT_VARIANTS, ids=[f"v{i}" for i in range(len(UNIT_VARIANTS))])
+def test_units_split_variants_equal_the_reference(units_split, options, training, form):
+    """The LSTM family with its units split, against the NumPy reference (float64, 1e-10)."""
+    module = build("LSTM", dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True), dict(options),
+                   "fused", seed=5)
+    B = 1 if form == "unbatched" else 5
+    check_against_reference(module, T=6, B=B, form=form, seed=7, training=training)
+    calls, n = units_split
+    assert calls and all(c == int(n) for c in calls)  # forward and backward ran on threads
+
+
+def test_units_split_variant_records_the_same_gates(units_split, monkeypatch):
+    torch.manual_seed(3)
+    ours = build("LSTM", dict(input_size=4, hidden_size=9, bidirectional=True),
+                 dict(peephole=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2), "fused", seed=3)
+    x = torch.randn(5, 3, 4, dtype=F64)
+    masks = ours.draw_masks(5, 3)
+    results = []
+    for threads in ("1", units_split[1]):
+        monkeypatch.setenv("GATELAB_THREADS", threads)
+        xs = x.clone().requires_grad_()
+        out, state, gates = ours(xs, return_gates=True, masks=masks)
+        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
+        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *ours.parameters()])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)

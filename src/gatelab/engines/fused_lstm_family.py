@@ -96,14 +96,21 @@ def _cell_grad(y, kind):
 
 @njit(**JIT)
 def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
-                 m_state, lnc, stats):
+                 m_state, lnc, stats, u0, u1):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
     ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a; bias (4H,); ph (3, H) p_f|p_i|p_o
     (any (3, H) without peephole); flags (10,); zc (Tz, B, H) zoneout_c mask (read at t when
     flags[HAS_ZC]). layer_norm (flags[LN]): lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B)
-    receives μ and 1/√(σ² + ε) of c̃ (rows 0, 1) at ta; y = φ(LN(c̃))."""
+    receives μ and 1/√(σ² + ε) of c̃ (rows 0, 1) at ta; y = φ(LN(c̃)).
+    Units [u0, u1) only (all: 0, H; layer_norm needs all): xa, hw and bias then hold gate
+    blocks i f g o of width G = H (unit u at column gH + u) or, in one thread's own buffers,
+    G = u1 - u0 (unit u at column gG + u - u0), as in fused_lstm.forward_step."""
     H = c_state.shape[1]
+    U = u1 - u0
+    G = hw.shape[1] // 4  # gate block width of xa, hw and bias
+    k0 = u0 if G == H else 0  # my units' first column in each block
+    k1 = k0 + U
     ln = flags[LN] != 0
     gk, ck = flags[GATE_KIND], flags[CELL_KIND]
     coupled = flags[COUPLED] != 0
@@ -113,23 +120,27 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     tk = ta if ta >= 0 else 0
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
-    p_f, p_i, p_o = ph[0], ph[1], ph[2]  # (H,)
-    for b in range(n):
-        x_i, x_f, x_g, x_o = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:3 * H], xa[t, b, 3 * H:]
-        h_i, h_f, h_g, h_o = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:3 * H], hw[b, 3 * H:]
-        b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
-        c_, m_, z_ = c_state[b], m_state[b], zc[tz, b]  # (H,)
-        i_, f_, g_, o_, cn_, cs_ = gi[tk, b], gf[tk, b], gg[tk, b], go[tk, b], cn_seq[tk, b], c_seq[tc, b]
+    p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
+    for b in range(n):  # 1-D row views from u0 keep the inner loops simple enough to vectorise
+        x_i, x_f = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1]
+        x_g, x_o = xa[t, b, 2 * G + k0:2 * G + k1], xa[t, b, 3 * G + k0:3 * G + k1]
+        h_i, h_f = hw[b, k0:k1], hw[b, G + k0:G + k1]
+        h_g, h_o = hw[b, 2 * G + k0:2 * G + k1], hw[b, 3 * G + k0:3 * G + k1]
+        b_i, b_f = bias[k0:k1], bias[G + k0:G + k1]
+        b_g, b_o = bias[2 * G + k0:2 * G + k1], bias[3 * G + k0:3 * G + k1]
+        c_, m_, z_ = c_state[b, u0:u1], m_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
+        i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
+        cn_, cs_ = cn_seq[tk, b, u0:u1], c_seq[tc, b, u0:u1]  # (U,)
         # two passes, each with few arrays (with all of them in one loop LLVM's alias checks
         # give up and the pass runs scalar, 5x slower): the pre-activations into hw first
-        for j in range(H):
+        for j in range(U):
             cp = c_[j]
             h_f[j] = x_f[j] + h_f[j] + b_f[j] + p_f[j] * cp  # p = 0 without peephole
             h_i[j] = x_i[j] + h_i[j] + b_i[j] + p_i[j] * cp
-        for j in range(H):
+        for j in range(U):
             h_g[j] = x_g[j] + h_g[j] + b_g[j]
             h_o[j] = x_o[j] + h_o[j] + b_o[j]
-        for j in range(H):  # branch-free (selects only), so that it vectorises
+        for j in range(U):  # branch-free (selects only), so that it vectorises
             cp = c_[j]
             a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
             fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
@@ -253,19 +264,21 @@ def outputs(cn_seq, go, flags, lnc, stats, m):
 
 
 @njit(**JIT)
-def zone_h(t, n, has_zh, zh, h_new, h_state, out):
-    """h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃ (or h̃) into h_state and out[t], rows [:n]."""
-    P = h_state.shape[1]
+def zone_h(t, n, has_zh, zh, h_new, h_prev, h_state, out, u0, u1):
+    """h_t = z_h ⊙ h_{t-1} + (1 - z_h) ⊙ h̃ (or h̃) into h_state and out[t], rows [:n],
+    units [u0, u1); h_prev (B, H_out) holds h_{t-1} (h_state itself, or the other half of
+    the units split's double buffer)."""
+    U = u1 - u0
     for b in range(n):
-        hn_, hs_, o_ = h_new[b], h_state[b], out[t, b]
+        hn_, hp_, hs_, o_ = h_new[b, u0:u1], h_prev[b, u0:u1], h_state[b, u0:u1], out[t, b, u0:u1]
         if has_zh:
-            z_ = zh[t, b]
-            for j in range(P):
-                h = z_[j] * hs_[j] + (one(hn_[j]) - z_[j]) * hn_[j]
+            z_ = zh[t, b, u0:u1]
+            for j in range(U):
+                h = z_[j] * hp_[j] + (one(hn_[j]) - z_[j]) * hn_[j]
                 hs_[j] = h
                 o_[j] = h
         else:
-            for j in range(P):
+            for j in range(U):
                 hs_[j] = hn_[j]
                 o_[j] = hn_[j]
 
@@ -281,14 +294,16 @@ def dropped(n, h_state, d, hd):
 
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
-                  flags, dgates, da, lnc, stats, dlnc, dchat):
+                  flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1):
     """One step of BPTT for rows [:n]: dm (B, H) δm; dc_state (B, H) δc_t in, δc_{t-1} out
     (the peephole and cell paths; zoneout's share included); gi gf gg go cn_seq (T, B, H)
     saved; c_seq (T, B, H) the carried cells (c_{t-1} of rows < n_prev is c_seq[tp], the
     rest start from c0 (B, H)); dgates (5, Tg, B, H) δ of the recorded f i g o c (zeros,
     Tg = 1, when none); da (T, B, 4H) out. layer_norm: lnc (2, H) and stats (3, T, B) as
-    saved by forward_step; dlnc (2, H) accumulates δ of ln_c weight|bias; dchat (H + 2,) scratch."""
+    saved by forward_step; dlnc (2, H) accumulates δ of ln_c weight|bias; dchat (H + 2,) scratch.
+    Units [u0, u1) only (all: 0, H; layer_norm needs all); da keeps its full layout."""
     H = dc_state.shape[1]
+    U = u1 - u0
     ln = flags[LN] != 0
     gk, ck = flags[GATE_KIND], flags[CELL_KIND]
     peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
@@ -297,14 +312,16 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
     has_zc = flags[HAS_ZC] != 0
     tz = t if has_zc else 0
     tg = t if dgates.shape[1] > 1 else 0
-    p_f, p_i, p_o = ph[0], ph[1], ph[2]  # (H,)
+    p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
-        i_, f_, g_, o_, cn_ = gi[t, b], gf[t, b], gg[t, b], go[t, b], cn_seq[t, b]  # (H,)
-        cp_ = c_seq[tp, b] if b < n_prev else c0[b]  # (H,) c_{t-1}
-        dm_, dc_, z_ = dm[b], dc_state[b], zc[tz, b]  # (H,)
-        dgf, dgi, dgg, dgo, dgc = (dgates[0, tg, b], dgates[1, tg, b], dgates[2, tg, b],
-                                   dgates[3, tg, b], dgates[4, tg, b])
-        da_i, da_f, da_g, da_o = da[t, b, :H], da[t, b, H:2 * H], da[t, b, 2 * H:3 * H], da[t, b, 3 * H:]
+        i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
+        cn_ = cn_seq[t, b, u0:u1]
+        cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
+        dm_, dc_, z_ = dm[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
+        dgf, dgi, dgg = dgates[0, tg, b, u0:u1], dgates[1, tg, b, u0:u1], dgates[2, tg, b, u0:u1]
+        dgo, dgc = dgates[3, tg, b, u0:u1], dgates[4, tg, b, u0:u1]
+        da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
+        da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
         mu, rs = stats[0, t, b], stats[1, t, b]  # (zeros without layer_norm)
         if ln:  # δ through y = φ(LN(c̃)): dchat = δĉ, and the row means LN's backward needs
             dch_ = dchat[:H]
@@ -320,7 +337,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
             dchat[H] = _sum(dch_) / H  # stored and read back: the means in x's dtype
             dchat[H + 1] = _sum_centered(dch_, cn_, mu, rs) / H
         m1, m2 = dchat[H], dchat[H + 1]
-        for j in range(H):
+        for j in range(U):
             i, f, g, o, cn, cp = i_[j], f_[j], g_[j], o_[j], cn_[j], cp_[j]
             zero = one(cp) - one(cp)
             dc = dc_[j] + dgc[j]  # ∂L/∂c_t
@@ -384,38 +401,37 @@ def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, ph, flags, has_d, d, h
         if ln:
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
         forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
-                     go, cn_seq, c_seq, m_state, lnc, stats)
+                     go, cn_seq, c_seq, m_state, lnc, stats, 0, c_state.shape[1])
         if proj:
             gemm(m_state[:n], w_hr, h_new[:n], True, 0.0)  # (n, H) x (H, H_out)
-            zone_h(t, n, has_zh, zh, h_new, h_state, out)
+            zone_h(t, n, has_zh, zh, h_new, h_state, h_state, out, 0, h_state.shape[1])
         else:
-            zone_h(t, n, has_zh, zh, m_state, h_state, out)
+            zone_h(t, n, has_zh, zh, m_state, h_state, h_state, out, 0, h_state.shape[1])
 
 
 @njit(**JIT)
-def backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone):
+def backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, u0, u1):
     """δh = δout_t + δh_t split by zoneout: dht (B, H_out) = (1 - z_h) δh (to h̃),
-    dzone = z_h δh (straight to h_{t-1}); rows [:n]."""
-    P = dh_state.shape[1]
+    dzone = z_h δh (straight to h_{t-1}); rows [:n], units [u0, u1)."""
+    U = u1 - u0
     for b in range(n):
-        do_, dh_, t_, z_ = d_out[t, b], dh_state[b], dht[b], dzone[b]
+        do_, dh_, t_, z_ = d_out[t, b, u0:u1], dh_state[b, u0:u1], dht[b, u0:u1], dzone[b, u0:u1]
         if has_zh:
-            m_ = zh[t, b]
-            for j in range(P):
+            m_ = zh[t, b, u0:u1]
+            for j in range(U):
                 dh = do_[j] + dh_[j]
                 z_[j] = dh * m_[j]
                 t_[j] = dh * (one(dh) - m_[j])
         else:
-            for j in range(P):
+            for j in range(U):
                 t_[j] = do_[j] + dh_[j]
 
 
 @njit(**JIT)
-def backward_tail(n, has_d, d, has_zh, dh_state, dzone):
-    """δh_{t-1} = (δa W_hh) ⊙ d + z_h δh, in place on dh_state rows [:n]."""
-    P = dh_state.shape[1]
+def backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1):
+    """δh_{t-1} = (δa W_hh) ⊙ d + z_h δh, in place on dh_state rows [:n], units [u0, u1)."""
     for b in range(n):
-        for j in range(P):
+        for j in range(u0, u1):
             v = dh_state[b, j]
             if has_d:
                 v = v * d[b, j]
@@ -434,21 +450,21 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq
     ln = flags[LN] != 0
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
-        backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone)
+        backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, dh_state.shape[1])
         if proj:
             dh_seq[t, :n] = dht[:n]
             gemm(dht[:n], w_hr, dm[:n], False, 0.0)  # (n, H_out) x (H_out, H)
             backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
-                          ph, flags, dgates, da, lnc, stats, dlnc, dchat)
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, dc_state.shape[1])
         else:
             backward_step(t, n, tp, n_prev, dht, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
-                          ph, flags, dgates, da, lnc, stats, dlnc, dchat)
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, dc_state.shape[1])
         if ln:
             ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
             gemm(dhw[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
         else:
             gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)
-        backward_tail(n, has_d, d, has_zh, dh_state, dzone)
+        backward_tail(n, has_d, d, has_zh, dh_state, dzone, 0, dh_state.shape[1])
 
 
 def _masks(masks, T, B, H, P, dt):
@@ -479,17 +495,20 @@ def _ln_all_backward(dy, vhat, rs, w):
     return dv
 
 
-def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep, record):
+def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep, record, units=1):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
     (gates i f g o, c̃, carried c, layer-norm saves) when `keep` or `record`, else None.
-    ln: None or (ih_w, ih_b, hh_w, hh_b, c_w, c_b) arrays."""
+    ln: None or (ih_w, ih_b, hh_w, hh_b, c_w, c_b) arrays. `units` > 1: each step's units
+    split between that many threads (fused_lstm_family_units; no layer_norm, no projection)."""
     T, B, _ = x.shape  # (T, B, I)
     H, P = c0.shape[1], h0.shape[1]
     dt = x.dtype
     has_d, d, has_zh, zh, has_zc, zc = masks
     flags = flags_of(spec, has_zc)
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 4 * H), dt)).reshape(T, B, 4 * H)
+    xa = None  # with the units split, each thread projects its own units' inputs
+    if units == 1:
+        xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 4 * H), dt)).reshape(T, B, 4 * H)
     full = keep or record
     Ta = T if full else 1
     alloc = workspace.zeros if packed else workspace.empty
@@ -514,7 +533,13 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
     m_state = workspace.empty((B, H), dt)
     h_new = workspace.empty((B, P), dt)
     proj = w_hr is not None
-    if numba_loop():
+    if units > 1:
+        from gatelab.engines import fused_lstm_family_units
+
+        fused_lstm_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, ph, flags,
+                                        (has_d, d, has_zh, zh, zc), h_state, c_state, gates, cn_seq, c_seq,
+                                        m_state, out, lnc, stats)
+    elif numba_loop():
         forward_loop(steps_array(steps), full, proj, xa, w_hh, bias, w_hh if w_hr is None else w_hr,
                      ph, flags, has_d, d, has_zh, zh, zc, h_state, c_state, hd, hw, *gates, cn_seq,
                      c_seq, m_state, h_new, out, lnh, lnc, hhat, stats)
@@ -529,16 +554,39 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
             if ln is not None:
                 ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
             forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, *gates,
-                         cn_seq, c_seq, m_state, lnc, stats)
+                         cn_seq, c_seq, m_state, lnc, stats, 0, H)
             if proj:
                 mm(m_state[:n], w_hr.T, h_new[:n])
-                zone_h(t, n, has_zh, zh, h_new, h_state, out)
+                zone_h(t, n, has_zh, zh, h_new, h_state, h_state, out, 0, P)
             else:
-                zone_h(t, n, has_zh, zh, m_state, h_state, out)
+                zone_h(t, n, has_zh, zh, m_state, h_state, h_state, out, 0, P)
     if not full:
         return out, h_state, c_state, None
     return out, h_state, c_state, (gates, cn_seq, c_seq if has_zc else cn_seq,
                                    (xhat, rs_x, lnh, lnc, hhat, stats))
+
+
+def _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need):
+    """(δx, δW_ih, δW_hh, δb) over all steps, as GEMMs on the calling thread; δb is also the δ
+    of the layer-norm biases (ctx.spec.layer_norm: δA is then taken back through the input's LN)."""
+    T, B, _ = xs.shape
+    H, P = da.shape[2] // 4, h0s.shape[1]
+    dt = xs.dtype
+    ln = ctx.spec.layer_norm
+    lnsaved = ctx.arrays[-1][-1]
+    dxa = _ln_all_backward(da, lnsaved[0], lnsaved[1], ctx.ln_ih_w) if ln else da
+    dxa2 = dxa.reshape(T * B, 4 * H)
+    dhw2 = (dhw if ln else da).reshape(T * B, 4 * H)
+    dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+    dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
+    dw_hh = None
+    if need[4]:
+        h_prev = previous(out, h0s, ctx.steps)  # (T, B, H_out)
+        if has_d:
+            h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+        dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), workspace.empty_like(w_hhs))
+    db = add_rows_sum(da) if (ctx.has_bias or ln) else None  # (4H,)
+    return dx, dw_ih, dw_hh, db
 
 
 class LSTMFamilyFunction(torch.autograd.Function):
@@ -547,17 +595,17 @@ class LSTMFamilyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
-                ln_c_w, ln_c_b, spec, masks, steps, record):
+                ln_c_w, ln_c_b, spec, masks, steps, record, units):
         xs, h0s, c0s = arr(x), arr(h0), arr(c0)
         w_ihs, w_hhs, w_hrs, phs = arr(w_ih), arr(w_hh), arr(w_hr), arr(w_ph)
         ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
                                                                  ln_c_w, ln_c_b))
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
         out, h_T, c_T, saved = _forward(spec, xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, phs, ln, masks,
-                                        steps, keep=True, record=record)
+                                        steps, keep=True, record=record, units=units)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, saved)
-        ctx.spec, ctx.masks, ctx.steps, ctx.has_bias = spec, masks, steps, b_ih is not None
+        ctx.spec, ctx.masks, ctx.steps, ctx.has_bias, ctx.units = spec, masks, steps, b_ih is not None, units
         ctx.ln_ih_w = None if ln is None else ln[0]
         outs = (tensor(out), tensor(h_T), tensor(c_T))
         if record:
@@ -595,39 +643,38 @@ class LSTMFamilyFunction(torch.autograd.Function):
         dzone = workspace.zeros((B, P), dt)
         dh_seq = workspace.zeros((T, B, P) if proj else (1, 1, 1), dt)
         dm = workspace.empty((B, H), dt)
-        if numba_loop():
+        need = ctx.needs_input_grad
+        if ctx.units > 1:  # the threads also share the GEMMs after
+            from gatelab.engines import fused_lstm_family_units
+
+            h_prev = None
+            if need[4]:
+                h_prev = previous(out, h0s, steps)  # (T, B, H)
+                if has_d:
+                    h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+            dx, dw_ih, dw_hh, db = fused_lstm_family_units.backward(
+                ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0s, ph, flags,
+                (has_d, d, has_zh, zh, zc), dgates, da, xs, h_prev, w_ihs, w_hhs,
+                (need[0], need[3], need[4], ctx.has_bias), (dht, dzone, lnc, stats, dlnc, dchat))
+        elif numba_loop():
             backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
                           c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
                           w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm, lnh, lnc, hhat, stats,
                           dlnc, dchat, dhw)
         else:
             for t, n, tp, n_prev in reversed(steps):
-                backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone)
+                backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, P)
                 if proj:
                     dh_seq[t, :n] = dht[:n]
                     mm(dht[:n], w_hrs, dm[:n])
                 backward_step(t, n, tp, n_prev, dm if proj else dht, dc_state, *gates, cn_seq, c_seq,
-                              c0s, zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat)
+                              c0s, zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
                 if ln:
                     ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
                 mm((dhw if ln else da)[t, :n], w_hhs, dh_state[:n])
-                backward_tail(n, has_d, d, has_zh, dh_state, dzone)
-        need = ctx.needs_input_grad
-        if ln:
-            dxa = _ln_all_backward(da, xhat, rs_x, ctx.ln_ih_w)
-        else:
-            dxa = da
-        dxa2 = dxa.reshape(T * B, 4 * H)
-        dhw2 = (dhw if ln else da).reshape(T * B, 4 * H)
-        dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
-        dw_hh = None
-        if need[4]:
-            h_prev = previous(out, h0s, steps)  # (T, B, H_out)
-            if has_d:
-                h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
-            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), workspace.empty_like(w_hhs))
-        db = add_rows_sum(da) if (ctx.has_bias or ln) else None  # (4H,): also δ of the LN biases
+                backward_tail(n, has_d, d, has_zh, dh_state, dzone, 0, P)
+        if ctx.units == 1:
+            dx, dw_ih, dw_hh, db = _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need)
         dw_hr = None
         if proj and need[7]:
             m = workspace.empty((T, B, H), dt)
@@ -648,14 +695,15 @@ class LSTMFamilyFunction(torch.autograd.Function):
         db_ih = db if ctx.has_bias else None
         grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
                  dw_hr, dph, *dln)
-        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 4
+        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 5
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
 
 
-def run(spec, x, state, weights, steps, record, masks):
-    """One LSTM-family layer-direction; see gatelab.engines for the contract."""
+def run(spec, x, state, weights, steps, record, masks, units=1):
+    """One LSTM-family layer-direction; see gatelab.engines for the contract. `units` > 1:
+    each step's units split between that many threads (fused_lstm_family_units)."""
     h0, c0 = state
     T, B, _ = x.shape
     H, P = spec.hidden_size, spec.out_size
@@ -667,13 +715,13 @@ def run(spec, x, state, weights, steps, record, masks):
     mask_arrays = _masks(masks, T, B, H, P, np.dtype(str(x.dtype).removeprefix("torch.")))
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, *ln)
     if needs_grad(*inputs):
-        out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record)
+        out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units)
     else:
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
         ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
         out, h_T, c_T, saved = _forward(spec, arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
                                         arr(w_hr), arr(w_ph), ln_arrays, mask_arrays, steps, keep=False,
-                                        record=record)
+                                        record=record, units=units)
         out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
         rec = []
         if record:

@@ -1,0 +1,142 @@
+"""The LSTM family's time loops with each step's units split between threads.
+
+The same split as fused_lstm_units, for every family variant whose step needs no sum over
+all units, i.e. all but layer_norm, and without a projection: thread j of k owns units
+[u0, u1), a contiguous copy of their rows i f g o of W_ih and W_hh (W_hh as the variant
+uses it: with weight_drop the dropped matrix), its input projection and gate pass, for the
+whole batch. Everything else in a step is per unit: peepholes (diagonal weights), coupled
+and removed gates, the activations, zoneout of c and h (a mask value per unit). The one
+exception is recurrent_dropout, whose product reads d ⊙ h_{t-1} over all units: each
+thread forms that row itself before its GEMM. The threads meet at a barrier once per step
+in each direction (`_kernels_sync`).
+
+    forward:  [hd = d ⊙ h_{t-1}]; hw_mine = hd W_mine^T; gate pass of my units
+              (fused_lstm_family.forward_step with u0, u1); zoneout of h for my units into
+              the other half of the double buffer; barrier
+    backward: δh split by zoneout (my units); BPTT pass of my units -> δa[t] (my columns);
+              barrier; δh_{t-1}[:, mine] = (δa[t] W_hh[:, mine]) ⊙ d + z_h δh
+
+Results equal the row-mode loops (fused_lstm_family) to rounding, as fused_lstm_units
+does the plain loops'. Chosen by fused_cpu under the same rule as the plain LSTM
+(fused_units.unit_threads); a batch of one runs on two cores this way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gatelab.engines import workspace
+from gatelab.engines._kernels import JIT
+from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
+from gatelab.engines.fused_lstm_family import (
+    backward_head, backward_step, backward_tail, dropped, forward_step, zone_h)
+from gatelab.engines.fused_parallel import team
+from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+
+
+@njit(**JIT)
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, ph, flags, has_d, d, hd_mine,
+                  has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                  out, lnc, stats, counter):
+    """Thread j of k: its input projection and the whole forward time loop for units
+    [u0, u1). w_ih_mine (4U, I), w_hh_mine (4U, H), bias_mine (4U,): my rows i f g o;
+    xa_mine (T, B, 4U), hw_mine (B, 4U), hd_mine (B, H): my own buffers; hbuf (2, B, H) the
+    running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
+    new_counter(); the rest as in fused_lstm_family.forward_loop (no projection)."""
+    B, H = c_state.shape
+    T = xa_mine.shape[0]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (4U, I)^T
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
+        if has_d:
+            dropped(n, src, d, hd_mine)  # every unit: the product reads them all
+            gemm(hd_mine[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (4U, H)^T
+        else:
+            gemm(src[:n], w_hh_mine, hw_mine[:n], True, 0.0)
+        forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
+                     go, cn_seq, c_seq, m_state, lnc, stats, u0, u1)
+        zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
+        for b in range(n, B):  # rows not in this step keep their state
+            for u in range(u0, u1):
+                dst[b, u] = src[b, u]
+        if not arrive_and_wait(counter, s, k):
+            return  # another thread failed: the caller raises its error
+
+
+@njit(**JIT)
+def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, flags,
+                   has_d, d, has_zh, zh, dgates, da, w_mine, dht, dzone, lnc, stats, dlnc, dchat, counter):
+    """Thread j of k: the whole backward time loop for units [u0, u1); w_mine (4H, U): the
+    columns of W_hh (as used) of my units, a contiguous copy; counter: shared new_counter();
+    the rest as in fused_lstm_family.backward_loop without projection."""
+    H = dc_state.shape[1]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    S = steps.shape[0]
+    for s in range(S - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, u0, u1)
+        backward_step(t, n, tp, n_prev, dht, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, flags,
+                      dgates, da, lnc, stats, dlnc, dchat, u0, u1)
+        if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
+            return  # another thread failed: the caller raises its error
+        gemm(da[t, :n], w_mine, dh_state[:n, u0:u1], False, 0.0)  # (n, 4H) x (4H, U)
+        backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1)
+    arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
+
+
+def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_state, gates, cn_seq, c_seq,
+            m_state, out, lnc, stats):
+    """forward_units on a team of up to k threads; h_state and c_state are updated in place.
+    masks: (has_d, d, has_zh, zh, zc) as fused_lstm_family._masks gives them."""
+    T, B, I = x.shape
+    H = c_state.shape[1]
+    dt = x.dtype
+    has_d, d, has_zh, zh, zc = masks
+    hbuf = workspace.empty((2, B, H), dt)  # (2, B, H)
+    hbuf[0] = h_state
+    hbuf[1] = h_state
+    counter = new_counter()
+
+    @aborting(counter)
+    def member(j, size):
+        rows = gate_rows(4, H, *units(j, size, H))  # (4U,) i f g o
+        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
+        hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
+        hd_mine = np.empty((B, H), dt)  # (B, H)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows], ph, flags,
+                      has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq,
+                      m_state, out, lnc, stats, counter)
+
+    team(member, k)
+    h_state[:] = hbuf[steps.shape[0] % 2]
+
+
+def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, flags, masks, dgates, da, x,
+             h_prev, w_ih, w_hh, need, scratch):
+    """backward_units, then the gradients over all steps (each thread its own rows, as
+    fused_lstm_units.backward), on a team of up to k threads. h_prev (T, B, H): d ⊙ h_{t-1}
+    (None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb); scratch: (dht, dzone,
+    lnc, stats, dlnc, dchat) of fused_lstm_family's backward. Returns (δx, δW_ih, δW_hh, δb)."""
+    T, B, I = x.shape
+    H = dc_state.shape[1]
+    has_d, d, has_zh, zh, zc = masks
+    dht, dzone, lnc, stats, dlnc, dchat = scratch
+    counter = new_counter()
+    out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
+    da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
+    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
+
+    @aborting(counter)
+    def member(j, size):
+        u0, u1 = units(j, size, H)
+        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
+        backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
+                       has_d, d, has_zh, zh, dgates, da, w_mine, dht, dzone, lnc, stats, dlnc, dchat, counter)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
+
+    team(member, k)
+    return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")
