@@ -219,9 +219,9 @@ def units_split(request, monkeypatch):
     calls = []
     real = fused_parallel.team
 
-    def counting(fn, n):
+    def counting(fn, n, **kw):
         calls.append(n)
-        return real(fn, n)
+        return real(fn, n, **kw)
 
     monkeypatch.setattr(fused_lstm_units, "team", counting)
     monkeypatch.setattr(fused_gru_units, "team", counting)
@@ -269,7 +269,7 @@ def test_units_split_with_a_smaller_team(monkeypatch):
     monkeypatch.setenv("GATELAB_THREADS", "4")
     monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
     monkeypatch.setattr(fused_units, "MIN_UNITS", 1)
-    monkeypatch.setattr(fused_lstm_units, "team", lambda fn, n: fused_parallel.team(fn, min(n, 2)))
+    monkeypatch.setattr(fused_lstm_units, "team", lambda fn, n, **kw: fused_parallel.team(fn, min(n, 2), **kw))
     ref, ours = _pair("LSTM", F64, input_size=3, hidden_size=5)
     x = torch.randn(4, 1, 3, dtype=F64, requires_grad=True)
     out, (h, c) = ours(x)

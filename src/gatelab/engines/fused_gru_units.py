@@ -91,7 +91,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
         forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows],
                       b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
 
-    team(member, k)
+    team(member, k, torch_modes=False)  # numba and NumPy only
 
 
 def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh, need):
@@ -113,5 +113,5 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 
-    team(member, k)
+    team(member, k, torch_modes=False)  # numba and NumPy only
     return tuple(results.get(name) for name in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))

@@ -111,7 +111,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
                       has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq,
                       m_state, out, lnc, stats, counter)
 
-    team(member, k)
+    team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
 
 
@@ -138,5 +138,5 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
                        has_d, d, has_zh, zh, dgates, da, w_mine, dht, dzone, lnc, stats, dlnc, dchat, counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
-    team(member, k)
+    team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")
