@@ -210,8 +210,9 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch, gomp):
 @pytest.fixture(params=[2, 3])
 def units_split(request, monkeypatch):
     """Force each step's units onto `param` threads for any step size (fused_lstm_units,
-    fused_gru_units, fused_lstm_family_units)."""
-    from gatelab.engines import fused_gru_units, fused_lstm_family_units, fused_lstm_units, fused_units
+    fused_gru_units, fused_lstm_family_units, fused_gru_family_units)."""
+    from gatelab.engines import (fused_gru_family_units, fused_gru_units, fused_lstm_family_units, fused_lstm_units,
+                                 fused_units)
 
     monkeypatch.setenv("GATELAB_THREADS", str(request.param))
     monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
@@ -226,6 +227,7 @@ def units_split(request, monkeypatch):
     monkeypatch.setattr(fused_lstm_units, "team", counting)
     monkeypatch.setattr(fused_gru_units, "team", counting)
     monkeypatch.setattr(fused_lstm_family_units, "team", counting)
+    monkeypatch.setattr(fused_gru_family_units, "team", counting)
     return calls, str(request.param)
 
 
@@ -281,20 +283,23 @@ def test_units_split_with_a_smaller_team(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-UNIT_VARIANTS = [  # every LSTM variant but layer_norm (and no projection) splits its units
-    dict(peephole=True, zoneout=(0.2, 0.3), recurrent_dropout=0.25, weight_drop=0.3),
-    dict(coupled_gates=True, gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1),
-    dict(remove={"output_gate", "candidate_activation"}, forget_bias=1.0, recurrent_dropout=0.5),
-    dict(remove={"forget_gate", "input_gate", "output_activation"}, zoneout=(0.0, 0.4)),
+UNIT_VARIANTS = [  # every variant but layer_norm (LSTM: and projection; GRU: and reset before) splits its units
+    ("LSTM", dict(peephole=True, zoneout=(0.2, 0.3), recurrent_dropout=0.25, weight_drop=0.3)),
+    ("LSTM", dict(coupled_gates=True, gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1)),
+    ("LSTM", dict(remove={"output_gate", "candidate_activation"}, forget_bias=1.0, recurrent_dropout=0.5)),
+    ("LSTM", dict(remove={"forget_gate", "input_gate", "output_activation"}, zoneout=(0.0, 0.4))),
+    ("GRU", dict(zoneout=0.3, recurrent_dropout=0.25, weight_drop=0.3)),
+    ("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1)),
 ]
 
 
 @pytest.mark.parametrize("form", ["padded", "packed", "unbatched"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("options", UNIT_VARIANTS, ids=[f"v{i}" for i in range(len(UNIT_VARIANTS))])
-def test_units_split_variants_equal_the_reference(units_split, options, training, form):
-    """The LSTM family with its units split, against the NumPy reference (float64, 1e-10)."""
-    module = build("LSTM", dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True), dict(options),
+@pytest.mark.parametrize(("mode", "options"), UNIT_VARIANTS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(UNIT_VARIANTS)])
+def test_units_split_variants_equal_the_reference(units_split, mode, options, training, form):
+    """The LSTM and GRU families with their units split, against the NumPy reference
+    (float64, 1e-10)."""
+    module = build(mode, dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True), dict(options),
                    "fused", seed=5)
     B = 1 if form == "unbatched" else 5
     check_against_reference(module, T=6, B=B, form=form, seed=7, training=training)
@@ -302,10 +307,11 @@ def test_units_split_variants_equal_the_reference(units_split, options, training
     assert calls and all(c == int(n) for c in calls)  # forward and backward ran on threads
 
 
-def test_units_split_variant_records_the_same_gates(units_split, monkeypatch):
+@pytest.mark.parametrize(("mode", "options"), [("LSTM", dict(peephole=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2)),
+                                               ("GRU", dict(zoneout=0.2, recurrent_dropout=0.2))])
+def test_units_split_variant_records_the_same_gates(units_split, monkeypatch, mode, options):
     torch.manual_seed(3)
-    ours = build("LSTM", dict(input_size=4, hidden_size=9, bidirectional=True),
-                 dict(peephole=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2), "fused", seed=3)
+    ours = build(mode, dict(input_size=4, hidden_size=9, bidirectional=True), options, "fused", seed=3)
     x = torch.randn(5, 3, 4, dtype=F64)
     masks = ours.draw_masks(5, 3)
     results = []

@@ -102,13 +102,12 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
         if w.dtype != x.dtype:
             raise RuntimeError(f"fused engine: input is {x.dtype} but {name} is {w.dtype}")
     # the batch splits into row blocks on torch's threads unless OpenBLAS was given threads;
-    # the LSTM (every variant but layer_norm) and the plain GRU split each step's units
-    # between the threads instead where it pays
+    # the LSTM and the GRU (every variant but layer_norm and the GRU's reset_after=False)
+    # split each step's units between the threads instead where it pays
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
     B = x.shape[1]  # x (T, B, I)
     units = 1  # threads splitting each step's units (1: none)
-    plain = spec.is_plain and masks is None
-    if (spec.mode in ("LSTM", "GRU") and plain) or (spec.mode == "LSTM" and not spec.layer_norm):
+    if spec.mode == "LSTM" and not spec.layer_norm or spec.mode == "GRU" and not spec.layer_norm and spec.reset_after:
         units = fused_units.unit_threads(threads, B, spec.hidden_size, GATE_ROWS[spec.mode],
                                          spec.proj_size > 0)
     blocks = fused_parallel.row_blocks(B, threads)
@@ -133,7 +132,7 @@ def _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, unit
     if spec.mode == "GRU" and (masks is not None or not spec.is_plain):
         from gatelab.engines import fused_gru_family
 
-        return fused_gru_family.run(spec, x, state, weights, steps, record, masks)
+        return fused_gru_family.run(spec, x, state, weights, steps, record, masks, units)
     if spec.mode == "LSTM":
         from gatelab.engines import fused_lstm
 

@@ -60,22 +60,30 @@ from gatelab.engines import workspace
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, gz, gn, hn_seq, out):
-    """One step's gate pass for rows [:n]: h_state (B, H) h_{t-1} in, h_t out; out[t];
-    gates r z n and hn written at ta. zh (T|1, B, H) zoneout mask, read when has_zh."""
+def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, gz, gn, hn_seq, out, u0, u1):
+    """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H): h_state (B, H)
+    h_{t-1} in, h_t out; out[t]; gates r z n and hn written at ta. zh (T|1, B, H) zoneout
+    mask, read when has_zh. xa, hw, bias and b_hn hold gate blocks r z n of width G = H,
+    or G = u1 - u0 in one thread's own buffers, as in fused_gru.forward_step."""
     H = h_state.shape[1]
+    U = u1 - u0
+    G = hw.shape[1] // 3  # gate block width of xa, hw, bias and b_hn
+    k0 = u0 if G == H else 0  # my units' first column in each block
+    k1 = k0 + U
     tz = t if has_zh else 0
-    for b in range(n):
-        x_r, x_z, x_n = xa[t, b, :H], xa[t, b, H:2 * H], xa[t, b, 2 * H:]
-        h_r, h_z, h_n = hw[b, :H], hw[b, H:2 * H], hw[b, 2 * H:]
-        b_r, b_z, b_n = bias[:H], bias[H:2 * H], bias[2 * H:]
-        h_, r_, z_, n_, hn_, out_ = h_state[b], gr[ta, b], gz[ta, b], gn[ta, b], hn_seq[ta, b], out[t, b]
-        m_ = zh[tz, b]
-        for j in range(H):
+    for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
+        x_r, x_z, x_n = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1], xa[t, b, 2 * G + k0:2 * G + k1]
+        h_r, h_z, h_n = hw[b, k0:k1], hw[b, G + k0:G + k1], hw[b, 2 * G + k0:2 * G + k1]
+        b_r, b_z, b_n = bias[k0:k1], bias[G + k0:G + k1], bias[2 * G + k0:2 * G + k1]
+        b_hn_ = b_hn[k0:k1]
+        h_, r_, z_, n_ = h_state[b, u0:u1], gr[ta, b, u0:u1], gz[ta, b, u0:u1], gn[ta, b, u0:u1]
+        hn_, out_ = hn_seq[ta, b, u0:u1], out[t, b, u0:u1]
+        m_ = zh[tz, b, u0:u1]
+        for j in range(U):
             hp = h_[j]
             r = _gate(x_r[j] + h_r[j] + b_r[j], gk)
             z = _gate(x_z[j] + h_z[j] + b_z[j], gk)
-            hn = h_n[j] + b_hn[j]
+            hn = h_n[j] + b_hn_[j]
             nn = _cell(x_n[j] + b_n[j] + r * hn, ck)
             h = (one(z) - z) * nn + z * hp
             if has_zh:
@@ -90,21 +98,23 @@ def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, 
 
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
-                  dgates, dxa, dhw):
-    """One step of BPTT for rows [:n]: dh_state (B, H) δh_t in, δh̃ ⊙ z + z_h δh out (the
-    loop adds (δhw W_hh) ⊙ d); dgates (3, Tg, B, H) δ of the recorded r z n (zeros, Tg = 1,
-    when none); dxa, dhw (T, B, 3H) out."""
+                  dgates, dxa, dhw, u0, u1):
+    """One step of BPTT for rows [:n] and units [u0, u1) (all: 0, H): dh_state (B, H) δh_t
+    in, δh̃ ⊙ z + z_h δh out (the loop adds (δhw W_hh) ⊙ d); dgates (3, Tg, B, H) δ of the
+    recorded r z n (zeros, Tg = 1, when none); dxa, dhw (T, B, 3H) out."""
     H = dh_state.shape[1]
+    U = u1 - u0
     tg = t if dgates.shape[1] > 1 else 0
     tz = t if has_zh else 0
     for b in range(n):
-        r_, z_, n_, hn_, do_, dh_ = gr[t, b], gz[t, b], gn[t, b], hn_seq[t, b], d_out[t, b], dh_state[b]
-        hp_ = out[tp, b] if b < n_prev else h0[b]  # (H,) h_{t-1}
-        m_ = zh[tz, b]
-        dgr, dgz, dgn = dgates[0, tg, b], dgates[1, tg, b], dgates[2, tg, b]
-        dx_r, dx_z, dx_n = dxa[t, b, :H], dxa[t, b, H:2 * H], dxa[t, b, 2 * H:]
-        dw_r, dw_z, dw_n = dhw[t, b, :H], dhw[t, b, H:2 * H], dhw[t, b, 2 * H:]
-        for j in range(H):
+        r_, z_, n_, hn_ = gr[t, b, u0:u1], gz[t, b, u0:u1], gn[t, b, u0:u1], hn_seq[t, b, u0:u1]
+        do_, dh_ = d_out[t, b, u0:u1], dh_state[b, u0:u1]
+        hp_ = out[tp, b, u0:u1] if b < n_prev else h0[b, u0:u1]  # (U,) h_{t-1}
+        m_ = zh[tz, b, u0:u1]
+        dgr, dgz, dgn = dgates[0, tg, b, u0:u1], dgates[1, tg, b, u0:u1], dgates[2, tg, b, u0:u1]
+        dx_r, dx_z, dx_n = dxa[t, b, u0:u1], dxa[t, b, H + u0:H + u1], dxa[t, b, 2 * H + u0:2 * H + u1]
+        dw_r, dw_z, dw_n = dhw[t, b, u0:u1], dhw[t, b, H + u0:H + u1], dhw[t, b, 2 * H + u0:2 * H + u1]
+        for j in range(U):
             r, z, nn, hn = r_[j], z_[j], n_[j], hn_[j]
             dh = do_[j] + dh_[j]
             dht = dh * (one(z) - m_[j]) if has_zh else dh
@@ -145,7 +155,7 @@ def forward_loop(steps, full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh
             tk = t if full else 0
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
         forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr,
-                     gz, gn, hn_seq, out)
+                     gz, gn, hn_seq, out, 0, h_state.shape[1])
 
 
 @njit(**JIT)
@@ -156,7 +166,7 @@ def backward_loop(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, 
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out,
-                      h0, dgates, dxa, dhw)
+                      h0, dgates, dxa, dhw, 0, dh_state.shape[1])
         dv = dhw
         if ln:
             ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
@@ -305,16 +315,20 @@ def _kinds(spec):
     return GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation]
 
 
-def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record):
+def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record, units=1):
     """The forward pass on arrays: out (T, B, H), h_T and the saved ((r, z, n, hn) reset after,
-    (r, z, n) reset before; layer-norm saves). ln: None or (ih_w, ih_b, hh_w, hh_b) arrays."""
+    (r, z, n) reset before; layer-norm saves). ln: None or (ih_w, ih_b, hh_w, hh_b) arrays.
+    `units` > 1: each step's units split between that many threads (fused_gru_family_units;
+    reset after, no layer_norm)."""
     T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
     has_d, d, has_zh, zh = masks
     gk, ck = _kinds(spec)
     packed = any(s.n < B for s in steps)
-    xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 3 * H), dt)).reshape(T, B, 3 * H)
+    xa = None  # with the units split, each thread projects its own units' inputs
+    if units == 1:
+        xa = mm(x.reshape(T * B, x.shape[2]), w_ih.T, workspace.empty((T * B, 3 * H), dt)).reshape(T, B, 3 * H)
     bias, b_hn = workspace.zeros(3 * H, dt), workspace.zeros(H, dt)
     after = spec.reset_after
     if b_ih is not None:
@@ -353,6 +367,11 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
                 rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, *saved[:2], u)
                 mm(u[:n], w_hh[2 * H:].T, hw[:n, 2 * H:])
                 n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, *saved[1:], out)
+    elif units > 1:
+        from gatelab.engines import fused_gru_family_units
+
+        fused_gru_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks,
+                                       h_state, saved, out)
     elif numba_loop():
         forward_loop(steps_array(steps), full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
                      h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
@@ -367,7 +386,7 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
                 tk = t if full else 0
                 ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
             forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state,
-                         *saved, out)
+                         *saved, out, 0, H)
     return out, h_state, ((saved, (xhat, rs_x, lnh, hhat, rs_h)) if full else None)
 
 
@@ -376,14 +395,14 @@ class GRUFamilyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, spec, masks,
-                steps, record):
+                steps, record, units):
         xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
         ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b))
         out, h_T, (saved, lnsaved) = _forward(spec, xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), ln, masks,
-                                              steps, keep=True, record=record)
+                                              steps, keep=True, record=record, units=units)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved, lnsaved)
-        ctx.spec, ctx.masks, ctx.steps, ctx.has_bias = spec, masks, steps, b_ih is not None
+        ctx.spec, ctx.masks, ctx.steps, ctx.has_bias, ctx.units = spec, masks, steps, b_ih is not None, units
         ctx.ln_ih_w = None if ln is None else ln[0]
         outs = (tensor(out), tensor(h_T))
         if record:
@@ -413,18 +432,31 @@ class GRUFamilyFunction(torch.autograd.Function):
         dhw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
         tmp = workspace.empty((B, H), dt)
         dhw_raw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)
+        need = ctx.needs_input_grad
+        if ctx.units > 1:  # the threads also share the GEMMs after
+            from gatelab.engines import fused_gru_family_units
+
+            h_prev = None
+            if need[3]:
+                h_prev = previous(out, h0s, steps)  # (T, B, H)
+                if has_d:
+                    h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+            dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_family_units.backward(
+                ctx.units, steps_array(steps), gk, ck, ctx.masks, d_out, dh_state, saved, out, h0s, dgates, dxa,
+                dhw, xs, h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
+            grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None)
+            return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 5
         if numba_loop():
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
                           out, h0s, dgates, dxa, dhw, w_hhs, tmp, ln, lnh, hhat, rs_h, dhw_raw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,
-                              dgates, dxa, dhw)
+                              dgates, dxa, dhw, 0, H)
                 if ln:
                     ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
                 mm((dhw_raw if ln else dhw)[t, :n], w_hhs, tmp[:n])
                 add_dropped(n, has_d, d, tmp, dh_state)
-        need = ctx.needs_input_grad
         dln = (None,) * 4
         if ln:  # dxa, dhw are δ of the normalised products (+ bias): through LN's backward
             dln = (np.einsum("tbk,tbk->k", dxa, xhat), add_rows_sum(dxa),
@@ -444,7 +476,7 @@ class GRUFamilyFunction(torch.autograd.Function):
         db_ih = add_rows_sum(dxa) if ctx.has_bias else None
         db_hh = add_rows_sum(dhw) if ctx.has_bias else None
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln)
-        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 4
+        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 5
 
 
 def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa):
@@ -484,14 +516,15 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
         mm(dxa2[:, 2 * H:].T, h_prev.reshape(T * B, H), dw_hh[2 * H:])  # δW_hn = δXA_n^T U
     db = add_rows_sum(dxa) if ctx.has_bias else None
     grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
-    return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 8
+    return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 9
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 
 
-def run(spec, x, state, weights, steps, record, masks):
-    """One GRU-family layer-direction; see gatelab.engines for the contract."""
+def run(spec, x, state, weights, steps, record, masks, units=1):
+    """One GRU-family layer-direction; see gatelab.engines for the contract. `units` > 1:
+    each step's units split between that many threads (fused_gru_family_units)."""
     (h0,) = state
     T, B, _ = x.shape
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
@@ -500,11 +533,11 @@ def run(spec, x, state, weights, steps, record, masks):
     ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 4
     inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, *ln)
     if needs_grad(*inputs):
-        out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record)
+        out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units)
     else:
         ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
         out, h_T, saved = _forward(spec, arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih), arr(b_hh),
-                                   ln_arrays, mask_arrays, steps, keep=False, record=record)
+                                   ln_arrays, mask_arrays, steps, keep=False, record=record, units=units)
         out, h_T = tensor(out), tensor(h_T)
         rec = [tensor(a) for a in saved[0][:3]] if record else []
     gates = dict(zip(("r", "z", "n"), rec)) if record else None

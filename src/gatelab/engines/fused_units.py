@@ -1,4 +1,5 @@
-"""What the unit-split time loops (fused_lstm_units, fused_gru_units, fused_lstm_family_units) share.
+"""What the unit-split time loops (fused_lstm_units, fused_gru_units and the families'
+fused_lstm_family_units, fused_gru_family_units) share.
 
 Thread j of k owns units [u0, u1) of a layer-direction: the rows gH + u0 .. gH + u1 of
 each gate block g of W_ih, W_hh and the biases (G gates: 4 for the LSTM, 3 for the GRU),
@@ -22,8 +23,8 @@ MIN_UNITS = 32  # units per thread below which row blocks (or one thread) do bet
 
 
 def unit_threads(threads, B, H, G, proj=False) -> int:
-    """How many threads split each step's units of an LSTM (G = 4; any variant but layer_norm)
-    or a plain GRU (G = 3):
+    """How many threads split each step's units of an LSTM (G = 4) or GRU (G = 3), variants
+    included (fused_cpu decides which can split):
     `threads` when there are several, no projection, at least MIN_UNITS units per thread
     and a step of at least MIN_STEP_MACS multiply-adds; else 1 (row blocks or one thread).
     Measured against row blocks, LSTM inference (fused_lstm_units): (100,32,128,256)

@@ -1,0 +1,134 @@
+"""The GRU family's time loops with each step's units split between threads.
+
+As fused_gru_units for the plain GRU, for the family variants whose step is per unit once
+the product is formed: the activations by name, zoneout_h and recurrent_dropout, with
+torch.nn's "reset after" form. Not split: layer_norm (a sum over all units per step) and
+reset_after=False (its second product reads r ⊙ h over all units, so it would need a third
+meeting per step); those run on row blocks. With recurrent_dropout each thread forms
+d ⊙ h_{t-1} over all units itself before its GEMM.
+
+    forward:  [hd = d ⊙ h_{t-1}]; hw_mine = hd W_mine^T; barrier (everyone has read h_{t-1});
+              gate pass for my units (fused_gru_family.forward_step with u0, u1), h_t in
+              place; barrier (h_t complete)
+    backward: BPTT pass for my units -> δxa, δhw of my units; barrier;
+              δh_{t-1}[:, mine] += (δhw[t] W_hh[:, mine]) ⊙ d
+
+Results equal the row-mode loops (fused_gru_family) to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from gatelab.engines import workspace
+from gatelab.engines._kernels import JIT
+from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
+from gatelab.engines.fused_gru_family import backward_step, forward_step
+from gatelab.engines.fused_lstm_family import dropped
+from gatelab.engines.fused_parallel import team
+from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+
+
+@njit(**JIT)
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_mine, gk, ck, has_d, d, hd_mine,
+                  has_zh, zh, h_state, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
+    """Thread j of k: its input projection and the whole forward time loop for units
+    [u0, u1). w_ih_mine (3U, I), w_hh_mine (3U, H), bias_mine (3U,): my rows r z n;
+    b_hn_mine (U,); xa_mine (T, B, 3U), hw_mine (B, 3U), hd_mine (B, H): my own buffers;
+    h_state (B, H) shared, h_{t-1} in, h_t out; counter: shared new_counter(); the rest as
+    in fused_gru_family.forward_loop."""
+    B, H = h_state.shape
+    T = xa_mine.shape[0]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
+    for s in range(steps.shape[0]):
+        t, n = steps[s, 0], steps[s, 1]
+        if has_d:
+            dropped(n, h_state, d, hd_mine)  # every unit: the product reads them all
+            gemm(hd_mine[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (3U, H)^T
+        else:
+            gemm(h_state[:n], w_hh_mine, hw_mine[:n], True, 0.0)
+        if not arrive_and_wait(counter, 2 * s, k):  # everyone has read h_{t-1}
+            return  # another thread failed: the caller raises its error
+        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, h_state,
+                     gr, gz, gn, hn_seq, out, u0, u1)
+        if not arrive_and_wait(counter, 2 * s + 1, k):  # h_t complete
+            return
+
+
+@njit(**JIT)
+def backward_units(j, k, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
+                   dgates, dxa, dhw, w_mine, tmp_mine, counter):
+    """Thread j of k: the whole backward time loop for units [u0, u1); w_mine (3H, U): the
+    columns of W_hh (as used) of my units, a contiguous copy; tmp_mine (B, U) scratch;
+    counter: shared new_counter(); the rest as in fused_gru_family.backward_loop."""
+    H = dh_state.shape[1]
+    u0, u1 = j * H // k, (j + 1) * H // k
+    S = steps.shape[0]
+    for s in range(S - 1, -1, -1):
+        t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
+        backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
+                      dgates, dxa, dhw, u0, u1)
+        if not arrive_and_wait(counter, S - 1 - s, k):  # δhw[t] complete for every unit
+            return  # another thread failed: the caller raises its error
+        if has_d:
+            gemm(dhw[t, :n], w_mine, tmp_mine[:n], False, 0.0)  # (n, 3H) x (3H, U)
+            for b in range(n):
+                for u in range(u0, u1):
+                    dh_state[b, u] += tmp_mine[b, u - u0] * d[b, u]
+        else:
+            gemm(dhw[t, :n], w_mine, dh_state[:n, u0:u1], False, 1.0)  # += (n, 3H) x (3H, U)
+    arrive_and_wait(counter, S, k)  # δxa, δhw complete: the GEMMs over all steps may read any column
+
+
+def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, saved, out):
+    """forward_units on a team of up to k threads; h_state is updated in place. bias (3H,)
+    b_ih + [b_hr, b_hz, 0]; b_hn (H,); masks (has_d, d, has_zh, zh); saved (r, z, n, hn)."""
+    T, B, I = x.shape
+    H = h_state.shape[1]
+    dt = x.dtype
+    has_d, d, has_zh, zh = masks
+    counter = new_counter()
+
+    @aborting(counter)
+    def member(j, size):
+        u0, u1 = units(j, size, H)
+        rows = gate_rows(3, H, u0, u1)  # (3U,) r z n
+        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
+        hw_mine = np.empty((B, rows.size), dt)  # (B, 3U)
+        hd_mine = np.empty((B, H), dt)  # (B, H)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows],
+                      b_hn[u0:u1].copy(), gk, ck, has_d, d, hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved,
+                      out, counter)
+
+    team(member, k, torch_modes=False)  # numba and NumPy only
+
+
+def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh,
+             need):
+    """backward_units, then the gradients over all steps (fused_units.grads_of_my_rows), on a
+    team of up to k threads. h_prev (T, B, H): d ⊙ h_{t-1}, or None when δW_hh is not
+    needed; need: (δx, δW_ih, δW_hh, δb). dh_state is updated in place. Returns (δx, δW_ih,
+    δW_hh, δb_ih, δb_hh), None where not needed."""
+    T, B, I = x.shape
+    H = dh_state.shape[1]
+    has_d, d, has_zh, zh = masks
+    counter = new_counter()
+    results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
+    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
+
+    @aborting(counter)
+    def member(j, size):
+        u0, u1 = units(j, size, H)
+        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
+        tmp_mine = np.empty((B, u1 - u0), dh_state.dtype)  # (B, U)
+        backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
+                       dhw, w_mine, tmp_mine, counter)
+        grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
+                         x.reshape(T * B, I), hp2, w_ih, results)
+
+    team(member, k, torch_modes=False)  # numba and NumPy only
+    return (results.get("dx"), results.get("dw_ih"), results.get("dw_hh"), results.get("db_ih"),
+            results.get("db_hh"))
