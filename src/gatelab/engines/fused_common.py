@@ -90,6 +90,15 @@ def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray
     return out
 
 
+def previous_dropped(seq: np.ndarray, init: np.ndarray, steps: list[Step], d: np.ndarray | None) -> np.ndarray:
+    """previous(seq, init, steps) times the recurrent-dropout mask d (B, K) when given:
+    d ⊙ h_{t-1} for every step, what the recurrent product read (padded rows stay zero)."""
+    out = previous(seq, init, steps)  # (T, B, K)
+    if d is not None:
+        out *= d
+    return out
+
+
 def arr(t: torch.Tensor | None) -> np.ndarray | None:
     """A C-contiguous NumPy view (or copy) of a CPU tensor, detached from autograd."""
     if t is None:

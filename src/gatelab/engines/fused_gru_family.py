@@ -52,7 +52,7 @@ from torch.autograd.function import once_differentiable
 from gatelab.engines._kernels import JIT, one
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous_dropped, steps_array, tensor)
 from gatelab.engines.fused_lstm_family import (
     CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, _ln_all, _ln_all_backward, dropped,
     ln_back_rows, ln_rows)
@@ -436,11 +436,7 @@ class GRUFamilyFunction(torch.autograd.Function):
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_gru_family_units
 
-            h_prev = None
-            if need[3]:
-                h_prev = previous(out, h0s, steps)  # (T, B, H)
-                if has_d:
-                    h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+            h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[3] else None
             dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_family_units.backward(
                 ctx.units, steps_array(steps), gk, ck, ctx.masks, d_out, dh_state, saved, out, h0s, dgates, dxa,
                 dhw, xs, h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
@@ -469,9 +465,7 @@ class GRUFamilyFunction(torch.autograd.Function):
         dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
         dw_hh = None
         if need[3]:
-            h_prev = previous(out, h0s, steps)  # (T, B, H)
-            if has_d:
-                h_prev *= d
+            h_prev = previous_dropped(out, h0s, steps, d if has_d else None)  # (T, B, H)
             dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), workspace.empty_like(w_hhs))
         db_ih = add_rows_sum(dxa) if ctx.has_bias else None
         db_hh = add_rows_sum(dhw) if ctx.has_bias else None
@@ -507,9 +501,7 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
     dw_ih = mm(dxa2.T, xs.reshape(T * B, I), workspace.empty_like(w_ihs)) if need[2] else None
     dw_hh = None
     if need[3]:
-        h_prev = previous(out, h0s, steps)  # (T, B, H), zero at padded rows
-        if has_d:
-            h_prev *= d
+        h_prev = previous_dropped(out, h0s, steps, d if has_d else None)  # (T, B, H), zero at padded rows
         dw_hh = workspace.empty_like(w_hhs)  # (3H, H)
         mm(dxa2[:, :2 * H].T, h_prev.reshape(T * B, H), dw_hh[:2 * H])  # δW_hrz = δXA_rz^T (d ⊙ H_prev)
         h_prev *= gr  # U = r ⊙ d ⊙ H_prev

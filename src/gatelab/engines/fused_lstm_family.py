@@ -49,7 +49,7 @@ from gatelab.engines._kernels import (JIT, hard_sigmoid, hard_sigmoid_grad, one,
                                       softsign, softsign_grad, tanh)
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
 
 # flags: int64 array of the variant switches, in this order
@@ -581,9 +581,7 @@ def _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need):
     dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
     dw_hh = None
     if need[4]:
-        h_prev = previous(out, h0s, ctx.steps)  # (T, B, H_out)
-        if has_d:
-            h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+        h_prev = previous_dropped(out, h0s, ctx.steps, d if has_d else None)  # (T, B, H_out)
         dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), workspace.empty_like(w_hhs))
     db = add_rows_sum(da) if (ctx.has_bias or ln) else None  # (4H,)
     return dx, dw_ih, dw_hh, db
@@ -647,11 +645,7 @@ class LSTMFamilyFunction(torch.autograd.Function):
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_family_units
 
-            h_prev = None
-            if need[4]:
-                h_prev = previous(out, h0s, steps)  # (T, B, H)
-                if has_d:
-                    h_prev *= d  # d ⊙ h_{t-1}; padded rows stay zero
+            h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[4] else None  # (T, B, H)
             dx, dw_ih, dw_hh, db = fused_lstm_family_units.backward(
                 ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0s, ph, flags,
                 (has_d, d, has_zh, zh, zc), dgates, da, xs, h_prev, w_ihs, w_hhs,
