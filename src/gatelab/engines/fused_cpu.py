@@ -107,7 +107,7 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
     B = x.shape[1]  # x (T, B, I)
     units = 1  # threads splitting each step's units (1: none)
-    if spec.mode == "LSTM" and not spec.layer_norm or spec.mode == "GRU" and not spec.layer_norm and spec.reset_after:
+    if not spec.layer_norm and (spec.mode == "LSTM" or (spec.mode == "GRU" and spec.reset_after)):
         units = fused_units.unit_threads(threads, B, spec.hidden_size, GATE_ROWS[spec.mode],
                                          spec.proj_size > 0)
     blocks = fused_parallel.row_blocks(B, threads)

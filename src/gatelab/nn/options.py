@@ -39,6 +39,7 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
 from gatelab import engines
@@ -273,15 +274,13 @@ def uniform_below(shape, p: float, *, dtype, device) -> torch.Tensor:
     On the CPU, U comes from NumPy's PCG64: one seed drawn from torch's global RNG (so
     torch.manual_seed replays it), spawned into one stream per UNIFORMS_PER_STREAM numbers,
     the streams filled on the engine's threads. The same mask whatever the thread count,
-    and 3x faster than torch.rand, whose one generator runs on one thread (a (100, 32, 256)
-    mask: 1.2 against 3.5 ms; it was most of zoneout's cost). Elsewhere torch.rand on the
-    device.
+    and 2.5x faster than torch.rand, whose one generator runs on one thread (a (100, 32, 256)
+    mask: 1.4 against 3.5 ms on 2 threads; it was most of zoneout's cost). Elsewhere
+    torch.rand on the device.
     """
     if torch.device(device or "cpu").type != "cpu":
         return torch.rand(shape, device=device).lt_(p).to(dtype)
-    import numpy as np
-
-    from gatelab.engines import fused_parallel
+    from gatelab.engines import fused_parallel  # here: it loads numba, which `import gatelab.nn` need not
 
     seed = int(torch.randint(0, 1 << 62, (1,), dtype=torch.int64))
     n = math.prod(shape)
