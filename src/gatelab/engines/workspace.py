@@ -26,6 +26,7 @@ as usual.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -88,8 +89,8 @@ def _take(nbytes: int) -> np.ndarray | None:
 def empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array (see the module docstring)."""
     dtype = np.dtype(dtype)
-    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    nbytes = math.prod(shape) * dtype.itemsize  # (np.prod costs ~5 µs a call; this runs ~20 times a call)
     buf = _take(nbytes) if nbytes >= MIN_BYTES else None
     if buf is None:
         return np.empty(shape, dtype)
