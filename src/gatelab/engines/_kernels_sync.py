@@ -89,7 +89,13 @@ ABORT = 8  # counter[ABORT] != 0: a thread of the team failed; the others stop w
 
 
 def new_counter():
-    """A zeroed counter for one team: [0] arrivals, [ABORT] the abort flag (one cache line)."""
+    """A zeroed counter for one team: [0] arrivals, [ABORT] the abort flag (one cache line).
+    Every team's time loop starts from one, so the barrier's symbols are bound here too:
+    compiled code calling an unbound symbol would jump to address 0."""
+    from gatelab.engines import _kernels_blas
+
+    if not (bind() and _kernels_blas.bind()):
+        raise RuntimeError("fused engine: the units split needs libc's sched_yield and OpenBLAS's CBLAS")
     return np.zeros(16, np.int64)
 
 
