@@ -1,0 +1,57 @@
+"""The per-step GEMM on packed weights (engines/_kernels_gemm.py) against float64 NumPy:
+every row-tile height (1..6 and their sums), panels cut short (N not a multiple of 16),
+strided rows of A and C (the engines pass slices), overwrite and accumulate."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from gatelab.engines import _kernels_blas
+from gatelab.engines._kernels_gemm import packed_gemm, packed_weights, scratch, step_gemm
+
+
+@njit
+def _step(a, w, bp, c, trans_b, beta, tmp):
+    step_gemm(a, w, bp, c, trans_b, beta, tmp)
+
+
+def _reference(a, w, trans_b):
+    return a.astype(np.float64) @ (w.T if trans_b else w).astype(np.float64)
+
+
+@pytest.mark.parametrize("trans_b", [True, False], ids=["w^T", "w"])
+@pytest.mark.parametrize(("M", "K", "N"), [(1, 256, 1024), (5, 7, 3), (6, 16, 16), (7, 33, 17), (12, 64, 48),
+                                           (13, 128, 200), (32, 256, 512), (32, 1024, 128)])
+def test_packed_gemm_equals_numpy(M, K, N, trans_b):
+    rng = np.random.default_rng(M * 1000 + K + N)
+    w = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    wide = rng.standard_normal((M, K + 5)).astype(np.float32)
+    a = wide[:, 2:2 + K]  # rows with stride K + 5, as the engines' row slices
+    out = np.full((M, N + 9), 7.0, np.float32)
+    c = out[:, 4:4 + N]  # a column slice, as δh[:, my units]
+    bp = packed_weights(w, trans_b)
+    assert bp.shape == (-(-N // 16), K, 16)
+    ref = _reference(a, w, trans_b)
+    tol = 1e-6 * np.sqrt(K) * np.abs(ref).max()
+    packed_gemm(a, bp, c, False, scratch(np.float32))
+    np.testing.assert_allclose(c, ref, rtol=0, atol=tol)
+    packed_gemm(a, bp, c, True, scratch(np.float32))  # accumulate: c = 2 (a @ B)
+    np.testing.assert_allclose(c, 2 * ref, rtol=0, atol=2 * tol)
+    assert (out[:, :4] == 7.0).all() and (out[:, 4 + N:] == 7.0).all()  # nothing written outside c
+
+
+def test_step_gemm_uses_openblas_for_float64_and_when_turned_off(monkeypatch):
+    assert _kernels_blas.bind()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((9, 20))
+    w = rng.standard_normal((30, 20))
+    assert packed_weights(w, True).shape[0] == 0  # float64: OpenBLAS
+    c = np.zeros((9, 30))
+    _step(a, w, packed_weights(w, True), c, True, 0.0, scratch(np.float64))
+    np.testing.assert_allclose(c, a @ w.T, rtol=1e-13, atol=1e-13)
+    monkeypatch.setenv("GATELAB_PACKED_GEMM", "0")
+    w32, a32 = w.astype(np.float32), a.astype(np.float32)
+    assert packed_weights(w32, True).shape[0] == 0
+    c32 = np.ones((9, 30), np.float32)
+    _step(a32, w32, packed_weights(w32, True), c32, True, 1.0, scratch(np.float32))
+    np.testing.assert_allclose(c32, 1 + _reference(a32, w32, True), rtol=1e-5, atol=1e-5)
