@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 from gatelab.engines import workspace
@@ -118,27 +119,27 @@ def backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0
 
 
 @njit(**JIT)
-def forward_loop(steps, full, xa, w_hh, bias, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
+def forward_loop(steps, full, xa, w_hh, bp_hh, tmp, bias, b_hn, h_state, hw, gr, gz, gn, hn_seq, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM) and the gate pass.
     steps (S, 4) rows (t, n, tp, n_prev); w_hh (3H, H), used transposed; the rest as in
     forward_step."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (3H, H)^T
+        step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H) x (3H, H)^T
         forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq,
                      out, 0, h_state.shape[1])
 
 
 @njit(**JIT)
 def backward_loop(steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, dxa, dhw,
-                  w_hh):
+                  w_hh, bp, tmp):
     """The backward time loop, last step first: the BPTT pass leaves δh ⊙ z in dh_state,
     then the GEMM adds δhw W_hh (beta = 1)."""
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_step(t, n, tp, n_prev, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates,
                       dxa, dhw, 0, dh_state.shape[1])
-        gemm(dhw[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
+        step_gemm(dhw[t, :n], w_hh, bp, dh_state[:n], False, 1.0, tmp)  # += (n, 3H) x (3H, H)
 
 
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
@@ -170,7 +171,8 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
     hw = workspace.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, bias, b_hn, h_state, hw, *saved, out)
+        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True), scratch(dt), bias, b_hn, h_state, hw,
+                     *saved, out)
         return out, h_state, (saved if full else None)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh.T, hw[:n])  # (n, H) x (H, 3H)
@@ -222,7 +224,7 @@ class GRUFunction(torch.autograd.Function):
         else:
             if numba_loop():
                 backward_loop(steps_array(steps), d_out, dh_state, *saved, out, h0s, dgates, dxa,
-                              dhw, w_hhs)
+                              dhw, w_hhs, packed_weights(w_hhs, False), scratch(dt))
             else:
                 tmp = workspace.empty((B, H), dt)  # (B, H)
                 for t, n, tp, n_prev in reversed(steps):

@@ -24,6 +24,7 @@ from numba import njit
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import dropped
@@ -32,11 +33,13 @@ from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, g
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_mine, gk, ck, has_d, d, hd_mine,
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, gk, ck, has_d, d,
+                  hd_mine,
                   has_zh, zh, h_state, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (3U, I), w_hh_mine (3U, H), bias_mine (3U,): my rows r z n;
-    b_hn_mine (U,); xa_mine (T, B, 3U), hw_mine (B, 3U), hd_mine (B, H): my own buffers;
+    b_hn_mine (U,); bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
+    xa_mine (T, B, 3U), hw_mine (B, 3U), hd_mine (B, H): my own buffers;
     h_state (B, H) shared, h_{t-1} in, h_t out; counter: shared new_counter(); the rest as
     in fused_gru_family.forward_loop."""
     B, H = h_state.shape
@@ -47,9 +50,9 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_m
         t, n = steps[s, 0], steps[s, 1]
         if has_d:
             dropped(n, h_state, d, hd_mine)  # every unit: the product reads them all
-            gemm(hd_mine[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (3U, H)^T
+            step_gemm(hd_mine[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
         else:
-            gemm(h_state[:n], w_hh_mine, hw_mine[:n], True, 0.0)
+            step_gemm(h_state[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)
         if not arrive_and_wait(counter, 2 * s, k):  # everyone has read h_{t-1}
             return  # another thread failed: the caller raises its error
         forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, h_state,
@@ -60,7 +63,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_m
 
 @njit(**JIT)
 def backward_units(j, k, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
-                   dgates, dxa, dhw, w_mine, tmp_mine, counter):
+                   dgates, dxa, dhw, w_mine, bp, tmp, tmp_mine, counter):
     """Thread j of k: the whole backward time loop for units [u0, u1); w_mine (3H, U): the
     columns of W_hh (as used) of my units, a contiguous copy; tmp_mine (B, U) scratch;
     counter: shared new_counter(); the rest as in fused_gru_family.backward_loop."""
@@ -74,12 +77,12 @@ def backward_units(j, k, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, g
         if not arrive_and_wait(counter, S - 1 - s, k):  # δhw[t] complete for every unit
             return  # another thread failed: the caller raises its error
         if has_d:
-            gemm(dhw[t, :n], w_mine, tmp_mine[:n], False, 0.0)  # (n, 3H) x (3H, U)
+            step_gemm(dhw[t, :n], w_mine, bp, tmp_mine[:n], False, 0.0, tmp)  # (n, 3H) x (3H, U)
             for b in range(n):
                 for u in range(u0, u1):
                     dh_state[b, u] += tmp_mine[b, u - u0] * d[b, u]
         else:
-            gemm(dhw[t, :n], w_mine, dh_state[:n, u0:u1], False, 1.0)  # += (n, 3H) x (3H, U)
+            step_gemm(dhw[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 1.0, tmp)  # += (n, 3H) x (3H, U)
     arrive_and_wait(counter, S, k)  # δxa, δhw complete: the GEMMs over all steps may read any column
 
 
@@ -99,8 +102,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
         hw_mine = np.empty((B, rows.size), dt)  # (B, 3U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows],
-                      b_hn[u0:u1].copy(), gk, ck, has_d, d, hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved,
+        w_hh_mine = w_hh[rows]  # (3U, H)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True),
+                      scratch(dt), bias[rows], b_hn[u0:u1].copy(), gk, ck, has_d, d, hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved,
                       out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -125,7 +129,7 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
         tmp_mine = np.empty((B, u1 - u0), dh_state.dtype)  # (B, U)
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
-                       dhw, w_mine, tmp_mine, counter)
+                       dhw, w_mine, packed_weights(w_mine, False), scratch(w_mine.dtype), tmp_mine, counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

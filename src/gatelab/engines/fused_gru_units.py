@@ -22,6 +22,7 @@ from numba import njit
 
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
@@ -30,12 +31,13 @@ from gatelab.engines import workspace
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_mine, h_state, hw_mine,
-                  xa_mine, gr, gz, gn, hn_seq, out, counter):
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, h_state,
+                  hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
     """Thread j of k runs its input projection and the whole forward time loop for units
     [u0, u1) = units(j, k, H), U = u1 - u0.
 
     x2 (T*B, I); w_ih_mine (3U, I), w_hh_mine (3U, H): my rows r z n, contiguous copies;
+    bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
     bias_mine (3U,), b_hn_mine (U,); xa_mine (T, B, 3U) and hw_mine (B, 3U) my products;
     h_state (B, H) shared, h_{t-1} in, h_t out; counter: _kernels_sync.new_counter(),
     shared; the rest as in fused_gru.forward_loop.
@@ -46,7 +48,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_m
     gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (3U, H)^T
+        step_gemm(h_state[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
         if not arrive_and_wait(counter, 2 * s, k):  # everyone has read h_{t-1}
             return  # another thread failed: the caller raises its error
         forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, h_state, gr, gz, gn,
@@ -57,7 +59,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, b_hn_m
 
 @njit(**JIT)
 def backward_units(j, k, steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dgates, dxa, dhw, w_mine,
-                   counter):
+                   bp, tmp, counter):
     """Thread j of k runs the whole backward time loop for units [u0, u1); w_mine (3H, U):
     W_hh's columns of my units (a contiguous copy); counter: new_counter(), shared; the
     rest as in fused_gru.backward_loop."""
@@ -70,7 +72,7 @@ def backward_units(j, k, steps, d_out, dh_state, gr, gz, gn, hn_seq, out, h0, dg
                       u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δhw[t] complete for every unit
             return  # another thread failed: the caller raises its error
-        gemm(dhw[t, :n], w_mine, dh_state[:n, u0:u1], False, 1.0)  # += (n, 3H) x (3H, U)
+        step_gemm(dhw[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 1.0, tmp)  # += (n, 3H) x (3H, U)
     arrive_and_wait(counter, S, k)  # δxa, δhw complete: the GEMMs over all steps may read any column
 
 
@@ -88,8 +90,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
         rows = gate_rows(3, H, u0, u1)  # (3U,) r z n
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
         hw_mine = workspace.empty((B, rows.size), dt)  # (B, 3U)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows],
-                      b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
+        w_hh_mine = w_hh[rows]  # (3U, H)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True),
+                      scratch(dt), bias[rows], b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
 
@@ -109,7 +112,8 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
     def member(j, size):
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
-        backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, w_mine, counter)
+        backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, w_mine,
+                       packed_weights(w_mine, False), scratch(w_mine.dtype), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
 from gatelab.engines import workspace
@@ -144,15 +145,16 @@ def backward_step(t, n, tp, n_prev, dm_seq, dh_state, dc_state, gi, gf, gg, go, 
 
 
 @njit(**JIT)
-def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, h_state, c_state, hw, gi, gf, gg, go,
+def forward_loop(steps, full, proj, xa, w_hh, bp_hh, tmp, bias, w_hr, h_state, c_state, hw, gi, gf, gg, go,
                  c_seq, m_seq, m_state, out):
     """The forward time loop: per step hw = h_{t-1} W_hh^T (GEMM), the gate pass, and
     with a projection h_t = m_t W_hr^T. steps (S, 4) rows (t, n, tp, n_prev);
-    w_hh (4H, H_out) used transposed by the GEMM; w_hr (H_out, H) (any array when not proj); the rest as
-    in forward_step, out (T, B, H_out)."""
+    w_hh (4H, H_out) used transposed by the GEMM, bp_hh and tmp: it packed for
+    _kernels_gemm.step_gemm and its scratch; w_hr (H_out, H) (any array when not proj); the
+    rest as in forward_step, out (T, B, H_out)."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        gemm(h_state[:n], w_hh, hw[:n], True, 0.0)  # (n, H_out) x (4H, H_out)^T
+        step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H_out) x (4H, H_out)^T
         forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
                      m_seq, m_state, 0, c_state.shape[1])
         if proj:
@@ -162,7 +164,7 @@ def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, h_state, c_state, hw, 
 
 @njit(**JIT)
 def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates,
-                  da, w_hh, w_hr, dh_seq, dm, zeros_h):
+                  da, w_hh, bp, tmp, w_hr, dh_seq, dm, zeros_h):
     """The backward time loop, last step first: the BPTT pass, then δh_{t-1} = δa W_hh.
     With a projection δh_t is kept in dh_seq (T, B, H_out) and δm = δh_t W_hr (1, B, H)
     feeds the pass (with zeros_h (B, H) as its carried δ)."""
@@ -176,7 +178,7 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
         else:
             backward_step(t, n, tp, n_prev, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq,
                           c0, dgates, da, 0, dc_state.shape[1])
-        gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
+        step_gemm(da[t, :n], w_hh, bp, dh_state[:n], False, 0.0, tmp)  # (n, 4H) x (4H, H_out)
 
 
 def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
@@ -214,7 +216,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
         m_seq = workspace.empty((1, B, H), dt)  # (1, B, H): not a view of m_state, which would
         # make LLVM's overlap check fail and the gate pass run scalar
     if numba_loop():
-        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh, bias,
+        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh, packed_weights(w_hh, True), scratch(dt), bias,
                      w_hh if w_hr is None else w_hr, h_state, c_state, hw, *gates, c_seq,
                      m_seq, m_state, out)
         return out, h_state, c_state, ((gates, c_seq) if full else None)
@@ -296,7 +298,8 @@ class LSTMFunction(torch.autograd.Function):
         else:
             if numba_loop():
                 backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, c_seq,
-                              c0s, dgates, da, w_hhs, w_hrs if proj else w_hhs, dh_seq, dm, zeros_h)
+                              c0s, dgates, da, w_hhs, packed_weights(w_hhs, False), scratch(dt), w_hrs if proj else w_hhs,
+                              dh_seq, dm, zeros_h)
             else:
                 _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
                                  w_hhs, w_hrs, dh_seq, dm, zeros_h)

@@ -29,6 +29,7 @@ from numba import njit
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (
     backward_head, backward_step, backward_tail, dropped, forward_step, zone_h)
@@ -37,11 +38,12 @@ from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, g
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, ph, flags, has_d, d, hd_mine,
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, ph, flags, has_d, d, hd_mine,
                   has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq, m_state,
                   out, lnc, stats, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
-    [u0, u1). w_ih_mine (4U, I), w_hh_mine (4U, H), bias_mine (4U,): my rows i f g o;
+    [u0, u1). w_ih_mine (4U, I), w_hh_mine (4U, H), bias_mine (4U,): my rows i f g o (bp_hh,
+    tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch);
     xa_mine (T, B, 4U), hw_mine (B, 4U), hd_mine (B, H): my own buffers; hbuf (2, B, H) the
     running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
     new_counter(); the rest as in fused_lstm_family.forward_loop (no projection)."""
@@ -54,9 +56,9 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, ph, fl
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         if has_d:
             dropped(n, src, d, hd_mine)  # every unit: the product reads them all
-            gemm(hd_mine[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (4U, H)^T
+            step_gemm(hd_mine[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (4U, H)^T
         else:
-            gemm(src[:n], w_hh_mine, hw_mine[:n], True, 0.0)
+            step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)
         forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
                      go, cn_seq, c_seq, m_state, lnc, stats, u0, u1)
         zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
@@ -69,7 +71,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, ph, fl
 
 @njit(**JIT)
 def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, flags,
-                   has_d, d, has_zh, zh, dgates, da, w_mine, dht, dzone, lnc, stats, dlnc, dchat, counter):
+                   has_d, d, has_zh, zh, dgates, da, w_mine, bp, tmp, dht, dzone, lnc, stats, dlnc, dchat, counter):
     """Thread j of k: the whole backward time loop for units [u0, u1); w_mine (4H, U): the
     columns of W_hh (as used) of my units, a contiguous copy; counter: shared new_counter();
     the rest as in fused_lstm_family.backward_loop without projection."""
@@ -83,7 +85,7 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
                       dgates, da, lnc, stats, dlnc, dchat, u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
             return  # another thread failed: the caller raises its error
-        gemm(da[t, :n], w_mine, dh_state[:n, u0:u1], False, 0.0)  # (n, 4H) x (4H, U)
+        step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 0.0, tmp)  # (n, 4H) x (4H, U)
         backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1)
     arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
 
@@ -107,24 +109,25 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
         hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows], ph, flags,
-                      has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq,
-                      m_state, out, lnc, stats, counter)
+        w_hh_mine = w_hh[rows]  # (4U, H)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True),
+                      scratch(dt), bias[rows], ph, flags, has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine,
+                      xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
 
 
 def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, flags, masks, dgates, da, x,
-             h_prev, w_ih, w_hh, need, scratch):
+             h_prev, w_ih, w_hh, need, work):
     """backward_units, then the gradients over all steps (each thread its own rows, as
     fused_lstm_units.backward), on a team of up to k threads. h_prev (T, B, H): d ⊙ h_{t-1}
-    (None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb); scratch: (dht, dzone,
+    (None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb); work: (dht, dzone,
     lnc, stats, dlnc, dchat) of fused_lstm_family's backward. Returns (δx, δW_ih, δW_hh, δb)."""
     T, B, I = x.shape
     H = dc_state.shape[1]
     has_d, d, has_zh, zh, zc = masks
-    dht, dzone, lnc, stats, dlnc, dchat = scratch
+    dht, dzone, lnc, stats, dlnc, dchat = work
     counter = new_counter()
     out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
@@ -135,7 +138,8 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
-                       has_d, d, has_zh, zh, dgates, da, w_mine, dht, dzone, lnc, stats, dlnc, dchat, counter)
+                       has_d, d, has_zh, zh, dgates, da, w_mine, packed_weights(w_mine, False), scratch(w_mine.dtype), dht,
+                       dzone, lnc, stats, dlnc, dchat, counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only

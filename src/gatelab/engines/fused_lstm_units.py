@@ -36,6 +36,7 @@ from numba import njit
 
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
@@ -45,13 +46,14 @@ from gatelab.engines import workspace
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, hbuf, c_state, hw_mine, xa_mine,
-                  gi, gf, gg, go, c_seq, out, counter):
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, hbuf, c_state, hw_mine,
+                  xa_mine, gi, gf, gg, go, c_seq, out, counter):
     """Thread j of k runs its input projection and the whole forward time loop for units
     [u0, u1) = units(j, k, H), U = u1 - u0.
 
     x2 (T*B, I) the input; w_ih_mine (4U, I) and w_hh_mine (4U, H): the rows i f g o of my
-    units of W_ih and W_hh, as contiguous copies; bias_mine (4U,);
+    units of W_ih and W_hh, as contiguous copies; bp_hh, tmp: w_hh_mine packed for
+    _kernels_gemm.step_gemm and its scratch; bias_mine (4U,);
     xa_mine (T, B, 4U) and hw_mine (B, 4U) this thread's own products; hbuf (2, B, H): the
     running h, double-buffered (both start as h0; after S steps the state is hbuf[S % 2]);
     counter: _kernels_sync.new_counter(), shared; the rest as in fused_lstm.forward_loop (no
@@ -64,7 +66,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, hbuf, 
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
-        gemm(src[:n], w_hh_mine, hw_mine[:n], True, 0.0)  # (n, H) x (4U, H)^T
+        step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (4U, H)^T
         forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, c_state, gi, gf, gg, go, c_seq,
                      out, dst, u0, u1)
         for b in range(n, B):  # rows not in this step keep their state
@@ -76,10 +78,11 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bias_mine, hbuf, 
 
 @njit(**JIT)
 def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq, c0, dgates, da, w_mine,
-                   counter):
+                   bp, tmp, counter):
     """Thread j of k runs the whole backward time loop for units [u0, u1); w_mine (4H, U):
-    W_hh's columns of my units (a contiguous copy); counter: new_counter(), shared; the
-    rest as in fused_lstm.backward_loop without projection."""
+    W_hh's columns of my units (a contiguous copy), bp and tmp: it packed for step_gemm and
+    its scratch; counter: new_counter(), shared; the rest as in fused_lstm.backward_loop
+    without projection."""
     H = dc_state.shape[1]
     u0, u1 = j * H // k, (j + 1) * H // k
     S = steps.shape[0]
@@ -89,7 +92,7 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, c_seq
                       u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
             return  # another thread failed: the caller raises its error
-        gemm(da[t, :n], w_mine, dh_state[:n, u0:u1], False, 0.0)  # (n, 4H) x (4H, U)
+        step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 0.0, tmp)  # (n, 4H) x (4H, U)
     arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
 
 
@@ -109,8 +112,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
         rows = gate_rows(4, H, *units(j, size, H))  # (4U,) i f g o
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
         hw_mine = workspace.empty((B, rows.size), dt)  # (B, 4U)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh[rows], bias[rows], hbuf,
-                      c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
+        w_hh_mine = w_hh[rows]  # (4U, H)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True),
+                      scratch(dt), bias[rows], hbuf, c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
@@ -138,7 +142,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, w_mine,
-                       counter)
+                       packed_weights(w_mine, False), scratch(w_mine.dtype), counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
