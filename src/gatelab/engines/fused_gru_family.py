@@ -51,6 +51,7 @@ from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous_dropped, steps_array, tensor)
 from gatelab.engines.fused_lstm_family import (
@@ -140,7 +141,7 @@ def add_dropped(n, has_d, d, tmp, dh_state):
 
 
 @njit(**JIT)
-def forward_loop(steps, full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
+def forward_loop(steps, full, xa, w_hh, bp_hh, tmp, bias, b_hn, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
                  gr, gz, gn, hn_seq, out, ln, lnh, hhat, rs_h):
     """Per step: hw = (d ⊙ h) W_hh^T (GEMM), with layer_norm hw <- LN(hw; lnh) (v̂ into hhat
     (Ta, B, 3H), 1/σ into rs_h (Ta, B)), then the gate pass."""
@@ -148,9 +149,9 @@ def forward_loop(steps, full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh
         t, n = steps[s, 0], steps[s, 1]
         if has_d:
             dropped(n, h_state, d, hd)
-            gemm(hd[:n], w_hh, hw[:n], True, 0.0)  # (n, H) x (3H, H)^T
+            step_gemm(hd[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H) x (3H, H)^T
         else:
-            gemm(h_state[:n], w_hh, hw[:n], True, 0.0)
+            step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)
         if ln:
             tk = t if full else 0
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
@@ -160,7 +161,7 @@ def forward_loop(steps, full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh
 
 @njit(**JIT)
 def backward_loop(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, hn_seq, out, h0,
-                  dgates, dxa, dhw, w_hh, tmp, ln, lnh, hhat, rs_h, dhw_raw):
+                  dgates, dxa, dhw, w_hh, bp, gtmp, tmp, ln, lnh, hhat, rs_h, dhw_raw):
     """Per step from the last: the BPTT pass (δ of LN(hw) + b_hh into dhw), with layer_norm
     through LN's backward into dhw_raw (T, B, 3H), then δh_{t-1} += (δ W_hh) ⊙ d."""
     for s in range(steps.shape[0] - 1, -1, -1):
@@ -172,10 +173,10 @@ def backward_loop(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, 
             ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
             dv = dhw_raw
         if has_d:
-            gemm(dv[t, :n], w_hh, tmp[:n], False, 0.0)  # (n, 3H) x (3H, H)
+            step_gemm(dv[t, :n], w_hh, bp, tmp[:n], False, 0.0, gtmp)  # (n, 3H) x (3H, H)
             add_dropped(n, has_d, d, tmp, dh_state)
         else:
-            gemm(dv[t, :n], w_hh, dh_state[:n], False, 1.0)  # += (n, 3H) x (3H, H)
+            step_gemm(dv[t, :n], w_hh, bp, dh_state[:n], False, 1.0, gtmp)  # += (n, 3H) x (3H, H)
 
 
 @njit(**JIT)
@@ -373,7 +374,8 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
         fused_gru_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks,
                                        h_state, saved, out)
     elif numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, bias, b_hn, gk, ck, has_d, d, has_zh, zh,
+        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True), scratch(dt), bias, b_hn, gk,
+                     ck, has_d, d, has_zh, zh,
                      h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
     else:
         for t, n, _, _ in steps:
@@ -444,7 +446,8 @@ class GRUFamilyFunction(torch.autograd.Function):
             return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 5
         if numba_loop():
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
-                          out, h0s, dgates, dxa, dhw, w_hhs, tmp, ln, lnh, hhat, rs_h, dhw_raw)
+                          out, h0s, dgates, dxa, dhw, w_hhs, packed_weights(w_hhs, False), scratch(dt), tmp, ln, lnh,
+                          hhat, rs_h, dhw_raw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,

@@ -48,6 +48,7 @@ from torch.autograd.function import once_differentiable
 from gatelab.engines._kernels import (JIT, hard_sigmoid, hard_sigmoid_grad, one, sigmoid,
                                       softsign, softsign_grad, tanh)
 from gatelab.engines._kernels_blas import gemm
+from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
@@ -382,7 +383,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
 
 
 @njit(**JIT)
-def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, ph, flags, has_d, d, has_zh, zh, zc,
+def forward_loop(steps, full, proj, xa, w_hh, bp_hh, tmp, bias, w_hr, ph, flags, has_d, d, has_zh, zh, zc,
                  h_state, c_state, hd, hw, gi, gf, gg, go, cn_seq, c_seq, m_state, h_new, out,
                  lnh, lnc, hhat, stats):
     """The forward time loop: hd = d ⊙ h_{t-1}; hw = hd W_hh^T (GEMM); the gate pass;
@@ -395,9 +396,9 @@ def forward_loop(steps, full, proj, xa, w_hh, bias, w_hr, ph, flags, has_d, d, h
         tk = t if full else 0
         if has_d:
             dropped(n, h_state, d, hd)
-            gemm(hd[:n], w_hh, hw[:n], True, 0.0)  # (n, H_out) x (4H, H_out)^T
+            step_gemm(hd[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H_out) x (4H, H_out)^T
         else:
-            gemm(h_state[:n], w_hh, hw[:n], True, 0.0)
+            step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)
         if ln:
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
         forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
@@ -442,7 +443,7 @@ def backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1):
 
 @njit(**JIT)
 def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, ph,
-                  flags, has_d, d, has_zh, zh, zc, dgates, da, w_hh, w_hr, dht, dzone, dh_seq,
+                  flags, has_d, d, has_zh, zh, zc, dgates, da, w_hh, bp, tmp, w_hr, dht, dzone, dh_seq,
                   dm, lnh, lnc, hhat, stats, dlnc, dchat, dhw):
     """The backward time loop, last step first. With a projection δh̃ is kept in dh_seq
     (T, B, H_out) for δW_hr and dm (B, H) = δh̃ W_hr; without, dm is dht itself.
@@ -461,9 +462,9 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq
                           ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, dc_state.shape[1])
         if ln:
             ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
-            gemm(dhw[t, :n], w_hh, dh_state[:n], False, 0.0)  # (n, 4H) x (4H, H_out)
+            step_gemm(dhw[t, :n], w_hh, bp, dh_state[:n], False, 0.0, tmp)  # (n, 4H) x (4H, H_out)
         else:
-            gemm(da[t, :n], w_hh, dh_state[:n], False, 0.0)
+            step_gemm(da[t, :n], w_hh, bp, dh_state[:n], False, 0.0, tmp)
         backward_tail(n, has_d, d, has_zh, dh_state, dzone, 0, dh_state.shape[1])
 
 
@@ -540,7 +541,8 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
                                         (has_d, d, has_zh, zh, zc), h_state, c_state, gates, cn_seq, c_seq,
                                         m_state, out, lnc, stats)
     elif numba_loop():
-        forward_loop(steps_array(steps), full, proj, xa, w_hh, bias, w_hh if w_hr is None else w_hr,
+        forward_loop(steps_array(steps), full, proj, xa, w_hh, packed_weights(w_hh, True), scratch(dt), bias,
+                     w_hh if w_hr is None else w_hr,
                      ph, flags, has_d, d, has_zh, zh, zc, h_state, c_state, hd, hw, *gates, cn_seq,
                      c_seq, m_state, h_new, out, lnh, lnc, hhat, stats)
     else:
@@ -653,8 +655,8 @@ class LSTMFamilyFunction(torch.autograd.Function):
         elif numba_loop():
             backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
                           c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
-                          w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm, lnh, lnc, hhat, stats,
-                          dlnc, dchat, dhw)
+                          packed_weights(w_hhs, False), scratch(dt), w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm,
+                          lnh, lnc, hhat, stats, dlnc, dchat, dhw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, P)
