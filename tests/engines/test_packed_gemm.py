@@ -29,7 +29,7 @@ def test_packed_gemm_equals_numpy(M, K, N, trans_b):
     a = wide[:, 2:2 + K]  # rows with stride K + 5, as the engines' row slices
     out = np.full((M, N + 9), 7.0, np.float32)
     c = out[:, 4:4 + N]  # a column slice, as δh[:, my units]
-    bp = packed_weights(w, trans_b)
+    bp = packed_weights(w, trans_b, 100, 32)  # packed whatever M: the kernel handles one row too
     assert bp.shape == (-(-N // 16), K, 16)
     ref = _reference(a, w, trans_b)
     tol = 1e-6 * np.sqrt(K) * np.abs(ref).max()
@@ -45,13 +45,20 @@ def test_step_gemm_uses_openblas_for_float64_and_when_turned_off(monkeypatch):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((9, 20))
     w = rng.standard_normal((30, 20))
-    assert packed_weights(w, True).shape[0] == 0  # float64: OpenBLAS
+    assert packed_weights(w, True, 100, 32).shape[0] == 0  # float64: OpenBLAS
     c = np.zeros((9, 30))
-    _step(a, w, packed_weights(w, True), c, True, 0.0, scratch(np.float64))
+    _step(a, w, packed_weights(w, True, 100, 32), c, True, 0.0, scratch(np.float64))
     np.testing.assert_allclose(c, a @ w.T, rtol=1e-13, atol=1e-13)
     monkeypatch.setenv("GATELAB_PACKED_GEMM", "0")
     w32, a32 = w.astype(np.float32), a.astype(np.float32)
-    assert packed_weights(w32, True).shape[0] == 0
+    assert packed_weights(w32, True, 100, 32).shape[0] == 0
     c32 = np.ones((9, 30), np.float32)
-    _step(a32, w32, packed_weights(w32, True), c32, True, 1.0, scratch(np.float32))
+    _step(a32, w32, packed_weights(w32, True, 100, 32), c32, True, 1.0, scratch(np.float32))
     np.testing.assert_allclose(c32, 1 + _reference(a32, w32, True), rtol=1e-5, atol=1e-5)
+
+
+def test_short_loops_and_single_rows_keep_openblas():
+    w = np.ones((40, 24), np.float32)
+    assert packed_weights(w, True, 100, 32).shape == (3, 24, 16)
+    assert packed_weights(w, True, 3, 32).shape[0] == 0  # packing would not pay for 3 steps
+    assert packed_weights(w, True, 100, 1).shape[0] == 0  # a batch of one: OpenBLAS's GEMV

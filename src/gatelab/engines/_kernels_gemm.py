@@ -11,9 +11,10 @@ AVX2). The kernel is LLVM IR written through numba (vector types and llvm.fma), 
 needs no compiler; LLVM emits vfmadd231ps. Measured (float32, one core): (32,256,512)
 92 µs against OpenBLAS's 114, (32,1024,128) 90 against 121, (16,128,256) 10.8 against 16.9.
 
-    packed_weights(w, trans_b) -> bp (P, K, 16) float32: B = w^T (trans_b, w (N, K)) or w (K, N),
-                           16 columns a panel, zeros past N; an empty (0, 1, 16) array for
-                           float64 or when GATELAB_PACKED_GEMM=0 (then OpenBLAS runs)
+    packed_weights(w, trans_b, steps, rows) -> bp (P, K, 16) float32: B = w^T (trans_b,
+                           w (N, K)) or w (K, N), 16 columns a panel, zeros past N; an empty
+                           (0, 1, 16) array (then OpenBLAS runs) for float64, when
+                           GATELAB_PACKED_GEMM=0, or for loops too short or batches of one
     step_gemm(a, w, bp, c, trans_b, beta, tmp)   c = a @ op(w) + beta c, beta 0 or 1;
                            through bp when it is not empty; tmp (6, 16) scratch, one per thread
 
@@ -181,22 +182,22 @@ def packed_gemm(a, bp, c, accumulate, tmp):
 
 @njit(**JIT)
 def _pack(w, trans_b, bp):
-    """bp[p, k, j] = B[k, 16p + j], B = w^T (trans_b) or w; zero past N."""
+    """bp[p, k, j] = B[k, 16p + j], B = w^T (trans_b) or w; zero past N. Each loop reads w
+    along its rows (57 µs for 512 x 256, one core)."""
     N = w.shape[0] if trans_b else w.shape[1]
     K = w.shape[1] if trans_b else w.shape[0]
+    bp[:] = 0.0
     for p in range(bp.shape[0]):
-        for j in range(NR):
-            n = p * NR + j
-            if n < N:
-                if trans_b:
-                    for k in range(K):
-                        bp[p, k, j] = w[n, k]
-                else:
-                    for k in range(K):
-                        bp[p, k, j] = w[k, n]
-            else:
+        if trans_b:
+            for j in range(min(NR, N - p * NR)):
+                w_n = w[p * NR + j]
                 for k in range(K):
-                    bp[p, k, j] = 0.0
+                    bp[p, k, j] = w_n[k]
+        else:
+            for k in range(K):
+                w_k = w[k]
+                for j in range(min(NR, N - p * NR)):
+                    bp[p, k, j] = w_k[p * NR + j]
 
 
 def enabled() -> bool:
@@ -204,9 +205,15 @@ def enabled() -> bool:
     return os.environ.get("GATELAB_PACKED_GEMM", "1") != "0"
 
 
-def packed_weights(w: np.ndarray, trans_b: bool) -> np.ndarray:
-    """w packed for step_gemm (see the module docstring); empty for float64 or when off."""
-    if w.dtype != np.float32 or not enabled():
+MIN_STEPS = 4  # packing costs ~2-3 steps' savings (57 µs for 512 x 256 against ~22 a step)
+MIN_ROWS = 2  # a batch of one: OpenBLAS's GEMV is as fast, and one row has too few FMA chains
+
+
+def packed_weights(w: np.ndarray, trans_b: bool, steps: int, rows: int) -> np.ndarray:
+    """w packed for step_gemm (see the module docstring), for a loop of `steps` products of
+    up to `rows` rows; empty (OpenBLAS runs) for float64, when off, for fewer than
+    MIN_STEPS steps (packing would not pay) or fewer than MIN_ROWS rows."""
+    if w.dtype != np.float32 or not enabled() or steps < MIN_STEPS or rows < MIN_ROWS:
         return np.empty((0, 1, NR), w.dtype)
     N, K = (w.shape[0], w.shape[1]) if trans_b else (w.shape[1], w.shape[0])
     bp = workspace.empty(((N + NR - 1) // NR, K, NR), np.float32)

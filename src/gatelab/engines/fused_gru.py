@@ -171,7 +171,7 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
     hw = workspace.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True), scratch(dt), bias, b_hn, h_state, hw,
+        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True, len(steps), B), scratch(dt), bias, b_hn, h_state, hw,
                      *saved, out)
         return out, h_state, (saved if full else None)
     for t, n, _, _ in steps:
@@ -224,7 +224,7 @@ class GRUFunction(torch.autograd.Function):
         else:
             if numba_loop():
                 backward_loop(steps_array(steps), d_out, dh_state, *saved, out, h0s, dgates, dxa,
-                              dhw, w_hhs, packed_weights(w_hhs, False), scratch(dt))
+                              dhw, w_hhs, packed_weights(w_hhs, False, len(steps), B), scratch(dt))
             else:
                 tmp = workspace.empty((B, H), dt)  # (B, H)
                 for t, n, tp, n_prev in reversed(steps):

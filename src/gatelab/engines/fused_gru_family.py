@@ -374,7 +374,7 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
         fused_gru_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks,
                                        h_state, saved, out)
     elif numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True), scratch(dt), bias, b_hn, gk,
+        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True, len(steps), B), scratch(dt), bias, b_hn, gk,
                      ck, has_d, d, has_zh, zh,
                      h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
     else:
@@ -446,7 +446,7 @@ class GRUFamilyFunction(torch.autograd.Function):
             return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 5
         if numba_loop():
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
-                          out, h0s, dgates, dxa, dhw, w_hhs, packed_weights(w_hhs, False), scratch(dt), tmp, ln, lnh,
+                          out, h0s, dgates, dxa, dhw, w_hhs, packed_weights(w_hhs, False, len(steps), B), scratch(dt), tmp, ln, lnh,
                           hhat, rs_h, dhw_raw)
         else:
             for t, n, tp, n_prev in reversed(steps):

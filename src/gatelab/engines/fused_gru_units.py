@@ -91,7 +91,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
         hw_mine = workspace.empty((B, rows.size), dt)  # (B, 3U)
         w_hh_mine = w_hh[rows]  # (3U, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True),
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B),
                       scratch(dt), bias[rows], b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -113,7 +113,7 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, w_mine,
-                       packed_weights(w_mine, False), scratch(w_mine.dtype), counter)
+                       packed_weights(w_mine, False, len(steps), B), scratch(w_mine.dtype), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

@@ -113,7 +113,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
         hw_mine = workspace.empty((B, rows.size), dt)  # (B, 4U)
         w_hh_mine = w_hh[rows]  # (4U, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True),
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B),
                       scratch(dt), bias[rows], hbuf, c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -142,7 +142,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, w_mine,
-                       packed_weights(w_mine, False), scratch(w_mine.dtype), counter)
+                       packed_weights(w_mine, False, len(steps), B), scratch(w_mine.dtype), counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
