@@ -171,8 +171,8 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
     xa = xa.reshape(T, B, 3 * H)  # (T, B, 3H)
     hw = workspace.empty((B, 3 * H), dt)  # (B, 3H)
     if numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True, len(steps), B), scratch(dt), bias, b_hn, h_state, hw,
-                     *saved, out)
+        bp = packed_weights(w_hh, True, len(steps), B)
+        forward_loop(steps_array(steps), full, xa, w_hh, bp, scratch(dt), bias, b_hn, h_state, hw, *saved, out)
         return out, h_state, (saved if full else None)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh.T, hw[:n])  # (n, H) x (H, 3H)

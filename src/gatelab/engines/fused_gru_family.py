@@ -374,8 +374,8 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
         fused_gru_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks,
                                        h_state, saved, out)
     elif numba_loop():
-        forward_loop(steps_array(steps), full, xa, w_hh, packed_weights(w_hh, True, len(steps), B), scratch(dt), bias, b_hn, gk,
-                     ck, has_d, d, has_zh, zh,
+        bp = packed_weights(w_hh, True, len(steps), B)
+        forward_loop(steps_array(steps), full, xa, w_hh, bp, scratch(dt), bias, b_hn, gk, ck, has_d, d, has_zh, zh,
                      h_state, hd, hw, *saved, out, ln is not None, lnh, hhat, rs_h)
     else:
         for t, n, _, _ in steps:
@@ -433,7 +433,8 @@ class GRUFamilyFunction(torch.autograd.Function):
             return _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa)
         dhw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
         tmp = workspace.empty((B, H), dt)
-        dhw_raw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)
+        alloc = workspace.zeros if packed else workspace.empty
+        dhw_raw = alloc((T, B, 3 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)
         need = ctx.needs_input_grad
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_gru_family_units
@@ -445,9 +446,9 @@ class GRUFamilyFunction(torch.autograd.Function):
             grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None)
             return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 5
         if numba_loop():
+            bp = packed_weights(w_hhs, False, len(steps), B)
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
-                          out, h0s, dgates, dxa, dhw, w_hhs, packed_weights(w_hhs, False, len(steps), B), scratch(dt), tmp, ln, lnh,
-                          hhat, rs_h, dhw_raw)
+                          out, h0s, dgates, dxa, dhw, w_hhs, bp, scratch(dt), tmp, ln, lnh, hhat, rs_h, dhw_raw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,

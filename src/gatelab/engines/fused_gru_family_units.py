@@ -103,8 +103,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
         hw_mine = np.empty((B, rows.size), dt)  # (B, 3U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
         w_hh_mine = w_hh[rows]  # (3U, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B),
-                      scratch(dt), bias[rows], b_hn[u0:u1].copy(), gk, ck, has_d, d, hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved,
+        bp = packed_weights(w_hh_mine, True, len(steps), B)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
+                      b_hn[u0:u1].copy(), gk, ck, has_d, d, hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved,
                       out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -128,8 +129,9 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
         tmp_mine = np.empty((B, u1 - u0), dh_state.dtype)  # (B, U)
+        bp = packed_weights(w_mine, False, len(steps), B)
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
-                       dhw, w_mine, packed_weights(w_mine, False, len(steps), B), scratch(w_mine.dtype), tmp_mine, counter)
+                       dhw, w_mine, bp, scratch(w_mine.dtype), tmp_mine, counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

@@ -91,8 +91,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
         hw_mine = workspace.empty((B, rows.size), dt)  # (B, 3U)
         w_hh_mine = w_hh[rows]  # (3U, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B),
-                      scratch(dt), bias[rows], b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
+        bp = packed_weights(w_hh_mine, True, len(steps), B)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
+                      b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
 

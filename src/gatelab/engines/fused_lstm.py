@@ -216,7 +216,8 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
         m_seq = workspace.empty((1, B, H), dt)  # (1, B, H): not a view of m_state, which would
         # make LLVM's overlap check fail and the gate pass run scalar
     if numba_loop():
-        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh, packed_weights(w_hh, True, len(steps), B), scratch(dt), bias,
+        bp = packed_weights(w_hh, True, len(steps), B)
+        forward_loop(steps_array(steps), full, w_hr is not None, xa, w_hh, bp, scratch(dt), bias,
                      w_hh if w_hr is None else w_hr, h_state, c_state, hw, *gates, c_seq,
                      m_seq, m_state, out)
         return out, h_state, c_state, ((gates, c_seq) if full else None)
@@ -297,8 +298,9 @@ class LSTMFunction(torch.autograd.Function):
                 xs, h_prev, w_ihs, w_hhs, (need[0], need[3], need[4], ctx.has_bias))
         else:
             if numba_loop():
+                bp = packed_weights(w_hhs, False, len(steps), B)
                 backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, c_seq,
-                              c0s, dgates, da, w_hhs, packed_weights(w_hhs, False, len(steps), B), scratch(dt), w_hrs if proj else w_hhs,
+                              c0s, dgates, da, w_hhs, bp, scratch(dt), w_hrs if proj else w_hhs,
                               dh_seq, dm, zeros_h)
             else:
                 _backward_python(steps, d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,

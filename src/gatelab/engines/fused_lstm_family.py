@@ -541,8 +541,8 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
                                         (has_d, d, has_zh, zh, zc), h_state, c_state, gates, cn_seq, c_seq,
                                         m_state, out, lnc, stats)
     elif numba_loop():
-        forward_loop(steps_array(steps), full, proj, xa, w_hh, packed_weights(w_hh, True, len(steps), B), scratch(dt), bias,
-                     w_hh if w_hr is None else w_hr,
+        bp = packed_weights(w_hh, True, len(steps), B)
+        forward_loop(steps_array(steps), full, proj, xa, w_hh, bp, scratch(dt), bias, w_hh if w_hr is None else w_hr,
                      ph, flags, has_d, d, has_zh, zh, zc, h_state, c_state, hd, hw, *gates, cn_seq,
                      c_seq, m_state, h_new, out, lnh, lnc, hhat, stats)
     else:
@@ -655,8 +655,8 @@ class LSTMFamilyFunction(torch.autograd.Function):
         elif numba_loop():
             backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
                           c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
-                          packed_weights(w_hhs, False, len(steps), B), scratch(dt), w_hrs if proj else w_hhs, dht, dzone, dh_seq, dm,
-                          lnh, lnc, hhat, stats, dlnc, dchat, dhw)
+                          packed_weights(w_hhs, False, len(steps), B), scratch(dt), w_hrs if proj else w_hhs,
+                          dht, dzone, dh_seq, dm, lnh, lnc, hhat, stats, dlnc, dchat, dhw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, P)

@@ -110,8 +110,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
         hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
         w_hh_mine = w_hh[rows]  # (4U, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B),
-                      scratch(dt), bias[rows], ph, flags, has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine,
+        bp = packed_weights(w_hh_mine, True, len(steps), B)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
+                      ph, flags, has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine,
                       xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -138,8 +139,8 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
         u0, u1 = units(j, size, H)
         w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
-                       has_d, d, has_zh, zh, dgates, da, w_mine, packed_weights(w_mine, False, len(steps), B), scratch(w_mine.dtype), dht,
-                       dzone, lnc, stats, dlnc, dchat, counter)
+                       has_d, d, has_zh, zh, dgates, da, w_mine, packed_weights(w_mine, False, len(steps), B),
+                       scratch(w_mine.dtype), dht, dzone, lnc, stats, dlnc, dchat, counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only

@@ -113,8 +113,9 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
         xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
         hw_mine = workspace.empty((B, rows.size), dt)  # (B, 4U)
         w_hh_mine = w_hh[rows]  # (4U, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B),
-                      scratch(dt), bias[rows], hbuf, c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
+        bp = packed_weights(w_hh_mine, True, len(steps), B)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
+                      hbuf, c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
