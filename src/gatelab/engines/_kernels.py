@@ -28,7 +28,7 @@ from numba.extending import intrinsic, overload
 # fast-math licence, so NaN and infinity behave as in torch.
 # cache=True: compiled kernels are kept in __pycache__ (an LSTM's first call costs ~7 s
 # of compilation without it). numba checks only the source file of the cached function,
-# not the modules it calls: after editing _kernels.py or _kernels_blas.py alone, delete
+# not the modules it calls: after editing a _kernels*.py module alone, delete
 # src/gatelab/engines/__pycache__/*.nb[ic] (or touch fused_*.py), and stop processes
 # that still run the old code, or they may write stale entries back.
 JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
