@@ -24,12 +24,12 @@ from numba import njit
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
+from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import dropped
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+from gatelab.engines.fused_units import aborting, gradient_buffers, grads_of_my_rows, my_columns, my_rows, units
 
 
 @njit(**JIT)
@@ -98,15 +98,12 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
     @aborting(counter)
     def member(j, size):
         u0, u1 = units(j, size, H)
-        rows = gate_rows(3, H, u0, u1)  # (3U,) r z n
-        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
-        hw_mine = np.empty((B, rows.size), dt)  # (B, 3U)
+        mine = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
+        xa_mine = workspace.empty((T, B, 3 * (u1 - u0)), dt)  # (T, B, 3U)
+        hw_mine = np.empty((B, 3 * (u1 - u0)), dt)  # (B, 3U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
-        w_hh_mine = w_hh[rows]  # (3U, H)
-        bp = packed_weights(w_hh_mine, True, len(steps), B)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
-                      b_hn[u0:u1].copy(), gk, ck, has_d, d, hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved,
-                      out, counter)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, b_hn[u0:u1].copy(), gk, ck, has_d, d,
+                      hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
 
@@ -127,11 +124,9 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
     @aborting(counter)
     def member(j, size):
         u0, u1 = units(j, size, H)
-        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
         tmp_mine = np.empty((B, u1 - u0), dh_state.dtype)  # (B, U)
-        bp = packed_weights(w_mine, False, len(steps), B)
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
-                       dhw, w_mine, bp, scratch(w_mine.dtype), tmp_mine, counter)
+                       dhw, *my_columns(H, j, size, w_hh, steps, B), tmp_mine, counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

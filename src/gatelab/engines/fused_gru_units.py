@@ -22,11 +22,11 @@ from numba import njit
 
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
+from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+from gatelab.engines.fused_units import aborting, gradient_buffers, grads_of_my_rows, my_columns, my_rows, units
 from gatelab.engines import workspace
 
 
@@ -87,13 +87,11 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
     @aborting(counter)
     def member(j, size):
         u0, u1 = units(j, size, H)
-        rows = gate_rows(3, H, u0, u1)  # (3U,) r z n
-        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 3U)
-        hw_mine = workspace.empty((B, rows.size), dt)  # (B, 3U)
-        w_hh_mine = w_hh[rows]  # (3U, H)
-        bp = packed_weights(w_hh_mine, True, len(steps), B)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
-                      b_hn[u0:u1].copy(), h_state, hw_mine, xa_mine, *saved, out, counter)
+        mine = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
+        xa_mine = workspace.empty((T, B, 3 * (u1 - u0)), dt)  # (T, B, 3U)
+        hw_mine = np.empty((B, 3 * (u1 - u0)), dt)  # (B, 3U)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, b_hn[u0:u1].copy(), h_state, hw_mine,
+                      xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
 
@@ -111,10 +109,8 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
 
     @aborting(counter)
     def member(j, size):
-        u0, u1 = units(j, size, H)
-        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (3H, U): streamed at every step
-        backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, w_mine,
-                       packed_weights(w_mine, False, len(steps), B), scratch(w_mine.dtype), counter)
+        backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw,
+                       *my_columns(H, j, size, w_hh, steps, B), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

@@ -29,12 +29,12 @@ from numba import njit
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
+from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (
     backward_head, backward_step, backward_tail, dropped, forward_step, zone_h)
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+from gatelab.engines.fused_units import aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns, my_rows
 
 
 @njit(**JIT)
@@ -98,22 +98,18 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
     H = c_state.shape[1]
     dt = x.dtype
     has_d, d, has_zh, zh, zc = masks
-    hbuf = workspace.empty((2, B, H), dt)  # (2, B, H)
-    hbuf[0] = h_state
-    hbuf[1] = h_state
+    hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
     @aborting(counter)
     def member(j, size):
-        rows = gate_rows(4, H, *units(j, size, H))  # (4U,) i f g o
-        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
-        hw_mine = np.empty((B, rows.size), dt)  # (B, 4U)
+        mine = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
+        G_U = mine[0].shape[0]  # 4U
+        xa_mine = workspace.empty((T, B, G_U), dt)  # (T, B, 4U)
+        hw_mine = np.empty((B, G_U), dt)  # (B, 4U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
-        w_hh_mine = w_hh[rows]  # (4U, H)
-        bp = packed_weights(w_hh_mine, True, len(steps), B)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
-                      ph, flags, has_d, d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine,
-                      xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, ph, flags, has_d, d, hd_mine, has_zh, zh,
+                      zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
@@ -136,11 +132,9 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
 
     @aborting(counter)
     def member(j, size):
-        u0, u1 = units(j, size, H)
-        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
-                       has_d, d, has_zh, zh, dgates, da, w_mine, packed_weights(w_mine, False, len(steps), B),
-                       scratch(w_mine.dtype), dht, dzone, lnc, stats, dlnc, dchat, counter)
+                       has_d, d, has_zh, zh, dgates, da, *my_columns(H, j, size, w_hh, steps, B), dht, dzone, lnc,
+                       stats, dlnc, dchat, counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only

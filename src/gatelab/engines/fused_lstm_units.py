@@ -36,11 +36,11 @@ from numba import njit
 
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
+from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
-from gatelab.engines.fused_units import aborting, gate_rows, gradient_buffers, grads_of_my_rows, units
+from gatelab.engines.fused_units import aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns, my_rows
 from gatelab.engines import workspace
 
 
@@ -102,20 +102,17 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     T, B, I = x.shape
     H = c_state.shape[1]
     dt = x.dtype
-    hbuf = workspace.empty((2, B, H), dt)  # (2, B, H)
-    hbuf[0] = h_state
-    hbuf[1] = h_state
+    hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
     @aborting(counter)
     def member(j, size):
-        rows = gate_rows(4, H, *units(j, size, H))  # (4U,) i f g o
-        xa_mine = workspace.empty((T, B, rows.size), dt)  # (T, B, 4U)
-        hw_mine = workspace.empty((B, rows.size), dt)  # (B, 4U)
-        w_hh_mine = w_hh[rows]  # (4U, H)
-        bp = packed_weights(w_hh_mine, True, len(steps), B)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), w_ih[rows], w_hh_mine, bp, scratch(dt), bias[rows],
-                      hbuf, c_state, hw_mine, xa_mine, *gates, c_seq, out, counter)
+        mine = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
+        G_U = mine[0].shape[0]  # 4U
+        xa_mine = workspace.empty((T, B, G_U), dt)  # (T, B, 4U)
+        hw_mine = np.empty((B, G_U), dt)  # (B, 4U)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, hbuf, c_state, hw_mine, xa_mine, *gates,
+                      c_seq, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
@@ -140,10 +137,8 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
 
     @aborting(counter)
     def member(j, size):
-        u0, u1 = units(j, size, H)
-        w_mine = np.ascontiguousarray(w_hh[:, u0:u1])  # (4H, U): streamed at every step
-        backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, w_mine,
-                       packed_weights(w_mine, False, len(steps), B), scratch(w_mine.dtype), counter)
+        backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da,
+                       *my_columns(H, j, size, w_hh, steps, B), counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from gatelab.engines import _kernels_sync
+from gatelab.engines._kernels_gemm import packed_weights, scratch
 from gatelab.engines._kernels_sync import abort
 from gatelab.engines.fused_common import numba_loop
 from gatelab.engines import workspace
@@ -42,6 +43,32 @@ def units(j, k, H):
 def gate_rows(G, H, u0, u1):
     """The rows of my units in each of G gate blocks of height H, block by block: (G*U,)."""
     return np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(G)])
+
+
+def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B):
+    """Thread j of size's rows of the weights, the arguments its forward_units takes:
+    (w_ih_mine (G*U, I), w_hh_mine (G*U, H), w_hh_mine packed for step_gemm, step_gemm's
+    scratch, bias_mine (G*U,)); contiguous copies (fancy indexing)."""
+    rows = gate_rows(G, H, *units(j, size, H))  # (G*U,) gate block by gate block
+    w_hh_mine = w_hh[rows]
+    return w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B), scratch(w_hh.dtype), bias[rows]
+
+
+def my_columns(H, j, size, w_hh, steps, B):
+    """Thread j of size's columns of W_hh for δh_{t-1}[:, mine] = δa W_hh[:, mine], the
+    arguments its backward_units takes: (w_mine (G*H, U), a contiguous copy streamed at
+    every step; it packed for step_gemm; step_gemm's scratch)."""
+    u0, u1 = units(j, size, H)
+    w_mine = np.ascontiguousarray(w_hh[:, u0:u1])
+    return w_mine, packed_weights(w_mine, False, len(steps), B), scratch(w_hh.dtype)
+
+
+def double_buffer(h_state):
+    """(2, B, H): h_state twice, the running state of a forward that meets once per step."""
+    hbuf = workspace.empty((2, *h_state.shape), h_state.dtype)
+    hbuf[0] = h_state
+    hbuf[1] = h_state
+    return hbuf
 
 
 def aborting(counter):
