@@ -53,19 +53,20 @@ def _address(typingctx, arr):
     return types.int64(arr), codegen
 
 
-def _tile_kernel(rows: int, accumulate: bool):
-    """An intrinsic tile(pa, lda, pb, K, pc, ldc) on float32 addresses: C[rows, 16] = (or +=)
-    A[rows, :K] (row stride lda) times the panel at pb (K x 16, contiguous); C row stride ldc."""
+def _tile_kernel(rows: int):
+    """An intrinsic tile(pa, lda, pb, K, pc, ldc, accumulate) on float32 addresses:
+    C[rows, 16] = (or, accumulate != 0, +=) A[rows, :K] (row stride lda) times the panel at
+    pb (K x 16, contiguous); C row stride ldc."""
 
     @intrinsic
-    def tile(typingctx, pa, lda, pb, K, pc, ldc):
-        if not all(isinstance(v, types.Integer) for v in (pa, lda, pb, K, pc, ldc)):
+    def tile(typingctx, pa, lda, pb, K, pc, ldc, accumulate):
+        if not all(isinstance(v, types.Integer) for v in (pa, lda, pb, K, pc, ldc, accumulate)):
             return None
-        sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+        sig = types.void(*(types.int64,) * 7)
 
         def codegen(context, builder, signature, args):
-            pa, lda, pb, K, pc, ldc = (context.cast(builder, v, t, types.int64)
-                                       for v, t in zip(args, signature.args))
+            pa, lda, pb, K, pc, ldc, accumulate = (context.cast(builder, v, t, types.int64)
+                                                   for v, t in zip(args, signature.args))
             f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
             v8 = ir.VectorType(f32, 8)
             fptr, vptr = f32.as_pointer(), v8.as_pointer()
@@ -108,12 +109,13 @@ def _tile_kernel(rows: int, accumulate: bool):
                 phi.add_incoming(zero, entry)
                 phi.add_incoming(v, last)
                 out.append(phi)
+            add = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
             for r in range(rows):
                 c_row = builder.gep(c0, [builder.mul(ir.Constant(i64, r), ldc)])
                 for h in range(2):
                     p = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, 8 * h)]), vptr)
-                    v = builder.fadd(builder.load(p, align=4), out[2 * r + h]) if accumulate else out[2 * r + h]
-                    builder.store(v, p, align=4)
+                    v = out[2 * r + h]
+                    builder.store(builder.select(add, builder.fadd(builder.load(p, align=4), v), v), p, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -121,37 +123,24 @@ def _tile_kernel(rows: int, accumulate: bool):
     return tile
 
 
-_set1, _set2, _set3, _set4, _set5, _set6 = (_tile_kernel(r, False) for r in range(1, MR + 1))
-_add1, _add2, _add3, _add4, _add5, _add6 = (_tile_kernel(r, True) for r in range(1, MR + 1))
+_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_tile_kernel(r) for r in range(1, MR + 1))
 
 
 @njit(inline="always")
 def _tile(rows, accumulate, pa, lda, pb, K, pc, ldc):
-    if accumulate:
-        if rows == 6:
-            _add6(pa, lda, pb, K, pc, ldc)
-        elif rows == 5:
-            _add5(pa, lda, pb, K, pc, ldc)
-        elif rows == 4:
-            _add4(pa, lda, pb, K, pc, ldc)
-        elif rows == 3:
-            _add3(pa, lda, pb, K, pc, ldc)
-        elif rows == 2:
-            _add2(pa, lda, pb, K, pc, ldc)
-        else:
-            _add1(pa, lda, pb, K, pc, ldc)
-    elif rows == 6:
-        _set6(pa, lda, pb, K, pc, ldc)
+    acc = 1 if accumulate else 0
+    if rows == 6:
+        _tile6(pa, lda, pb, K, pc, ldc, acc)
     elif rows == 5:
-        _set5(pa, lda, pb, K, pc, ldc)
+        _tile5(pa, lda, pb, K, pc, ldc, acc)
     elif rows == 4:
-        _set4(pa, lda, pb, K, pc, ldc)
+        _tile4(pa, lda, pb, K, pc, ldc, acc)
     elif rows == 3:
-        _set3(pa, lda, pb, K, pc, ldc)
+        _tile3(pa, lda, pb, K, pc, ldc, acc)
     elif rows == 2:
-        _set2(pa, lda, pb, K, pc, ldc)
+        _tile2(pa, lda, pb, K, pc, ldc, acc)
     else:
-        _set1(pa, lda, pb, K, pc, ldc)
+        _tile1(pa, lda, pb, K, pc, ldc, acc)
 
 
 @njit(**JIT)
