@@ -29,7 +29,6 @@ from numba import njit
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one, sigmoid, tanh
-from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)

@@ -12,7 +12,6 @@ Backward: δa_t = (δout_t + δh_t) ⊙ φ'(h_t), δh_{t-1} = δa_t W_hh; then o
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from numba import njit
 from torch.autograd.function import once_differentiable
