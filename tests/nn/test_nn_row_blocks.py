@@ -100,6 +100,19 @@ def _outputs_and_grads(module, x, lengths, h0, mode):
     return (out, *state, *torch.autograd.grad(loss, [xs, *hs, *module.parameters()]))
 
 
+def _gates_at_thread_counts(module, x, counts, monkeypatch, masks=None):
+    """For each GATELAB_THREADS in counts: (out, the recorded gates, and the gradients of a
+    loss on them and out with respect to x and every parameter)."""
+    results = []
+    for threads in counts:
+        monkeypatch.setenv("GATELAB_THREADS", threads)
+        xs = x.clone().requires_grad_()
+        out, _, gates = module(xs, return_gates=True, masks=masks)
+        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
+        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *module.parameters()])))
+    return results
+
+
 CASES = [
     ("LSTM", dict(num_layers=2, bidirectional=True)),
     ("LSTM", dict(proj_size=3, bias=False)),
@@ -127,14 +140,8 @@ def test_split_gates_equal_the_unsplit_run(split, monkeypatch, mode):
     """Recorded gates (and gradients through them) are the blocks' rows, in order."""
     _, ours = _pair(mode, F64, input_size=4, hidden_size=5, bidirectional=True)
     x = torch.randn(6, 11, 4, dtype=F64)
-    results = []
     calls, n = split
-    for threads in ("1", n):  # unsplit first, then split
-        monkeypatch.setenv("GATELAB_THREADS", threads)
-        xs = x.clone().requires_grad_()
-        out, state, gates = ours(xs, return_gates=True)
-        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
-        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *ours.parameters()])))
+    results = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)  # unsplit first, then split
     assert calls and all(c > 1 for c in calls)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
@@ -252,13 +259,9 @@ def test_units_split_equals_torch_nn(units_split, mode, B, dtype, tol, packed, b
 def test_units_split_records_the_same_gates(units_split, monkeypatch, mode):
     _, ours = _pair(mode, F64, input_size=4, hidden_size=9, bidirectional=True)
     x = torch.randn(5, 2, 4, dtype=F64)
-    results = []
-    for threads in ("1", units_split[1]):
-        monkeypatch.setenv("GATELAB_THREADS", threads)
-        xs = x.clone().requires_grad_()
-        out, state, gates = ours(xs, return_gates=True)
-        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
-        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *ours.parameters()])))
+    calls, n = units_split
+    results = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)
+    assert calls and all(c == int(n) for c in calls)  # the second run did split its units
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
@@ -313,13 +316,8 @@ def test_units_split_variant_records_the_same_gates(units_split, monkeypatch, mo
     torch.manual_seed(3)
     ours = build(mode, dict(input_size=4, hidden_size=9, bidirectional=True), options, "fused", seed=3)
     x = torch.randn(5, 3, 4, dtype=F64)
-    masks = ours.draw_masks(5, 3)
-    results = []
-    for threads in ("1", units_split[1]):
-        monkeypatch.setenv("GATELAB_THREADS", threads)
-        xs = x.clone().requires_grad_()
-        out, state, gates = ours(xs, return_gates=True, masks=masks)
-        loss = sum((g * g).sum() for g in gates.values()) + out.sum()
-        results.append((out, *gates.values(), *torch.autograd.grad(loss, [xs, *ours.parameters()])))
+    calls, n = units_split
+    results = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch, masks=ours.draw_masks(5, 3))
+    assert calls and all(c == int(n) for c in calls)  # the second run did split its units
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
