@@ -31,6 +31,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from gatelab.engines import _kernels_blas
+
 SPINS_PER_YIELD = 2000
 _state = {"bound": None}
 _yield = types.ExternalFunction("gatelab_sched_yield", types.int32())
@@ -92,8 +94,6 @@ def new_counter():
     """A zeroed counter for one team: [0] arrivals, [ABORT] the abort flag (one cache line).
     Every team's time loop starts from one, so the barrier's symbols are bound here too:
     compiled code calling an unbound symbol would jump to address 0."""
-    from gatelab.engines import _kernels_blas
-
     if not (bind() and _kernels_blas.bind()):
         raise RuntimeError("fused engine: the units split needs libc's sched_yield and OpenBLAS's CBLAS")
     return np.zeros(16, np.int64)
