@@ -1,6 +1,7 @@
 """The per-step GEMM on packed weights (engines/_kernels_gemm.py) against float64 NumPy:
-every row-tile height (1..6 and their sums), panels cut short (N not a multiple of 16),
-strided rows of A and C (the engines pass slices), overwrite and accumulate."""
+every row-tile height (1..6 and their sums), the last 1-3 rows run over two or three panels
+at once (with panels left over, and a cut last panel), panels cut short (N not a multiple
+of 16), strided rows of A and C (the engines pass slices), overwrite and accumulate."""
 
 import numpy as np
 import pytest
@@ -23,6 +24,16 @@ def _reference(a, w, trans_b):
 @pytest.mark.parametrize(("M", "K", "N"), [(1, 256, 1024), (5, 7, 3), (6, 16, 16), (7, 33, 17), (12, 64, 48),
                                            (13, 128, 200), (32, 256, 512), (32, 1024, 128)])
 def test_packed_gemm_equals_numpy(M, K, N, trans_b):
+    _check(M, K, N, trans_b)
+
+
+@pytest.mark.parametrize("N", [16, 32, 48, 64, 80, 100, 112])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 31, 32, 33])
+def test_tail_rows_over_several_panels(M, N):
+    _check(M, 40, N, True)
+
+
+def _check(M, K, N, trans_b):
     rng = np.random.default_rng(M * 1000 + K + N)
     w = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
     wide = rng.standard_normal((M, K + 5)).astype(np.float32)

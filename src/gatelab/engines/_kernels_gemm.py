@@ -10,6 +10,10 @@ six broadcasts of A and twelve fused multiply-adds (the BLIS/OpenBLAS "6x16" sha
 AVX2). The kernel is LLVM IR written through numba (vector types and llvm.fma), so it
 needs no compiler; LLVM emits vfmadd231ps. Measured (float32, one core): (32,256,512)
 92 µs against OpenBLAS's 114, (32,1024,128) 90 against 121, (16,128,256) 10.8 against 16.9.
+The last M mod 6 rows, when 1-3, run as one tile over 3, 3 or 2 panels (6, 12, 12
+accumulators): a 2-row tile over one panel has 4 FMA chains, too few to hide the FMA's
+latency, and cost 10.4 µs at (32,256,512) where 6 rows cost 16; over three panels the
+tail costs 6.1 (87.6 µs in all against 91.6).
 
     packed_weights(w, trans_b, steps, rows) -> bp (P, K, 16) float32: B = w^T (trans_b,
                            w (N, K)) or w (K, N), 16 columns a panel, zeros past N; an empty
@@ -53,10 +57,12 @@ def _address(typingctx, arr):
     return types.int64(arr), codegen
 
 
-def _tile_kernel(rows: int):
+def _tile_kernel(rows: int, panels: int = 1):
     """An intrinsic tile(pa, lda, pb, K, pc, ldc, accumulate) on float32 addresses:
-    C[rows, 16] = (or, accumulate != 0, +=) A[rows, :K] (row stride lda) times the panel at
-    pb (K x 16, contiguous); C row stride ldc."""
+    C[rows, 16 panels] = (or, accumulate != 0, +=) A[rows, :K] (row stride lda) times
+    `panels` consecutive panels from pb (each K x 16, contiguous); C row stride ldc.
+    2 rows x panels x 2 accumulators: a tile of few rows spans several panels so that
+    enough independent FMA chains hide the FMA latency."""
 
     @intrinsic
     def tile(typingctx, pa, lda, pb, K, pc, ldc, accumulate):
@@ -74,6 +80,8 @@ def _tile_kernel(rows: int):
                                                  "llvm.fma.v8f32")
             a0, b0, c0 = (builder.inttoptr(p, fptr) for p in (pa, pb, pc))
             a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, r), lda)]) for r in range(rows)]
+            b_panels = [builder.gep(b0, [builder.mul(ir.Constant(i64, q * NR), K)]) for q in range(panels)]
+            vectors = 2 * panels  # 8-lane vectors of a row of the tile
             zero = ir.Constant(v8, [0.0] * 8)
             undef = ir.Constant(v8, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
@@ -81,21 +89,33 @@ def _tile_kernel(rows: int):
             loop = builder.append_basic_block("tile.k")
             done = builder.append_basic_block("tile.done")
             builder.cbranch(builder.icmp_signed(">", K, ir.Constant(i64, 0)), loop, done)
-            builder.position_at_end(loop)  # for k in range(K): acc[r] += A[r, k] * panel[k]
+            builder.position_at_end(loop)  # for k in range(K): acc[r] += A[r, k] * panels[k]
             k = builder.phi(i64)
-            acc = [builder.phi(v8) for _ in range(2 * rows)]
+            acc = [builder.phi(v8) for _ in range(vectors * rows)]
             k.add_incoming(ir.Constant(i64, 0), entry)
             for a in acc:
                 a.add_incoming(zero, entry)
-            bk = builder.gep(b0, [builder.mul(k, ir.Constant(i64, NR))])
-            b_lo = builder.load(builder.bitcast(bk, vptr), align=4)
-            b_hi = builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(i64, 8)]), vptr), align=4)
-            new = []
-            for r in range(rows):
+            def b_vector(h):  # the h-th 8-lane vector of the panels' row k
+                bk = builder.gep(b_panels[h // 2], [builder.mul(k, ir.Constant(i64, NR))])
+                return builder.load(builder.bitcast(builder.gep(bk, [ir.Constant(i64, 8 * (h % 2))]), vptr), align=4)
+
+            def a_splat(r):  # A[r, k] in all 8 lanes
                 a_rk = builder.load(builder.gep(a_rows[r], [k]), align=4)
-                a_v = builder.shuffle_vector(builder.insert_element(undef, a_rk, ir.Constant(i32, 0)), undef, splat)
-                new.append(builder.call(fma, [a_v, b_lo, acc[2 * r]]))
-                new.append(builder.call(fma, [a_v, b_hi, acc[2 * r + 1]]))
+                return builder.shuffle_vector(builder.insert_element(undef, a_rk, ir.Constant(i32, 0)), undef, splat)
+
+            new = [None] * (vectors * rows)
+            if rows > vectors:  # load the panel's row once, broadcast each A[r, k] in turn
+                b_k = [b_vector(h) for h in range(vectors)]
+                for r in range(rows):
+                    a_v = a_splat(r)
+                    for h in range(vectors):
+                        new[vectors * r + h] = builder.call(fma, [a_v, b_k[h], acc[vectors * r + h]])
+            else:  # few rows, wide: broadcast the rows once, load the panels' vectors in turn
+                a_k = [a_splat(r) for r in range(rows)]
+                for h in range(vectors):
+                    b_v = b_vector(h)
+                    for r in range(rows):
+                        new[vectors * r + h] = builder.call(fma, [a_k[r], b_v, acc[vectors * r + h]])
             k_next = builder.add(k, ir.Constant(i64, 1))
             last = builder.block
             k.add_incoming(k_next, last)
@@ -112,9 +132,9 @@ def _tile_kernel(rows: int):
             add = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
             for r in range(rows):
                 c_row = builder.gep(c0, [builder.mul(ir.Constant(i64, r), ldc)])
-                for h in range(2):
+                for h in range(vectors):
                     p = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, 8 * h)]), vptr)
-                    v = out[2 * r + h]
+                    v = out[vectors * r + h]
                     builder.store(builder.select(add, builder.fadd(builder.load(p, align=4), v), v), p, align=4)
             return context.get_dummy_value()
 
@@ -124,6 +144,9 @@ def _tile_kernel(rows: int):
 
 
 _tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_tile_kernel(r) for r in range(1, MR + 1))
+_tile1x3, _tile2x3, _tile3x2 = _tile_kernel(1, 3), _tile_kernel(2, 3), _tile_kernel(3, 2)
+# few-row tiles over several panels: 6, 12 and 12 accumulators (a 1-, 2- or 3-row tile over
+# one panel has 2, 4 or 6 chains, fewer than the FMA latency x throughput of about 10)
 
 
 @njit(inline="always")
@@ -143,6 +166,18 @@ def _tile(rows, accumulate, pa, lda, pb, K, pc, ldc):
         _tile1(pa, lda, pb, K, pc, ldc, acc)
 
 
+@njit(inline="always")
+def _tile_wide(rows, accumulate, pa, lda, pb, K, pc, ldc):
+    """A tile of 1, 2 or 3 rows over 3, 3 or 2 panels."""
+    acc = 1 if accumulate else 0
+    if rows == 3:
+        _tile3x2(pa, lda, pb, K, pc, ldc, acc)
+    elif rows == 2:
+        _tile2x3(pa, lda, pb, K, pc, ldc, acc)
+    else:
+        _tile1x3(pa, lda, pb, K, pc, ldc, acc)
+
+
 @njit(**JIT)
 def packed_gemm(a, bp, c, accumulate, tmp):
     """c (M, N) = (or +=) a (M, K) @ B, B packed in bp (P, K, 16); float32, rows of a and c
@@ -153,11 +188,18 @@ def packed_gemm(a, bp, c, accumulate, tmp):
         return
     lda, ldc = a.strides[0] // 4, c.strides[0] // 4
     pa, pb, pc, pt = _address(a), _address(bp), _address(c), _address(tmp)
-    for p in range(bp.shape[0]):  # panels outer: a panel (K x 16) stays in cache for all rows
+    P = bp.shape[0]
+    full = N // NR  # panels without padding
+    tail = M % MR  # rows left after the 6-row tiles: 1-3 of them run over several panels at once
+    wide = 3 if tail <= 2 else (2 if tail == 3 else 1)  # panels a tail tile spans (_tile_wide)
+    m_main = M - tail if wide > 1 else M
+    for p in range(P):  # panels outer: a panel (K x 16) stays in cache for all rows
         n0 = p * NR
         p_panel = pb + p * K * NR * 4
+        last = p == P - 1
         i = 0
-        while i < M:
+        stop = M if n0 + NR > N else m_main
+        while i < stop:
             rows = min(MR, M - i)
             if n0 + NR <= N:
                 _tile(rows, accumulate, pa + i * lda * 4, lda, p_panel, K, pc + (i * ldc + n0) * 4, ldc)
@@ -167,6 +209,14 @@ def packed_gemm(a, bp, c, accumulate, tmp):
                     for j in range(N - n0):
                         c[i + r, n0 + j] = c[i + r, n0 + j] + tmp[r, j] if accumulate else tmp[r, j]
             i += rows
+        if m_main < M and (p + 1) % wide == 0 and p < full:  # the tail rows of the `wide` panels just done
+            q = p + 1 - wide
+            _tile_wide(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
+                       pc + (m_main * ldc + q * NR) * 4, ldc)
+        elif m_main < M and last:  # panels left over (fewer than `wide`, all full): one at a time
+            for q in range(full - full % wide, full):
+                _tile(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
+                      pc + (m_main * ldc + q * NR) * 4, ldc)
 
 
 @njit(**JIT)
