@@ -103,24 +103,27 @@ def gradient_buffers(need, x, w_ih, w_hh, biases):
 
 
 def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
-    """The gradients over all steps, for my units' rows (and my share of δx's rows).
+    """The gradients over all steps, thread j of size's share: rows [j GH/size,
+    (j+1) GH/size) of δW_ih, δW_hh and δb (one GEMM each, whichever gates they fall in:
+    every column of δA is complete once the backward loops have met) and as many of δx's
+    T*B rows.
 
     d_in, d_rec (T*B, G*H): δ of the input and of the recurrent products (the same array
     for the LSTM); x2 (T*B, I); h_prev2 (T*B, H) the state each step started from (None
-    when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...).
+    when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...). Measured at
+    (T*B, H, I) = (3200, 256, 128), 2 threads: 14.3 ms against 15.1 for four GEMMs each,
+    one per gate block of the thread's own units (OpenBLAS packs h_prev2 for each).
     """
-    u0, u1 = units(j, size, H)
+    r = slice(*units(j, size, G * H))  # my rows of δW, δb
+    if "dw_ih" in out:
+        np.matmul(d_in[:, r].T, x2, out=out["dw_ih"][r])  # (rows, T*B) x (T*B, I)
+    if "dw_hh" in out:
+        np.matmul(d_rec[:, r].T, h_prev2, out=out["dw_hh"][r])  # (rows, T*B) x (T*B, H)
     ones = np.ones(d_in.shape[0], d_in.dtype)
-    for g in range(G):
-        r = slice(g * H + u0, g * H + u1)  # my units' rows of gate g
-        if "dw_ih" in out:
-            np.matmul(d_in[:, r].T, x2, out=out["dw_ih"][r])  # (U, T*B) x (T*B, I)
-        if "dw_hh" in out:
-            np.matmul(d_rec[:, r].T, h_prev2, out=out["dw_hh"][r])  # (U, T*B) x (T*B, H)
-        if "db_ih" in out:
-            np.matmul(ones, d_in[:, r], out=out["db_ih"][r])  # Σ over steps and rows
-        if "db_hh" in out:
-            np.matmul(ones, d_rec[:, r], out=out["db_hh"][r])
+    if "db_ih" in out:
+        np.matmul(ones, d_in[:, r], out=out["db_ih"][r])  # Σ over steps and rows
+    if "db_hh" in out:
+        np.matmul(ones, d_rec[:, r], out=out["db_hh"][r])
     if "dx" in out:
         r0, r1 = units(j, size, d_in.shape[0])
         dx2 = out["dx"].reshape(d_in.shape[0], -1)  # (T*B, I), a view
