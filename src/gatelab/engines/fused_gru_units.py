@@ -4,15 +4,16 @@ As fused_lstm_units for the LSTM (the reasons and the measurements are there): t
 of k owns units [u0, u1), a contiguous copy of its rows r z n of W_ih and W_hh, its input
 projection and gate pass, and the whole batch.
 
-    forward:  hw_mine = h_{t-1} W_mine^T; barrier (everyone has read h_{t-1});
-              gate pass for my units, h_t written in place; barrier (h_t complete)
+    forward:  hw_mine = h_{t-1} W_mine^T; h_{t-1} of my units copied to the other half of
+              a double buffer, the gate pass turns it into h_t there; barrier
     backward: BPTT pass for my units (fused_gru.backward_step with u0, u1) -> δxa, δhw of
               my units; barrier; δh_{t-1}[:, my units] += δhw[t] (all 3H) W_hh[:, my units]
 
 The GRU's gate pass reads h_{t-1} of its units and writes h_t in place (as the one-thread
-loop does; a second buffer would make LLVM's alias check fail and the pass run scalar),
-so the forward meets twice per step. Results equal the one-thread loops to rounding, as
-for the LSTM.
+loop does); copying my units' h_{t-1} (B x U numbers) into the buffer the others do not
+read this step lets the threads meet once per step instead of twice (before the pass,
+after everyone's product had read h_{t-1}, and after it). Results equal the one-thread
+loops to rounding, as for the LSTM.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, gradient_buffers, grads_of_my_rows, my_columns, my_rows, units
+from gatelab.engines.fused_units import aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns, my_rows, units
 from gatelab.engines import workspace
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, h_state,
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, hbuf,
                   hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
     """Thread j of k runs its input projection and the whole forward time loop for units
     [u0, u1) = units(j, k, H), U = u1 - u0.
@@ -39,22 +40,25 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
     x2 (T*B, I); w_ih_mine (3U, I), w_hh_mine (3U, H): my rows r z n, contiguous copies;
     bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
     bias_mine (3U,), b_hn_mine (U,); xa_mine (T, B, 3U) and hw_mine (B, 3U) my products;
-    h_state (B, H) shared, h_{t-1} in, h_t out; counter: _kernels_sync.new_counter(),
-    shared; the rest as in fused_gru.forward_loop.
+    hbuf (2, B, H) the running h, double-buffered (fused_units.double_buffer; after S steps
+    the state is hbuf[S % 2]); counter: _kernels_sync.new_counter(), shared; the rest as
+    in fused_gru.forward_loop.
     """
-    B, H = h_state.shape
+    B, H = hbuf.shape[1], hbuf.shape[2]
     T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
     gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        step_gemm(h_state[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
-        if not arrive_and_wait(counter, 2 * s, k):  # everyone has read h_{t-1}
-            return  # another thread failed: the caller raises its error
-        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, h_state, gr, gz, gn,
+        src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
+        step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
+        for b in range(B):  # h_{t-1} of my units (rows not in this step keep it)
+            for u in range(u0, u1):
+                dst[b, u] = src[b, u]
+        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, dst, gr, gz, gn,
                      hn_seq, out, u0, u1)
-        if not arrive_and_wait(counter, 2 * s + 1, k):  # h_t complete
-            return
+        if not arrive_and_wait(counter, s, k):  # h_t complete
+            return  # another thread failed: the caller raises its error
 
 
 @njit(**JIT)
@@ -82,6 +86,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
     T, B, I = x.shape
     H = h_state.shape[1]
     dt = x.dtype
+    hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
     @aborting(counter)
@@ -90,10 +95,11 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
         mine = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
         xa_mine = workspace.empty((T, B, 3 * (u1 - u0)), dt)  # (T, B, 3U)
         hw_mine = np.empty((B, 3 * (u1 - u0)), dt)  # (B, 3U)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, b_hn[u0:u1].copy(), h_state, hw_mine,
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, b_hn[u0:u1].copy(), hbuf, hw_mine,
                       xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
+    h_state[:] = hbuf[steps.shape[0] % 2]
 
 
 def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh, need):
