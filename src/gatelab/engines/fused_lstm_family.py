@@ -45,8 +45,8 @@ import torch
 from numba import njit
 from torch.autograd.function import once_differentiable
 
-from gatelab.engines._kernels import (JIT, hard_sigmoid, hard_sigmoid_grad, one, sigmoid,
-                                      softsign, softsign_grad, tanh)
+from gatelab.engines._kernels import (JIT, exp, hard_sigmoid, hard_sigmoid_grad, one, sigmoid,
+                                      softsign_grad)
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
@@ -54,19 +54,20 @@ from gatelab.engines.fused_common import (
 from gatelab.engines import workspace
 
 # flags: int64 array of the variant switches, in this order
-GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC, LN = range(11)
+GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC, LN, HAS_DG = range(12)
 LN_EPS = 1e-5  # layer norm's ε (torch.nn.LayerNorm's default, as the reference)
 GATE_KINDS = {"sigmoid": 0, "hard_sigmoid": 1}
 CELL_KINDS = {"tanh": 0, "softsign": 1}
 
 
-def flags_of(spec, has_zc: bool) -> np.ndarray:
-    """The spec's variant switches as the kernels' int64 flag array."""
+def flags_of(spec, has_zc: bool, has_dg: bool = False) -> np.ndarray:
+    """The spec's variant switches as the kernels' int64 flag array; has_dg (backward only):
+    δ of recorded gates to add (without, backward_step does not read its zeros)."""
     r = spec.remove
     return np.array([GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation],
                      spec.peephole, spec.coupled_gates, "forget_gate" in r, "input_gate" in r,
                      "candidate_activation" in r, "output_gate" in r, "output_activation" in r,
-                     has_zc, spec.layer_norm], dtype=np.int64)
+                     has_zc, spec.layer_norm, has_dg], dtype=np.int64)
 
 
 # The activations are chosen by a run-time kind, but both candidates are computed and one is
@@ -85,8 +86,11 @@ def _gate_grad(s, kind):
 
 @njit(inline="always")
 def _cell(a, kind):
-    t, ss = tanh(a), softsign(a)
-    return ss if kind else t
+    """tanh(a) = 1 - 2 / (e^{2a} + 1) or softsign(a) = a / (1 + |a|), sharing one division
+    (the costliest instruction of the pass): tanh's value bit for bit as _kernels.tanh."""
+    u = one(a)
+    q = (a if kind else u + u) / ((u + abs(a)) if kind else (exp(a + a) + u))
+    return q if kind else u - q
 
 
 @njit(inline="always")
@@ -101,7 +105,7 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
     ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a; bias (4H,); ph (3, H) p_f|p_i|p_o
-    (any (3, H) without peephole); flags (10,); zc (Tz, B, H) zoneout_c mask (read at t when
+    (any (3, H) without peephole); flags: flags_of(...); zc (Tz, B, H) zoneout_c mask (read at t when
     flags[HAS_ZC]). layer_norm (flags[LN]): lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B)
     receives μ and 1/√(σ² + ε) of c̃ (rows 0, 1) at ta; y = φ(LN(c̃)).
     Units [u0, u1) only (all: 0, H; layer_norm needs all): xa, hw and bias then hold gate
@@ -299,9 +303,10 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
     """One step of BPTT for rows [:n]: dm (B, H) δm; dc_state (B, H) δc_t in, δc_{t-1} out
     (the peephole and cell paths; zoneout's share included); gi gf gg go cn_seq (T, B, H)
     saved; c_seq (T, B, H) the carried cells (c_{t-1} of rows < n_prev is c_seq[tp], the
-    rest start from c0 (B, H)); dgates (5, Tg, B, H) δ of the recorded f i g o c (zeros,
-    Tg = 1, when none); da (T, B, 4H) out. layer_norm: lnc (2, H) and stats (3, T, B) as
-    saved by forward_step; dlnc (2, H) accumulates δ of ln_c weight|bias; dchat (H + 2,) scratch.
+    rest start from c0 (B, H)); dgates (5, Tg, B, H) δ of the recorded f i g o c (read
+    when flags[HAS_DG]; any (5, 1, B, H) when none); da (T, B, 4H) out. layer_norm: lnc
+    (2, H) and stats (3, T, B) as saved by forward_step; dlnc (2, H) accumulates δ of ln_c
+    weight|bias; dchat (H + 2,) scratch.
     Units [u0, u1) only (all: 0, H; layer_norm needs all); da keeps its full layout."""
     H = dc_state.shape[1]
     U = u1 - u0
@@ -310,7 +315,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
     peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
-    has_zc = flags[HAS_ZC] != 0
+    has_zc, has_dg = flags[HAS_ZC] != 0, flags[HAS_DG] != 0
     tz = t if has_zc else 0
     tg = t if dgates.shape[1] > 1 else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
@@ -341,7 +346,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
         for j in range(U):
             i, f, g, o, cn, cp = i_[j], f_[j], g_[j], o_[j], cn_[j], cp_[j]
             zero = one(cp) - one(cp)
-            dc = dc_[j] + dgc[j]  # ∂L/∂c_t
+            dc = dc_[j] + (dgc[j] if has_dg else zero)  # ∂L/∂c_t
             if has_zc:
                 dcp = dc * z_[j]
                 dcn = dc * (one(cp) - z_[j])
@@ -358,13 +363,13 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
                 y = cn if no_y else _cell(cn, ck)
                 dy = dmj * o
                 dcn += dy if no_y else dy * _cell_grad(y, ck)
-            do = dmj * y + dgo[j]
+            do = dmj * y + (dgo[j] if has_dg else zero)
             dao = zero if no_o else do * _gate_grad(o, gk)
             if peep:
                 dcn += dao * p_o[j]
-            df = dcn * cp + dgf[j]
-            di = dcn * g + dgi[j]
-            dg = dcn * i + dgg[j]
+            df = dcn * cp + (dgf[j] if has_dg else zero)
+            di = dcn * g + (dgi[j] if has_dg else zero)
+            dg = dcn * i + (dgg[j] if has_dg else zero)
             dcp += dcn * f
             if coupled:
                 df -= di
@@ -431,6 +436,8 @@ def backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, u0, u1):
 @njit(**JIT)
 def backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1):
     """δh_{t-1} = (δa W_hh) ⊙ d + z_h δh, in place on dh_state rows [:n], units [u0, u1)."""
+    if not (has_d or has_zh):
+        return
     for b in range(n):
         for j in range(u0, u1):
             v = dh_state[b, j]
@@ -620,7 +627,8 @@ class LSTMFamilyFunction(torch.autograd.Function):
         xhat, rs_x, lnh, lnc, hhat, stats = lnsaved
         steps, spec = ctx.steps, ctx.spec
         has_d, d, has_zh, zh, has_zc, zc = ctx.masks
-        flags = flags_of(spec, has_zc)
+        recorded = bool(d_gates) and any(g is not None for g in d_gates)
+        flags = flags_of(spec, has_zc, recorded)
         ln = spec.layer_norm
         T, B, _ = xs.shape
         H, P = c0s.shape[1], h0s.shape[1]
@@ -628,8 +636,8 @@ class LSTMFamilyFunction(torch.autograd.Function):
         d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)
         dh_state = workspace.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()
         dc_state = workspace.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()
-        dgates = workspace.zeros((5, 1, B, H), dt)  # none recorded: zeros read at index 0
-        if d_gates and any(g is not None for g in d_gates):
+        dgates = workspace.zeros((5, 1, B, H), dt)  # none recorded: not read
+        if recorded:
             dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
         packed = any(s.n < B for s in steps)
         alloc = workspace.zeros if packed else workspace.empty
