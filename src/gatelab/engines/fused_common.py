@@ -17,6 +17,7 @@ OpenBLAS's CBLAS symbols) runs the same steps from Python with NumPy's matmul.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -41,9 +42,18 @@ class Step(NamedTuple):
     n_prev: int
 
 
-def schedule(T: int, B: int, batch_sizes, reverse: bool) -> list[Step]:
-    """The steps in the order the forward pass runs them (backward runs them reversed)."""
-    sizes = [B] * T if batch_sizes is None else [int(s) for s in batch_sizes]
+def schedule(T: int, B: int, batch_sizes, reverse: bool) -> tuple[Step, ...]:
+    """The steps in the order the forward pass runs them (backward runs them reversed).
+    The same schedule object for the same arguments (cached: a call's Python costs count
+    at small shapes, and steps_array then finds its array cached too)."""
+    sizes = None if batch_sizes is None else tuple(batch_sizes.tolist() if hasattr(batch_sizes, "tolist")
+                                                   else (int(s) for s in batch_sizes))
+    return _schedule(T, B, sizes, reverse)
+
+
+@functools.lru_cache(maxsize=256)
+def _schedule(T: int, B: int, sizes: tuple[int, ...] | None, reverse: bool) -> tuple[Step, ...]:
+    sizes = (B,) * T if sizes is None else sizes
     order = range(T - 1, -1, -1) if reverse else range(T)
     steps, tp = [], -1
     for t in order:
@@ -51,7 +61,7 @@ def schedule(T: int, B: int, batch_sizes, reverse: bool) -> list[Step]:
         n_prev = 0 if tp < 0 else min(n, sizes[tp])
         steps.append(Step(t, n, tp, n_prev))
         tp = t
-    return steps
+    return tuple(steps)
 
 
 def numba_loop() -> bool:
@@ -59,9 +69,13 @@ def numba_loop() -> bool:
     return LOOP == "numba" and _kernels_blas.bind()
 
 
-def steps_array(steps: list[Step]) -> np.ndarray:
-    """The schedule as an (S, 4) int64 array of (t, n, tp, n_prev) for numba."""
-    return np.asarray(steps, dtype=np.int64).reshape(-1, 4)  # (S, 4)
+@functools.lru_cache(maxsize=256)
+def steps_array(steps: tuple[Step, ...]) -> np.ndarray:
+    """The schedule as an (S, 4) int64 array of (t, n, tp, n_prev) for numba (read-only:
+    cached, shared by every call with the same schedule)."""
+    array = np.asarray(steps, dtype=np.int64).reshape(-1, 4)  # (S, 4)
+    array.flags.writeable = False
+    return array
 
 
 def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray:

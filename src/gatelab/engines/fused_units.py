@@ -11,6 +11,8 @@ gradients over all steps, each thread forming its own rows.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from gatelab.engines import _kernels_sync
@@ -40,9 +42,13 @@ def units(j, k, H):
     return j * H // k, (j + 1) * H // k
 
 
+@functools.lru_cache(maxsize=64)
 def gate_rows(G, H, u0, u1):
-    """The rows of my units in each of G gate blocks of height H, block by block: (G*U,)."""
-    return np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(G)])
+    """The rows of my units in each of G gate blocks of height H, block by block: (G*U,)
+    (cached, read-only)."""
+    rows = np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(G)])
+    rows.flags.writeable = False
+    return rows
 
 
 def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B):
