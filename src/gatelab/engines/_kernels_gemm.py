@@ -150,9 +150,18 @@ _tile1x3, _tile2x3, _tile3x2 = _tile_kernel(1, 3), _tile_kernel(2, 3), _tile_ker
 
 
 @njit(inline="always")
-def _tile(rows, accumulate, pa, lda, pb, K, pc, ldc):
+def _tile(rows, accumulate, pa, lda, pb, K, pc, ldc, wide=False):
+    """The tile kernel for `rows` rows over one panel, or (wide) the tail tile of 1, 2 or 3
+    rows over 3, 3 or 2 panels."""
     acc = 1 if accumulate else 0
-    if rows == 6:
+    if wide:
+        if rows == 3:
+            _tile3x2(pa, lda, pb, K, pc, ldc, acc)
+        elif rows == 2:
+            _tile2x3(pa, lda, pb, K, pc, ldc, acc)
+        else:
+            _tile1x3(pa, lda, pb, K, pc, ldc, acc)
+    elif rows == 6:
         _tile6(pa, lda, pb, K, pc, ldc, acc)
     elif rows == 5:
         _tile5(pa, lda, pb, K, pc, ldc, acc)
@@ -164,18 +173,6 @@ def _tile(rows, accumulate, pa, lda, pb, K, pc, ldc):
         _tile2(pa, lda, pb, K, pc, ldc, acc)
     else:
         _tile1(pa, lda, pb, K, pc, ldc, acc)
-
-
-@njit(inline="always")
-def _tile_wide(rows, accumulate, pa, lda, pb, K, pc, ldc):
-    """A tile of 1, 2 or 3 rows over 3, 3 or 2 panels."""
-    acc = 1 if accumulate else 0
-    if rows == 3:
-        _tile3x2(pa, lda, pb, K, pc, ldc, acc)
-    elif rows == 2:
-        _tile2x3(pa, lda, pb, K, pc, ldc, acc)
-    else:
-        _tile1x3(pa, lda, pb, K, pc, ldc, acc)
 
 
 @njit(**JIT)
@@ -191,7 +188,7 @@ def packed_gemm(a, bp, c, accumulate, tmp):
     P = bp.shape[0]
     full = N // NR  # panels without padding
     tail = M % MR  # rows left after the 6-row tiles: 1-3 of them run over several panels at once
-    wide = 3 if tail <= 2 else (2 if tail == 3 else 1)  # panels a tail tile spans (_tile_wide)
+    wide = 3 if tail <= 2 else (2 if tail == 3 else 1)  # panels a tail tile spans (_tile's wide)
     m_main = M - tail if wide > 1 else M
     for p in range(P):  # panels outer: a panel (K x 16) stays in cache for all rows
         n0 = p * NR
@@ -211,8 +208,8 @@ def packed_gemm(a, bp, c, accumulate, tmp):
             i += rows
         if m_main < M and (p + 1) % wide == 0 and p < full:  # the tail rows of the `wide` panels just done
             q = p + 1 - wide
-            _tile_wide(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
-                       pc + (m_main * ldc + q * NR) * 4, ldc)
+            _tile(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
+                  pc + (m_main * ldc + q * NR) * 4, ldc, True)
         elif m_main < M and last:  # panels left over (fewer than `wide`, all full): one at a time
             for q in range(full - full % wide, full):
                 _tile(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
