@@ -27,7 +27,8 @@ from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns, my_rows, units
+from gatelab.engines.fused_units import (aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns,
+                                         my_rows, units)
 from gatelab.engines import workspace
 
 

@@ -104,10 +104,11 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
                  m_state, lnc, stats, u0, u1):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
-    ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a; bias (4H,); ph (3, H) p_f|p_i|p_o
-    (any (3, H) without peephole); flags: flags_of(...); zc (Tz, B, H) zoneout_c mask (read at t when
-    flags[HAS_ZC]). layer_norm (flags[LN]): lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B)
-    receives μ and 1/√(σ² + ε) of c̃ (rows 0, 1) at ta; y = φ(LN(c̃)).
+    ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a;
+    bias (4H,); ph (3, H) p_f|p_i|p_o (any (3, H) without peephole); flags: flags_of(...);
+    zc (Tz, B, H) zoneout_c mask (read at t when flags[HAS_ZC]). layer_norm (flags[LN]):
+    lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B) receives μ and 1/√(σ² + ε) of c̃
+    (rows 0, 1) at ta; y = φ(LN(c̃)).
     Units [u0, u1) only (all: 0, H; layer_norm needs all): xa, hw and bias then hold gate
     blocks i f g o of width G = H (unit u at column gH + u) or, in one thread's own buffers,
     G = u1 - u0 (unit u at column gG + u - u0), as in fused_lstm.forward_step."""
