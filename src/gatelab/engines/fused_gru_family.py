@@ -80,19 +80,17 @@ def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, 
         h_, r_, z_, n_ = h_state[b, u0:u1], gr[ta, b, u0:u1], gz[ta, b, u0:u1], gn[ta, b, u0:u1]
         hn_, out_ = hn_seq[ta, b, u0:u1], out[t, b, u0:u1]
         m_ = zh[tz, b, u0:u1]
+        for j in range(U):  # r and z first, then the rest (as fused_gru.forward_step)
+            r_[j] = _gate(x_r[j] + h_r[j] + b_r[j], gk)
+            z_[j] = _gate(x_z[j] + h_z[j] + b_z[j], gk)
+            hn_[j] = h_n[j] + b_hn_[j]
         for j in range(U):
-            hp = h_[j]
-            r = _gate(x_r[j] + h_r[j] + b_r[j], gk)
-            z = _gate(x_z[j] + h_z[j] + b_z[j], gk)
-            hn = h_n[j] + b_hn_[j]
-            nn = _cell(x_n[j] + b_n[j] + r * hn, ck)
+            hp, z = h_[j], z_[j]
+            nn = _cell(x_n[j] + b_n[j] + r_[j] * hn_[j], ck)
             h = (one(z) - z) * nn + z * hp
             if has_zh:
                 h = m_[j] * hp + (one(z) - m_[j]) * h
-            r_[j] = r
-            z_[j] = z
             n_[j] = nn
-            hn_[j] = hn
             out_[j] = h
             h_[j] = h
 

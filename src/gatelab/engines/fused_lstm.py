@@ -38,6 +38,16 @@ from gatelab.engines.fused_common import (
 from gatelab.engines import workspace
 
 
+@njit(inline="always")
+def _gate_rows(t, b, xa, hw, bias, k0, k1, G):
+    """Row b's views of gate blocks i f g o, columns [k0, k1) of each: xa[t] (4), hw (4),
+    bias (4). 1-D row views from u0 keep the inner loops simple enough to vectorise."""
+    x, h = xa[t, b], hw[b]
+    return (x[k0:k1], x[G + k0:G + k1], x[2 * G + k0:2 * G + k1], x[3 * G + k0:3 * G + k1],
+            h[k0:k1], h[G + k0:G + k1], h[2 * G + k0:2 * G + k1], h[3 * G + k0:3 * G + k1],
+            bias[k0:k1], bias[G + k0:G + k1], bias[2 * G + k0:2 * G + k1], bias[3 * G + k0:3 * G + k1])
+
+
 @njit(**JIT)
 def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state, u0, u1):
     """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H); writes gates and
@@ -57,17 +67,10 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     G = hw.shape[1] // 4  # gate block width of xa, hw and bias
     k0 = u0 if G == H else 0  # my units' first column in each block
     k1 = k0 + U
-    for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
-        x_i, x_f = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1]
-        x_g, x_o = xa[t, b, 2 * G + k0:2 * G + k1], xa[t, b, 3 * G + k0:3 * G + k1]
-        h_i, h_f = hw[b, k0:k1], hw[b, G + k0:G + k1]
-        h_g, h_o = hw[b, 2 * G + k0:2 * G + k1], hw[b, 3 * G + k0:3 * G + k1]
-        b_i, b_f = bias[k0:k1], bias[G + k0:G + k1]
-        b_g, b_o = bias[2 * G + k0:2 * G + k1], bias[3 * G + k0:3 * G + k1]
-        c_, i_, f_ = c_state[b, u0:u1], gi[ta, b, u0:u1], gf[ta, b, u0:u1]  # (U,)
-        g_, o_, cs_ = gg[ta, b, u0:u1], go[ta, b, u0:u1], c_seq[ta, b, u0:u1]  # (U,)
-        ms_, m_ = m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
-        if not keep:  # inference without a record: c and m only
+    if not keep:  # inference without a record: c and m only
+        for b in range(n):
+            x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = _gate_rows(t, b, xa, hw, bias, k0, k1, G)
+            c_, ms_, m_ = c_state[b, u0:u1], m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
             for j in range(U):
                 i = sigmoid(x_i[j] + h_i[j] + b_i[j])
                 f = sigmoid(x_f[j] + h_f[j] + b_f[j])
@@ -78,22 +81,26 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
                 c_[j] = c
                 ms_[j] = m
                 m_[j] = m
-            continue
-        for j in range(U):  # the same, keeping the gates and c for backward or the record
-            i = sigmoid(x_i[j] + h_i[j] + b_i[j])
-            f = sigmoid(x_f[j] + h_f[j] + b_f[j])
-            g = tanh(x_g[j] + h_g[j] + b_g[j])
-            o = sigmoid(x_o[j] + h_o[j] + b_o[j])
-            c = f * c_[j] + i * g
-            m = o * tanh(c)
+        return
+    for b in range(n):  # the same, keeping the gates and c for backward or the record
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = _gate_rows(t, b, xa, hw, bias, k0, k1, G)
+        c_, ms_, m_ = c_state[b, u0:u1], m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
+        i_, f_, g_, o_ = gi[ta, b, u0:u1], gf[ta, b, u0:u1], gg[ta, b, u0:u1], go[ta, b, u0:u1]  # (U,)
+        cs_ = c_seq[ta, b, u0:u1]  # (U,)
+        # in two loops, the gates, then c and m from them (one loop with all thirteen arrays
+        # ran 1.6x slower: 7.7 against 5.1 ns a unit, B = 32, U = 128, float32)
+        for j in range(U):
+            i_[j] = sigmoid(x_i[j] + h_i[j] + b_i[j])
+            f_[j] = sigmoid(x_f[j] + h_f[j] + b_f[j])
+            g_[j] = tanh(x_g[j] + h_g[j] + b_g[j])
+            o_[j] = sigmoid(x_o[j] + h_o[j] + b_o[j])
+        for j in range(U):
+            c = f_[j] * c_[j] + i_[j] * g_[j]
+            m = o_[j] * tanh(c)
             c_[j] = c
+            cs_[j] = c
             ms_[j] = m
             m_[j] = m
-            i_[j] = i
-            f_[j] = f
-            g_[j] = g
-            o_[j] = o
-            cs_[j] = c
 
 
 @njit(**JIT)

@@ -146,23 +146,25 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
         for j in range(U):
             h_g[j] = x_g[j] + h_g[j] + b_g[j]
             h_o[j] = x_o[j] + h_o[j] + b_o[j]
-        for j in range(U):  # branch-free (selects only), so that it vectorises
-            cp = c_[j]
+        # branch-free (selects only), so that they vectorise; f i g first, then the rest (one
+        # loop with every array ran slower); without keep i_ f_ g_ o_ are scratch rows (ta < 0:
+        # index 0 of (1, B, H))
+        for j in range(U):
             a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
             fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
-            f = one(cp) if no_f else fv
-            i = one(cp) - f if coupled else (one(cp) if no_i else iv)
-            g = a_g if no_g else gv
-            cn = f * cp + i * g
+            f = one(a_f) if no_f else fv
+            f_[j] = f
+            i_[j] = one(a_f) - f if coupled else (one(a_f) if no_i else iv)
+            g_[j] = a_g if no_g else gv
+        for j in range(U):
+            cp = c_[j]
+            cn = f_[j] * cp + i_[j] * g_[j]
             ov, yv = _gate(h_o[j] + p_o[j] * cn, gk), _cell(cn, ck)
             o = one(cp) if no_o else ov
             y = cn if no_y else yv
             m_[j] = o if ln else o * y  # with layer_norm y comes below
             c = z_[j] * cp + (one(cp) - z_[j]) * cn  # z = 0 without zoneout_c: c = c̃ exactly
             c_[j] = c
-            i_[j] = i  # without keep these rows are scratch (ta < 0: index 0 of (1, B, H))
-            f_[j] = f
-            g_[j] = g
             o_[j] = o
             cn_[j] = cn
             cs_[j] = c  # scratch without zoneout_c

@@ -34,7 +34,8 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (
     backward_head, backward_step, backward_tail, dropped, forward_step, zone_h)
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns, my_rows
+from gatelab.engines.fused_units import (aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns,
+                                         my_rows)
 
 
 @njit(**JIT)
