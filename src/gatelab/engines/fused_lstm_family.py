@@ -346,13 +346,15 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
             dchat[H] = _sum(dch_) / H  # stored and read back: the means in x's dtype
             dchat[H + 1] = _sum_centered(dch_, cn_, mu, rs) / H
         m1, m2 = dchat[H], dchat[H + 1]
+        # two loops (one with every array ran slower): δc̃ and δa_o first, δc̃ kept in δa_i
+        # and the zoneout share of δc_{t-1} in dc_; then the gates f i g and δc_{t-1}
         for j in range(U):
-            i, f, g, o, cn, cp = i_[j], f_[j], g_[j], o_[j], cn_[j], cp_[j]
-            zero = one(cp) - one(cp)
+            o, cn = o_[j], cn_[j]
+            zero = one(cn) - one(cn)
             dc = dc_[j] + (dgc[j] if has_dg else zero)  # ∂L/∂c_t
             if has_zc:
                 dcp = dc * z_[j]
-                dcn = dc * (one(cp) - z_[j])
+                dcn = dc * (one(cn) - z_[j])
             else:
                 dcp = zero
                 dcn = dc
@@ -370,10 +372,16 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
             dao = zero if no_o else do * _gate_grad(o, gk)
             if peep:
                 dcn += dao * p_o[j]
+            da_o[j] = dao
+            da_i[j] = dcn
+            dc_[j] = dcp
+        for j in range(U):
+            i, f, g, cp, dcn = i_[j], f_[j], g_[j], cp_[j], da_i[j]
+            zero = one(cp) - one(cp)
             df = dcn * cp + (dgf[j] if has_dg else zero)
             di = dcn * g + (dgi[j] if has_dg else zero)
             dg = dcn * i + (dgg[j] if has_dg else zero)
-            dcp += dcn * f
+            dcp = dc_[j] + dcn * f
             if coupled:
                 df -= di
                 dai = zero
@@ -387,7 +395,6 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
             da_i[j] = dai
             da_f[j] = daf
             da_g[j] = dag
-            da_o[j] = dao
 
 
 @njit(**JIT)
