@@ -1,12 +1,15 @@
 """Median of several `gatelab bench --json` invocations, as the README's speed table.
 
     .venv/bin/python benchmarks/median_of_runs.py benchmarks/results/bench_2threads_run*.json
+    .venv/bin/python benchmarks/median_of_runs.py benchmarks/results/bench_variants_2threads*.json
 
 Prints, per cell and kind, the median over the invocations of each invocation's speed-up
 over torch.nn (torch time / gatelab time, both medians of that invocation's repeats), with
 the range across invocations; the return_gates overhead in training; the training
 GFLOP/s as a fraction of the large-GEMM rate measured in the same invocation; and each
-number against issue 4's targets.
+number against issue 4's targets. For `gatelab bench --variants` runs: per variant and
+shape, the median of each invocation's ratio to the plain fused cell and speed-up over
+the PyTorch loop, against issue 7's targets (the thresholds the runs recorded).
 """
 
 from __future__ import annotations
@@ -26,12 +29,49 @@ def load(paths):
     rows = {}
     for run in runs:
         for r in run["results"]:
-            rows.setdefault((r["cell"], r["kind"], tuple(r["shape"])), []).append(r)
+            if "kind" in r:  # a speed run (a variants run's rows have no kind)
+                rows.setdefault((r["cell"], r["kind"], tuple(r["shape"])), []).append(r)
     return runs, rows
+
+
+def main_variants(runs) -> int:
+    rows = {}
+    for run in runs:
+        for r in run["results"]:
+            rows.setdefault((r["variant"], tuple(r["shape"])), []).append(r)
+    shapes = list(dict.fromkeys(s for (_, s) in rows))
+    variants = list(dict.fromkeys(v for (v, _) in rows))
+    names = " | ".join(f"× plain fused, {','.join(map(str, s))}" for s in shapes)
+    loops = " | ".join(f"faster than the loop, {','.join(map(str, s))}" for s in shapes)
+    print(f"{len(runs)} invocations; median (range)\n\n| variant | {names} | {loops} |")
+    print("|---" * (2 * len(shapes) + 1) + "|")
+    misses = []
+    for v in variants:
+        plain_cells, loop_cells = [], []
+        for s in shapes:
+            got = rows.get((v, s), [])
+            vs_plain = statistics.median(r["vs_plain"] for r in got)
+            vs_loop = statistics.median(r["vs_loop"] for r in got)
+            bad_plain, bad_loop = vs_plain > got[0]["target_vs_plain"], vs_loop < got[0]["target_vs_loop"]
+            if bad_plain:
+                misses.append(f"{v} {s}: {vs_plain:.2f}x the plain cell > {got[0]['target_vs_plain']}")
+            if bad_loop:
+                misses.append(f"{v} {s}: {vs_loop:.2f}x the loop < {got[0]['target_vs_loop']}")
+            lo_p, hi_p = min(r["vs_plain"] for r in got), max(r["vs_plain"] for r in got)
+            lo_l, hi_l = min(r["vs_loop"] for r in got), max(r["vs_loop"] for r in got)
+            plain_cells.append(f"{vs_plain:.2f}{' ✗' if bad_plain else ''} ({lo_p:.2f}–{hi_p:.2f})")
+            loop_cells.append(f"{vs_loop:.2f}×{' ✗' if bad_loop else ''} ({lo_l:.2f}–{hi_l:.2f})")
+        print(f"| {v} | " + " | ".join(plain_cells + loop_cells) + " |")
+    print("\ntargets missed (✗):" if misses else "\nevery target met")
+    for m in misses:
+        print("  " + m)
+    return 0
 
 
 def main(paths) -> int:
     runs, rows = load(paths)
+    if all(run.get("mode") == "variants" for run in runs):
+        return main_variants(runs)
     shapes = list(dict.fromkeys(s for (_, _, s) in rows))
     header = " | ".join(",".join(map(str, s)) for s in shapes)
     print(f"{len(runs)} invocations; load average at start: "
