@@ -81,7 +81,7 @@ def run(args) -> int:
     sample = SAMPLE_PRIME + generate(model, run_cfg.vocab, SAMPLE_PRIME, SAMPLE_LENGTH,
                                      temperature=0.8, seed=0)
     ckpt.atomic_write(out / "sample.txt", sample)
-    print(f"\n--- sample (temperature 0.8, seed 0) " + "-" * 40)
+    print("\n--- sample (temperature 0.8, seed 0) " + "-" * 40)
     print(sample)
     print("-" * 78)
 
