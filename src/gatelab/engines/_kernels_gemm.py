@@ -187,13 +187,13 @@ def packed_gemm(a, bp, c, accumulate, tmp):
     pa, pb, pc, pt = _address(a), _address(bp), _address(c), _address(tmp)
     P = bp.shape[0]
     full = N // NR  # panels without padding
-    tail = M % MR  # rows left after the 6-row tiles: 1-3 of them run over several panels at once
-    wide = 3 if tail <= 2 else (2 if tail == 3 else 1)  # panels a tail tile spans (_tile's wide)
-    m_main = M - tail if wide > 1 else M
+    tail = M % MR  # rows left after the 6-row tiles
+    split_tail = 0 < tail <= 3  # then they run over `wide` panels at once (_tile's wide)
+    wide = 3 if tail <= 2 else 2
+    m_main = M - tail if split_tail else M
     for p in range(P):  # panels outer: a panel (K x 16) stays in cache for all rows
         n0 = p * NR
         p_panel = pb + p * K * NR * 4
-        last = p == P - 1
         i = 0
         stop = M if n0 + NR > N else m_main
         while i < stop:
@@ -206,14 +206,14 @@ def packed_gemm(a, bp, c, accumulate, tmp):
                     for j in range(N - n0):
                         c[i + r, n0 + j] = c[i + r, n0 + j] + tmp[r, j] if accumulate else tmp[r, j]
             i += rows
-        if m_main < M and (p + 1) % wide == 0 and p < full:  # the tail rows of the `wide` panels just done
+        if split_tail and p < full and (p + 1) % wide == 0:  # the tail rows of the `wide` panels just done
             q = p + 1 - wide
             _tile(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
                   pc + (m_main * ldc + q * NR) * 4, ldc, True)
-        elif m_main < M and last:  # panels left over (fewer than `wide`, all full): one at a time
-            for q in range(full - full % wide, full):
-                _tile(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
-                      pc + (m_main * ldc + q * NR) * 4, ldc)
+    if split_tail:  # full panels left over (fewer than `wide`): one at a time
+        for q in range(full - full % wide, full):
+            _tile(tail, accumulate, pa + m_main * lda * 4, lda, pb + q * K * NR * 4, K,
+                  pc + (m_main * ldc + q * NR) * 4, ldc)
 
 
 @njit(**JIT)
