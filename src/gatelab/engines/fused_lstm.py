@@ -39,7 +39,7 @@ from gatelab.engines import workspace
 
 
 @njit(inline="always")
-def _gate_rows(t, b, xa, hw, bias, k0, k1, G):
+def gate_views(t, b, xa, hw, bias, k0, k1, G):
     """Row b's views of gate blocks i f g o, columns [k0, k1) of each: xa[t] (4), hw (4),
     bias (4). 1-D row views from u0 keep the inner loops simple enough to vectorise."""
     x, h = xa[t, b], hw[b]
@@ -69,7 +69,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     k1 = k0 + U
     if not keep:  # inference without a record: c and m only
         for b in range(n):
-            x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = _gate_rows(t, b, xa, hw, bias, k0, k1, G)
+            x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(t, b, xa, hw, bias, k0, k1, G)
             c_, ms_, m_ = c_state[b, u0:u1], m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
             for j in range(U):
                 i = sigmoid(x_i[j] + h_i[j] + b_i[j])
@@ -83,7 +83,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
                 m_[j] = m
         return
     for b in range(n):  # the same, keeping the gates and c for backward or the record
-        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = _gate_rows(t, b, xa, hw, bias, k0, k1, G)
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(t, b, xa, hw, bias, k0, k1, G)
         c_, ms_, m_ = c_state[b, u0:u1], m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[ta, b, u0:u1], gf[ta, b, u0:u1], gg[ta, b, u0:u1], go[ta, b, u0:u1]  # (U,)
         cs_ = c_seq[ta, b, u0:u1]  # (U,)

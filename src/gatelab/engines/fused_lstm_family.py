@@ -49,6 +49,7 @@ from gatelab.engines._kernels import (JIT, exp, hard_sigmoid, hard_sigmoid_grad,
                                       softsign_grad)
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
+from gatelab.engines.fused_lstm import gate_views
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
@@ -127,13 +128,8 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
-    for b in range(n):  # 1-D row views from u0 keep the inner loops simple enough to vectorise
-        x_i, x_f = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1]
-        x_g, x_o = xa[t, b, 2 * G + k0:2 * G + k1], xa[t, b, 3 * G + k0:3 * G + k1]
-        h_i, h_f = hw[b, k0:k1], hw[b, G + k0:G + k1]
-        h_g, h_o = hw[b, 2 * G + k0:2 * G + k1], hw[b, 3 * G + k0:3 * G + k1]
-        b_i, b_f = bias[k0:k1], bias[G + k0:G + k1]
-        b_g, b_o = bias[2 * G + k0:2 * G + k1], bias[3 * G + k0:3 * G + k1]
+    for b in range(n):
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(t, b, xa, hw, bias, k0, k1, G)
         c_, m_, z_ = c_state[b, u0:u1], m_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
         cn_, cs_ = cn_seq[tk, b, u0:u1], c_seq[tc, b, u0:u1]  # (U,)
