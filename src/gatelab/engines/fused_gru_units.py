@@ -27,8 +27,8 @@ from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import (aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns,
-                                         my_rows, units)
+from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
+                                         my_columns, my_rows, units)
 from gatelab.engines import workspace
 
 
@@ -53,9 +53,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
-        for b in range(B):  # h_{t-1} of my units (rows not in this step keep it)
-            for u in range(u0, u1):
-                dst[b, u] = src[b, u]
+        copy_units(src, dst, 0, B, u0, u1)  # h_{t-1} of my units (rows not in this step keep it)
         forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, dst, gr, gz, gn,
                      hn_seq, out, u0, u1)
         if not arrive_and_wait(counter, s, k):  # h_t complete

@@ -40,8 +40,8 @@ from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
-from gatelab.engines.fused_units import (aborting, double_buffer, gradient_buffers, grads_of_my_rows, my_columns,
-                                         my_rows)
+from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
+                                         my_columns, my_rows)
 from gatelab.engines import workspace
 
 
@@ -70,9 +70,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
         step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (4U, H)^T
         forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, c_state, gi, gf, gg, go, c_seq,
                      out, dst, u0, u1)
-        for b in range(n, B):  # rows not in this step keep their state
-            for u in range(u0, u1):
-                dst[b, u] = src[b, u]
+        copy_units(src, dst, n, B, u0, u1)  # rows not in this step keep their state
         if not arrive_and_wait(counter, s, k):
             return  # another thread failed: the caller raises its error
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numba import njit
 
 from gatelab.engines import _kernels_sync
 from gatelab.engines._kernels_gemm import packed_weights, scratch
@@ -67,6 +68,16 @@ def my_columns(H, j, size, w_hh, steps, B):
     u0, u1 = units(j, size, H)
     w_mine = np.ascontiguousarray(w_hh[:, u0:u1])
     return w_mine, packed_weights(w_mine, False, len(steps), B), scratch(w_hh.dtype)
+
+
+@njit(inline="always")
+def copy_units(src, dst, b0, b1, u0, u1):
+    """dst[b0:b1, u0:u1] = src[b0:b1, u0:u1]: my units of the double-buffered state carried
+    to the half the step writes (rows not in the step, or the GRU's h_{t-1} it updates in
+    place)."""
+    for b in range(b0, b1):
+        for u in range(u0, u1):
+            dst[b, u] = src[b, u]
 
 
 def double_buffer(h_state):
