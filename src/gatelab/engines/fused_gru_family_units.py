@@ -7,9 +7,9 @@ reset_after=False (its second product reads r ⊙ h over all units, so it would 
 meeting per step); those run on row blocks. With recurrent_dropout each thread forms
 d ⊙ h_{t-1} over all units itself before its GEMM.
 
-    forward:  [hd = d ⊙ h_{t-1}]; hw_mine = hd W_mine^T; barrier (everyone has read h_{t-1});
-              gate pass for my units (fused_gru_family.forward_step with u0, u1), h_t in
-              place; barrier (h_t complete)
+    forward:  [hd = d ⊙ h_{t-1}]; hw_mine = hd W_mine^T; h_{t-1} of my units copied to the
+              other half of a double buffer, the gate pass (fused_gru_family.forward_step
+              with u0, u1) turns it into h_t there; barrier
     backward: BPTT pass for my units -> δxa, δhw of my units; barrier;
               δh_{t-1}[:, mine] += (δhw[t] W_hh[:, mine]) ⊙ d
 
@@ -29,36 +29,36 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import dropped
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import aborting, gradient_buffers, grads_of_my_rows, my_columns, my_rows, units
+from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
+                                         my_columns, my_rows, units)
 
 
 @njit(**JIT)
 def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, gk, ck, has_d, d,
-                  hd_mine,
-                  has_zh, zh, h_state, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
+                  hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (3U, I), w_hh_mine (3U, H), bias_mine (3U,): my rows r z n;
     b_hn_mine (U,); bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
     xa_mine (T, B, 3U), hw_mine (B, 3U), hd_mine (B, H): my own buffers;
-    h_state (B, H) shared, h_{t-1} in, h_t out; counter: shared new_counter(); the rest as
-    in fused_gru_family.forward_loop."""
-    B, H = h_state.shape
+    hbuf (2, B, H) the running h, double-buffered as in fused_gru_units; counter: shared
+    new_counter(); the rest as in fused_gru_family.forward_loop."""
+    B, H = hbuf.shape[1], hbuf.shape[2]
     T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
     gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
+        src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         if has_d:
-            dropped(n, h_state, d, hd_mine)  # every unit: the product reads them all
+            dropped(n, src, d, hd_mine)  # every unit: the product reads them all
             step_gemm(hd_mine[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
         else:
-            step_gemm(h_state[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)
-        if not arrive_and_wait(counter, 2 * s, k):  # everyone has read h_{t-1}
-            return  # another thread failed: the caller raises its error
-        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, h_state,
+            step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)
+        copy_units(src, dst, 0, B, u0, u1)  # h_{t-1} of my units (rows not in this step keep it)
+        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, dst,
                      gr, gz, gn, hn_seq, out, u0, u1)
-        if not arrive_and_wait(counter, 2 * s + 1, k):  # h_t complete
-            return
+        if not arrive_and_wait(counter, s, k):  # h_t complete
+            return  # another thread failed: the caller raises its error
 
 
 @njit(**JIT)
@@ -93,6 +93,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
     H = h_state.shape[1]
     dt = x.dtype
     has_d, d, has_zh, zh = masks
+    hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
     @aborting(counter)
@@ -103,9 +104,10 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
         hw_mine = np.empty((B, 3 * (u1 - u0)), dt)  # (B, 3U)
         hd_mine = np.empty((B, H), dt)  # (B, H)
         forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, b_hn[u0:u1].copy(), gk, ck, has_d, d,
-                      hd_mine, has_zh, zh, h_state, hw_mine, xa_mine, *saved, out, counter)
+                      hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
+    h_state[:] = hbuf[steps.shape[0] % 2]
 
 
 def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh,
