@@ -78,7 +78,7 @@ def steps_array(steps: tuple[Step, ...]) -> np.ndarray:
     return array
 
 
-def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray:
+def previous(seq: np.ndarray, init: np.ndarray, steps: tuple[Step, ...]) -> np.ndarray:
     """The state each real row starts a step from, for all steps at once.
 
     seq: (T, B, K) the states after each step; init: (B, K) the initial state.
@@ -104,7 +104,7 @@ def previous(seq: np.ndarray, init: np.ndarray, steps: list[Step]) -> np.ndarray
     return out
 
 
-def previous_dropped(seq: np.ndarray, init: np.ndarray, steps: list[Step], d: np.ndarray | None) -> np.ndarray:
+def previous_dropped(seq: np.ndarray, init: np.ndarray, steps: tuple[Step, ...], d: np.ndarray | None) -> np.ndarray:
     """previous(seq, init, steps) times the recurrent-dropout mask d (B, K) when given:
     d ⊙ h_{t-1} for every step, what the recurrent product read (padded rows stay zero)."""
     out = previous(seq, init, steps)  # (T, B, K)

@@ -124,8 +124,8 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     x (T, B, I); h_prev (T, B, H) the state each step started from (None when δW_hh is not
     needed); need: (δx, δW_ih, δW_hh, δb) wanted. Each thread forms its share of the rows of
     δW_ih, δW_hh and δb (a contiguous range of the 4H, once every column of δA is complete)
-    and of δx's T*B rows (fused_units.grads_of_my_rows). dh_state and dc_state are updated in place. Returns
-    (δx, δW_ih, δW_hh, δb), None where not needed.
+    and of δx's T*B rows (fused_units.grads_of_my_rows). dh_state and dc_state are updated
+    in place. Returns (δx, δW_ih, δW_hh, δb), None where not needed.
     """
     T, B, I = x.shape
     H = dc_state.shape[1]

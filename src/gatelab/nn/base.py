@@ -202,7 +202,8 @@ class RNNBase(nn.Module):
         A forward without `masks=` calls this first (before any dropout between layers),
         so `torch.manual_seed(s); m(x)` equals `torch.manual_seed(s); m(x, masks=m.draw_masks(T, B))`.
         Per layer-direction (index layer * D + direction), drawn in this order from torch's
-        global RNG (Tensor.bernoulli_; zoneout: U < p, gatelab.nn.options.uniform_below), only for the options on:
+        global RNG (Tensor.bernoulli_; zoneout: U < p, gatelab.nn.options.uniform_below), only
+        for the options on:
             weight_hh (G*H, H_out): M / (1 - weight_drop), the DropConnect mask   (training)
             recurrent_dropout (B, H_out): d / (1 - p), one per sequence            (training)
             zoneout_h (T, B, H_out), zoneout_c (T, B, H) (LSTM): 1 = keep the previous
