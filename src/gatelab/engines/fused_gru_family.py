@@ -56,7 +56,7 @@ from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous_dropped, steps_array, tensor)
 from gatelab.engines.fused_lstm_family import (
     CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, _ln_all, _ln_all_backward, dropped,
-    ln_back_rows, ln_rows)
+    ln_back_rows, ln_rows, recurrent_product)
 from gatelab.engines import workspace
 
 
@@ -145,11 +145,7 @@ def forward_loop(steps, full, xa, w_hh, bp_hh, tmp, bias, b_hn, gk, ck, has_d, d
     (Ta, B, 3H), 1/σ into rs_h (Ta, B)), then the gate pass."""
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        if has_d:
-            dropped(n, h_state, d, hd)
-            step_gemm(hd[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H) x (3H, H)^T
-        else:
-            step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)
+        recurrent_product(n, has_d, d, h_state, hd, w_hh, bp_hh, hw, tmp)  # (n, H) x (3H, H)^T
         if ln:
             tk = t if full else 0
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])

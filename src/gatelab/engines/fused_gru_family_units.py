@@ -27,7 +27,7 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
-from gatelab.engines.fused_lstm_family import dropped
+from gatelab.engines.fused_lstm_family import recurrent_product
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
                                          my_columns, my_rows, units)
@@ -49,11 +49,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
-        if has_d:
-            dropped(n, src, d, hd_mine)  # every unit: the product reads them all
-            step_gemm(hd_mine[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
-        else:
-            step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)
+        recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (3U, H)^T
         copy_units(src, dst, 0, B, u0, u1)  # h_{t-1} of my units (rows not in this step keep it)
         forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, dst,
                      gr, gz, gn, hn_seq, out, u0, u1)

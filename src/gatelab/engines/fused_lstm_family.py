@@ -296,6 +296,17 @@ def dropped(n, h_state, d, hd):
             hd[b, j] = d[b, j] * h_state[b, j]
 
 
+@njit(inline="always")
+def recurrent_product(n, has_d, d, h, hd, w, bp, hw, tmp):
+    """hw[:n] = (d ⊙ h)[:n] W^T, or h[:n] W^T without recurrent dropout (step_gemm with w
+    packed in bp, tmp its scratch); hd (B, H_out) scratch for d ⊙ h."""
+    if has_d:
+        dropped(n, h, d, hd)  # every unit: the product reads them all
+        step_gemm(hd[:n], w, bp, hw[:n], True, 0.0, tmp)
+    else:
+        step_gemm(h[:n], w, bp, hw[:n], True, 0.0, tmp)
+
+
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
                   flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1):
@@ -405,11 +416,7 @@ def forward_loop(steps, full, proj, xa, w_hh, bp_hh, tmp, bias, w_hr, ph, flags,
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         tk = t if full else 0
-        if has_d:
-            dropped(n, h_state, d, hd)
-            step_gemm(hd[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H_out) x (4H, H_out)^T
-        else:
-            step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)
+        recurrent_product(n, has_d, d, h_state, hd, w_hh, bp_hh, hw, tmp)  # (n, H_out) x (4H, H_out)^T
         if ln:
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
         forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,

@@ -32,7 +32,7 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (
-    backward_head, backward_step, backward_tail, dropped, forward_step, zone_h)
+    backward_head, backward_step, backward_tail, forward_step, recurrent_product, zone_h)
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
                                          my_columns, my_rows)
@@ -55,11 +55,7 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
-        if has_d:
-            dropped(n, src, d, hd_mine)  # every unit: the product reads them all
-            step_gemm(hd_mine[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (4U, H)^T
-        else:
-            step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)
+        recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (4U, H)^T
         forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
                      go, cn_seq, c_seq, m_state, lnc, stats, u0, u1)
         zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
