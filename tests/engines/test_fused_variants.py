@@ -157,6 +157,29 @@ def test_each_mask(mode, dtype):
         compare(mode, {}, dtype, zoneout=(0.3, 0.5), dropout=0.4, proj=4, reverse=True)
 
 
+@pytest.mark.parametrize("H", [6, 21, 40])
+def test_reset_before_packed_products(H, monkeypatch):
+    """float32 reset before runs its four per-step products through the packed kernel
+    (_kernels_gemm): several 16-column panels, a cut last panel (H = 21, 2H = 42) and tail
+    rows (B = 9 = 6 + 3, then 8 and 7 rows of a packed batch), held to the float64 result."""
+    from gatelab.engines import fused_gru_family
+
+    made = []
+
+    def spy(w_hh, trans_b, steps, B):
+        packs = before_packs(w_hh, trans_b, steps, B)
+        made.append([p.shape[0] for p in packs[:2]])
+        return packs
+
+    before_packs = fused_gru_family.before_packs
+    monkeypatch.setattr(fused_gru_family, "before_packs", spy)
+    compare("GRU", dict(reset_after=False), torch.float32, T=6, B=9, H=H, lengths=[6, 6, 5, 5, 4, 3, 3, 2, 2])
+    compare("GRU", dict(reset_after=False), torch.float32, T=6, B=9, H=H, lengths=None, dropout=0.3, reverse=True)
+    forward, backward = [(2 * H + 15) // 16, (H + 15) // 16], [(H + 15) // 16] * 2  # 16-column panels
+    assert made.count(forward) == made.count(backward) >= 2 and len(made) % 2 == 0  # all packed (row blocks: each)
+    assert all(p in (forward, backward) for p in made)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_everything_at_once(dtype):
     # float32 at the sizes of tests/nn's float32 check (B = 3, H = 4), where the gradients

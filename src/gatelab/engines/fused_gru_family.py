@@ -50,7 +50,6 @@ from numba import njit
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import JIT, one
-from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous_dropped, steps_array, tensor)
@@ -254,10 +253,11 @@ def backward_r_step(t, n, tp, n_prev, gk, has_d, d, gr, out, h0, dgates, tmp, dx
 
 
 @njit(**JIT)
-def forward_loop_before(steps, full, xa, w_hh, bias, gk, ck, has_d, d, has_zh, zh, h_state, hd, hw,
-                        u, gr, gz, gn, out):
+def forward_loop_before(steps, full, xa, w_hh, bp_rz, bp_n, gtmp, bias, gk, ck, has_d, d, has_zh, zh, h_state,
+                        hd, hw, u, gr, gz, gn, out):
     """Reset before, per step: hw_rz = (d ⊙ h) W_hrz^T (GEMM), r and z, hw_n = u W_hn^T
-    (GEMM), n and h. w_hh (3H, H), used transposed; hw (B, 3H); u (B, H)."""
+    (GEMM), n and h. w_hh (3H, H), used transposed; bp_rz, bp_n: W_hrz^T and W_hn^T packed
+    for step_gemm (before_packs), gtmp its scratch; hw (B, 3H); u (B, H)."""
     H = h_state.shape[1]
     w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]  # (2H, H), (H, H)
     for s in range(steps.shape[0]):
@@ -265,29 +265,39 @@ def forward_loop_before(steps, full, xa, w_hh, bias, gk, ck, has_d, d, has_zh, z
         ta = t if full else 0
         if has_d:
             dropped(n, h_state, d, hd)
-            gemm(hd[:n], w_rz, hw[:n, :2 * H], True, 0.0)  # (n, H) x (2H, H)^T
+            step_gemm(hd[:n], w_rz, bp_rz, hw[:n, :2 * H], True, 0.0, gtmp)  # (n, H) x (2H, H)^T
         else:
-            gemm(h_state[:n], w_rz, hw[:n, :2 * H], True, 0.0)
+            step_gemm(h_state[:n], w_rz, bp_rz, hw[:n, :2 * H], True, 0.0, gtmp)
         rz_step(t, n, ta, xa, hw, bias, gk, has_d, d, h_state, gr, gz, u)
-        gemm(u[:n], w_n, hw[:n, 2 * H:], True, 0.0)  # (n, H) x (H, H)^T
+        step_gemm(u[:n], w_n, bp_n, hw[:n, 2 * H:], True, 0.0, gtmp)  # (n, H) x (H, H)^T
         n_step(t, n, ta, xa, hw, bias, ck, has_zh, zh, h_state, gz, gn, out)
 
 
 @njit(**JIT)
 def backward_loop_before(steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn, out, h0,
-                         dgates, dxa, w_hh, tmp):
+                         dgates, dxa, w_hh, bp_rz, bp_n, gtmp, tmp):
     """Reset before, per step from the last: δa_z, δa_n; δu = δa_n W_hn (GEMM); δa_r;
-    δh_{t-1} += (δu ⊙ r + [δa_r | δa_z] W_hrz (GEMM)) ⊙ d. w_hh (3H, H)."""
+    δh_{t-1} += (δu ⊙ r + [δa_r | δa_z] W_hrz (GEMM)) ⊙ d. w_hh (3H, H); bp_rz, bp_n: W_hrz
+    and W_hn packed for step_gemm (before_packs), gtmp its scratch."""
     H = dh_state.shape[1]
     w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]  # (2H, H), (H, H)
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         backward_nz_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gz, gn, out, h0,
                          dgates, dxa)
-        gemm(dxa[t, :n, 2 * H:], w_n, tmp[:n], False, 0.0)  # (n, H) x (H, H)
+        step_gemm(dxa[t, :n, 2 * H:], w_n, bp_n, tmp[:n], False, 0.0, gtmp)  # (n, H) x (H, H)
         backward_r_step(t, n, tp, n_prev, gk, has_d, d, gr, out, h0, dgates, tmp, dxa)
-        gemm(dxa[t, :n, :2 * H], w_rz, tmp[:n], False, 1.0)  # += (n, 2H) x (2H, H)
+        step_gemm(dxa[t, :n, :2 * H], w_rz, bp_rz, tmp[:n], False, 1.0, gtmp)  # += (n, 2H) x (2H, H)
         add_dropped(n, has_d, d, tmp, dh_state)
+
+
+def before_packs(w_hh, trans_b, steps, B):
+    """Reset before's two recurrent weights W_hrz (2H, H) and W_hn (H, H), each packed for
+    step_gemm (transposed for the forward products, as they are for backward's), and the
+    scratch: (bp_rz, bp_n, gtmp)."""
+    H = w_hh.shape[1]
+    return (packed_weights(w_hh[:2 * H], trans_b, len(steps), B), packed_weights(w_hh[2 * H:], trans_b, len(steps), B),
+            scratch(w_hh.dtype))
 
 
 def dropped_rows(n, has_d, h_state, d, hd):
@@ -353,8 +363,8 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
     if not after:
         u = workspace.empty((B, H), dt)
         if numba_loop():
-            forward_loop_before(steps_array(steps), full, xa, w_hh, bias, gk, ck, has_d, d, has_zh, zh,
-                                h_state, hd, hw, u, *saved, out)
+            forward_loop_before(steps_array(steps), full, xa, w_hh, *before_packs(w_hh, True, steps, B), bias, gk,
+                                ck, has_d, d, has_zh, zh, h_state, hd, hw, u, *saved, out)
         else:
             for t, n, _, _ in steps:
                 ta = t if full else 0
@@ -484,7 +494,7 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
     tmp = workspace.empty((B, H), dt)
     if numba_loop():
         backward_loop_before(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, gr, gz, gn,
-                             out, h0s, dgates, dxa, w_hhs, tmp)
+                             out, h0s, dgates, dxa, w_hhs, *before_packs(w_hhs, False, steps, B), tmp)
     else:
         for t, n, tp, n_prev in reversed(steps):
             backward_nz_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, gz, gn, out, h0s,
