@@ -1,8 +1,8 @@
 """`gatelab bench`: time gatelab.nn against torch.nn on this machine.
 
 For each cell (LSTM, GRU), shape (T, B, I, H) and kind, one process runs the contenders
-round-robin (torch, gatelab, gatelab with return_gates=True, torch, ...) after warm-up and
-reports the median of the repeats:
+round-robin (torch, gatelab, gatelab with return_gates=True; the next round starts one
+contender later) after warm-up and reports the median of the repeats:
 
     inference   forward under torch.inference_mode()
     training    forward + backward of a fixed random projection of the output, with x,
@@ -149,14 +149,19 @@ def gemm_peak(torch, numpy, n=2048, repeats=5, clock=time.perf_counter) -> dict:
 
 
 def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter) -> dict:
+    """name -> the times of `repeats` calls of each run, interleaved; each round starts one
+    contender later than the one before, so that none always follows the same one (a run
+    after the PyTorch loop took 1.2 ms longer at (50,16,64,128): the memory the loop's
+    autograd graph frees is given back to the OS and faulted in again)."""
     for f in runs.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in runs}
-    for _ in range(repeats):
-        for k, f in runs.items():
+    names = list(runs)
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:
             t0 = clock()
-            f()
+            runs[k]()
             times[k].append(clock() - t0)
     return times
 

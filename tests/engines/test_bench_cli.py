@@ -141,3 +141,17 @@ def test_the_gru_loop_baseline_computes_the_variant(variant, extra):
     out_loop, h_loop = bench.gru_loop(module, x, h0, masks)
     for a, b in ((out, out_loop), (h[0], h_loop)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_round_robin_rotates_the_order():
+    """Each round starts one contender later: no contender always runs right after the
+    same one (whatever the one before leaves behind, freed memory or cold caches)."""
+    from gatelab.bench import _round_robin
+
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    ticks = iter(range(100))
+    times = _round_robin(runs, warmup=1, repeats=4, clock=lambda: next(ticks))
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t == 1 for v in times.values() for t in v)
