@@ -212,3 +212,27 @@ def test_uniform_below_is_bernoulli_and_the_same_on_any_thread_count(monkeypatch
         assert abs(torch.corrcoef(torch.stack([flat[a * s:(a + 1) * s], flat[b * s:(b + 1) * s]]))[0, 1]) < 0.03
     torch.manual_seed(12)
     assert not torch.equal(uniform_below(shape, 0.3, dtype=dtype, device=None), mask)  # a new seed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_keep_mask_drops_p_and_scales_the_rest(monkeypatch, dtype):
+    """recurrent_dropout's and weight_drop's masks: 0 with probability p, else 1 / (1 - p),
+    the same on any thread count; from the same U as uniform_below (same seed: dropped
+    exactly where uniform_below is 1)."""
+    from gatelab.nn.options import keep_mask, uniform_below
+
+    shape = (600, 300)  # 180,000 draws: 3 streams
+    masks = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("GATELAB_THREADS", threads)
+        torch.manual_seed(5)
+        masks.append(keep_mask(shape, 0.3, dtype=dtype, device=None))
+    assert torch.equal(masks[0], masks[1])
+    mask = masks[0]
+    assert mask.dtype == dtype and mask.shape == shape
+    assert set(mask.unique().tolist()) == {0.0, torch.tensor(1 / 0.7, dtype=dtype).item()}
+    assert _within_binomial((mask == 0).double().mean().item(), 0.3, mask.numel())
+    torch.manual_seed(5)
+    below = uniform_below(shape, 0.3, dtype=dtype, device=None)
+    assert torch.equal(mask == 0, below == 1)  # the same U: dropped exactly where U < p 2^32
+    assert torch.equal(keep_mask((3, 4), 0.0, dtype=dtype, device=None), torch.ones(3, 4, dtype=dtype))

@@ -202,7 +202,8 @@ class RNNBase(nn.Module):
         A forward without `masks=` calls this first (before any dropout between layers),
         so `torch.manual_seed(s); m(x)` equals `torch.manual_seed(s); m(x, masks=m.draw_masks(T, B))`.
         Per layer-direction (index layer * D + direction), drawn in this order from torch's
-        global RNG (Tensor.bernoulli_; zoneout: U < p, gatelab.nn.options.uniform_below), only
+        global RNG (uniform 32-bit integers U seeded from it: dropout keeps U >= p 2^32,
+        zoneout keeps the previous value where U < p 2^32; gatelab.nn.options), only
         for the options on:
             weight_hh (G*H, H_out): M / (1 - weight_drop), the DropConnect mask   (training)
             recurrent_dropout (B, H_out): d / (1 - p), one per sequence            (training)
