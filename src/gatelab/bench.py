@@ -1,8 +1,8 @@
 """`gatelab bench`: time gatelab.nn against torch.nn on this machine.
 
 For each cell (LSTM, GRU), shape (T, B, I, H) and kind, one process runs the contenders
-round-robin (torch, gatelab, gatelab with return_gates=True; the next round starts one
-contender later) after warm-up and reports the median of the repeats:
+round-robin (torch, gatelab, gatelab with return_gates=True, torch, ...) after warm-up and
+reports the median of the repeats:
 
     inference   forward under torch.inference_mode()
     training    forward + backward of a fixed random projection of the output, with x,
@@ -22,7 +22,9 @@ they write their own cell); then the GRU variants ("gru plain", "gru reset_befor
 likewise: gatelab.nn.GRU with the option against the plain fused GRU and against
 `gru_loop` (GRUCell-style). Stochastic variants run in training mode and draw their masks
 on every call (in all three contenders that have them). The row says which engine ran the
-variant (fused, or eager where the fused engine declines it).
+variant (fused, or eager where the fused engine declines it). Each timed call follows an
+untimed one of its own (`_round_robin`'s settle): otherwise the plain cell, run right after
+the loop, paid for the loop's freed graph and cold caches (up to 1.2 ms at (50,16,64,128)).
 """
 
 from __future__ import annotations
@@ -148,20 +150,21 @@ def gemm_peak(torch, numpy, n=2048, repeats=5, clock=time.perf_counter) -> dict:
     return {k: 2 * n ** 3 / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
-def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter) -> dict:
-    """name -> the times of `repeats` calls of each run, interleaved; each round starts one
-    contender later than the one before, so that none always follows the same one (a run
-    after the PyTorch loop took 1.2 ms longer at (50,16,64,128): the memory the loop's
-    autograd graph frees is given back to the OS and faulted in again)."""
+def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter, settle=False) -> dict:
+    """name -> the times of `repeats` calls of each run, interleaved (a, b, c, a, b, ...).
+    settle: each timed call right after an untimed one of its own, so that what the run
+    before it leaves behind does not count against it (after the PyTorch loop, a plain
+    fused step at (50,16,64,128) took 1.2 ms longer: the freed autograd graph, cold caches)."""
     for f in runs.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+    for _ in range(repeats):
+        for k, f in runs.items():
+            if settle:
+                f()
             t0 = clock()
-            runs[k]()
+            f()
             times[k].append(clock() - t0)
     return times
 
@@ -472,7 +475,7 @@ def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, varia
                for v in variants if ALL_VARIANTS[v][0] == cell]  # the LSTM rows, then the GRU's
     for shape, variant in ordered:
         runs, engine = _variant_contenders(torch, gnn, variant, shape, args.backend, dtype)
-        times = _round_robin(runs, warmup, repeats, clock)
+        times = _round_robin(runs, warmup, repeats, clock, settle=True)  # the plain cell would follow the loop
         med = {k: statistics.median(v) for k, v in times.items()}
         vs_plain = med["gatelab"] / med["plain fused"]
         vs_loop = med["loop"] / med["gatelab"]

@@ -143,15 +143,18 @@ def test_the_gru_loop_baseline_computes_the_variant(variant, extra):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-def test_round_robin_rotates_the_order():
-    """Each round starts one contender later: no contender always runs right after the
-    same one (whatever the one before leaves behind, freed memory or cold caches)."""
+def test_round_robin_settle_runs_each_timed_call_after_its_own():
+    """settle: each timed call right after an untimed one of the same contender, so that
+    what the contender before it leaves behind (freed memory, cold caches) is not counted."""
     from gatelab.bench import _round_robin
 
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     ticks = iter(range(100))
-    times = _round_robin(runs, warmup=1, repeats=4, clock=lambda: next(ticks))
-    assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"
-    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
-    assert all(t == 1 for v in times.values() for t in v)
+    times = _round_robin(runs, warmup=1, repeats=2, clock=lambda: next(ticks), settle=True)
+    assert "".join(calls) == "abc" + "aabbcc" * 2
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2}
+    assert all(t == 1 for v in times.values() for t in v)  # one call inside each timing
+    calls.clear()
+    _round_robin(runs, warmup=0, repeats=2, clock=lambda: 0)
+    assert "".join(calls) == "abcabc"
