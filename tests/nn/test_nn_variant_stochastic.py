@@ -190,11 +190,11 @@ def test_auto_falls_back_to_eager_when_the_engine_cannot_apply_masks(monkeypatch
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_uniform_below_is_bernoulli_and_the_same_on_any_thread_count(monkeypatch, dtype):
-    """zoneout's masks: U < p from NumPy streams seeded by torch's RNG, one stream per
-    UNIFORMS_PER_STREAM numbers, filled on the engine's threads."""
-    from gatelab.nn.options import UNIFORMS_PER_STREAM, uniform_below
+    """zoneout's masks: U < p, U from SplitMix64 seeded by torch's RNG, filled on the
+    engine's threads (tests/engines/test_rng.py checks the generator itself)."""
+    from gatelab.nn.options import uniform_below
 
-    shape = (30, 20, 700)  # 420,000 draws: 7 streams
+    shape = (30, 20, 700)  # 420,000 draws: filled by up to 3 threads
     masks = []
     for threads in ("1", "2", "3"):
         monkeypatch.setenv("GATELAB_THREADS", threads)
@@ -206,10 +206,9 @@ def test_uniform_below_is_bernoulli_and_the_same_on_any_thread_count(monkeypatch
     assert set(mask.unique().tolist()) == {0.0, 1.0}
     assert _within_binomial(mask.mean().item(), 0.3, mask.numel())
     flat = mask.reshape(-1)
-    s = UNIFORMS_PER_STREAM
-    assert not torch.equal(flat[:s], flat[s:2 * s])  # the streams are not copies of one another
-    for a, b in ((0, 1), (1, 2)):  # nor correlated
-        assert abs(torch.corrcoef(torch.stack([flat[a * s:(a + 1) * s], flat[b * s:(b + 1) * s]]))[0, 1]) < 0.03
+    n = flat.numel() // 3
+    for a, b in ((0, 1), (1, 2)):  # the threads' ranges are not correlated
+        assert abs(torch.corrcoef(torch.stack([flat[a * n:(a + 1) * n], flat[b * n:(b + 1) * n]]))[0, 1]) < 0.01
     torch.manual_seed(12)
     assert not torch.equal(uniform_below(shape, 0.3, dtype=dtype, device=None), mask)  # a new seed
 

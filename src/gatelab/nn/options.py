@@ -264,20 +264,16 @@ def draw_masks(options: Options, T: int, B: int, hidden_size: int, out_size: int
     return masks
 
 
-UNIFORMS_PER_STREAM = 1 << 16
-
-
 def uniform_below(shape, p: float, *, dtype, device) -> torch.Tensor:
     """A Bernoulli(p) mask in `dtype`: 1 where U < ⌊p 2^32⌋, U a uniform 32-bit integer (so
-    P(1) is p to within 2^-32).
+    P(1) is p to within 2^-32). zoneout's masks.
 
-    On the CPU, U comes from NumPy's SFC64, two from each raw 64-bit output: one seed drawn
-    from torch's global RNG (so torch.manual_seed replays it), spawned into one stream per
-    UNIFORMS_PER_STREAM numbers, the streams drawn and compared on the engine's threads.
-    The same mask whatever the thread count. A (100, 32, 256) mask, 2 threads: 0.9 ms,
-    against 3.5 with torch.rand (whose one generator runs on one thread; it was most of
-    zoneout's cost) and 1.5 with NumPy's float32 uniforms (2.3 ns each). Elsewhere
-    torch.rand on the device.
+    On the CPU, U comes from SplitMix64 (gatelab.engines._kernels_rng) started at a seed
+    drawn from torch's global RNG (so torch.manual_seed replays it), element k from output
+    k // 2 alone, filled on the engine's threads: the same mask whatever the thread count.
+    A (100, 32, 256) mask, 2 threads: 0.36 ms, against 3.5 with torch.rand (whose one
+    generator runs on one thread) and 0.87 with NumPy's SFC64 streams. Elsewhere torch.rand
+    on the device.
     """
     if torch.device(device or "cpu").type != "cpu":
         return torch.rand(shape, device=device).lt_(p).to(dtype)
@@ -285,12 +281,11 @@ def uniform_below(shape, p: float, *, dtype, device) -> torch.Tensor:
 
 
 def keep_mask(shape, p: float, *, dtype, device) -> torch.Tensor:
-    """Dropout's scaled keep mask in `dtype`: 1 / (1 - p) where U >= ⌊p 2^32⌋, else 0 (so an
-    element is dropped with probability p to within 2^-32); U as in uniform_below, from the
-    same seeded streams. recurrent_dropout's (B, H_out) and weight_drop's (G*H, H_out) masks:
-    a (512, 128) mask in 0.17 ms against 0.64 with Tensor.bernoulli_ (~10 ns an element
-    here), which was most of weight_drop's cost at (50,16,64,128). Elsewhere bernoulli_ on
-    the device."""
+    """Dropout's scaled keep mask in `dtype`: 1 / (1 - p) where U >= ⌊p 2^32⌋, else 0 (an
+    element is dropped with probability p to within 2^-32); U as in uniform_below.
+    recurrent_dropout's (B, H_out) and weight_drop's (G*H, H_out) masks: a (512, 128) mask
+    in 0.07 ms against 0.64 with Tensor.bernoulli_ (~10 ns an element here, most of
+    weight_drop's cost at (50,16,64,128)). Elsewhere bernoulli_ on the device."""
     if torch.device(device or "cpu").type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1.0 - p).div_(1.0 - p)
     return _draw(shape, p, dtype, keep=True)
@@ -298,36 +293,15 @@ def keep_mask(shape, p: float, *, dtype, device) -> torch.Tensor:
 
 def _draw(shape, p: float, dtype, keep: bool) -> torch.Tensor:
     """uniform_below (keep False: 1 where U < ⌊p 2^32⌋) or keep_mask (keep True: 1 / (1 - p)
-    where U >= ⌊p 2^32⌋) on the CPU."""
-    from gatelab.engines import fused_parallel  # here: it loads numba, which `import gatelab.nn` need not
+    where U >= ⌊p 2^32⌋) on the CPU: U from SplitMix64 (engines._kernels_rng) at a seed
+    drawn from torch's global RNG, filled on the engine's threads."""
+    from gatelab.engines import _kernels_rng, fused_parallel  # here: they load numba, which
+    # `import gatelab.nn` need not
 
     seed = int(torch.randint(0, 1 << 62, (1,), dtype=torch.int64))
-    n = math.prod(shape)
-    mask = np.empty(n, np.float64 if dtype == torch.float64 else np.float32)
-    if p <= 0 or p >= 1:
-        mask.fill(1.0 if (p >= 1) != keep else 0.0)
-        return torch.from_numpy(mask).reshape(shape).to(dtype)
-    below = np.uint32(int(p * 2.0 ** 32))  # U < below: probability below / 2^32
-    compare, scale = (np.greater_equal, 1.0 / (1.0 - p)) if keep else (np.less, 1.0)
-    k = max(1, -(-n // UNIFORMS_PER_STREAM))  # streams
-    streams = np.random.SeedSequence(seed).spawn(k)
-
-    def fill(c):
-        lo, hi = c * n // k, (c + 1) * n // k
-        u = np.random.SFC64(streams[c]).random_raw((hi - lo + 1) // 2).view(np.uint32)[:hi - lo]
-        compare(u, below, out=mask[lo:hi])
-        if keep:
-            mask[lo:hi] *= scale
-
-    def member(j, size):
-        for c in range(j, k, size):
-            fill(c)
-
-    if k == 1:
-        fill(0)
-    else:
-        fused_parallel.team(member, min(k, fused_parallel.threads()), torch_modes=False)
-    return torch.from_numpy(mask).reshape(shape).to(dtype)
+    mask = _kernels_rng.draw(seed, tuple(shape), p, np.float64 if dtype == torch.float64 else np.float32, keep,
+                             fused_parallel.threads(), lambda fn, k: fused_parallel.team(fn, k, torch_modes=False))
+    return torch.from_numpy(mask).to(dtype)
 
 
 def check_given_masks(given: dict, expected: dict, where: str) -> dict:
