@@ -69,13 +69,28 @@ def test_limit_off_and_eviction(monkeypatch):
     workspace.empty(SHAPE, np.float32)
     assert workspace.held_bytes() == 0
     monkeypatch.setenv("GATELAB_WORKSPACE_MB", "3")  # room for one 2 MiB buffer
+    line = workspace.LINE  # each buffer holds a cache line more, to start the array on one
     a = workspace.empty(SHAPE, np.float32)
-    assert workspace.held_bytes() == 2 << 20
+    assert workspace.held_bytes() == (2 << 20) + line
     b = workspace.empty(SHAPE, np.float32)  # a in use: b comes from NumPy, unpooled
-    assert workspace.held_bytes() == 2 << 20 and address(b) != address(a)
+    assert workspace.held_bytes() == (2 << 20) + line and address(b) != address(a)
     del a
-    workspace.empty((768, 1024), np.float32)  # 3 MiB: the free 2 MiB buffer makes room
-    assert workspace.held_bytes() == 3 << 20
+    workspace.empty((768, 1024 - 32), np.float32)  # ~3 MiB: the free 2 MiB buffer makes room
+    assert workspace.held_bytes() == (3 << 20) - 32 * 768 * 4 + line
+
+
+def test_every_array_starts_on_a_cache_line():
+    """The units split's threads write the two halves of each row of a shared array: its
+    rows must not share a cache line across the split (for H a multiple of 16 floats)."""
+    kept = []
+    for shape, dtype in (((8, 8), np.float32), ((3, 5), np.float64), (SHAPE, np.float32), ((7, 1000, 3), np.float64)):
+        for _ in range(3):  # fresh, pooled and reused buffers alike
+            a = workspace.empty(shape, dtype)
+            assert address(a) % workspace.LINE == 0 and a.shape == shape and a.flags.c_contiguous
+            kept.append(a if len(kept) % 2 else None)
+    c = workspace.copy(np.arange(12.0).reshape(3, 4)[:, ::2])
+    assert address(c) % workspace.LINE == 0 and c.flags.c_contiguous
+    assert np.array_equal(c, np.arange(12.0).reshape(3, 4)[:, ::2])
 
 
 def test_bad_limit_names_the_variable(monkeypatch):

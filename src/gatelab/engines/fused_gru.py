@@ -160,7 +160,7 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
     zeros_or_empty = workspace.zeros if packed else workspace.empty
     saved = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # r z n hn, (Ta, B, H)
     out = zeros_or_empty((T, B, H), dt)  # (T, B, H)
-    h_state = h0.copy()  # (B, H)
+    h_state = workspace.copy(h0)  # (B, H)
     if units > 1:  # the threads also share the input projection
         from gatelab.engines import fused_gru_units
 
@@ -205,7 +205,7 @@ class GRUFunction(torch.autograd.Function):
         H = h0s.shape[1]
         dt = xs.dtype
         d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
-        dh_state = workspace.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
+        dh_state = workspace.zeros((B, H), dt) if d_hT is None else workspace.copy(arr(d_hT))  # (B, H)
         dgates = workspace.zeros((3, 0, B, H), dt)  # (3, 0, B, H): none
         if d_gates and any(g is not None for g in d_gates):
             dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g)

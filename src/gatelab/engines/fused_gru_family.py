@@ -296,8 +296,8 @@ def before_packs(w_hh, trans_b, steps, B):
     step_gemm (transposed for the forward products, as they are for backward's), and the
     scratch: (bp_rz, bp_n, gtmp)."""
     H = w_hh.shape[1]
-    return (packed_weights(w_hh[:2 * H], trans_b, len(steps), B), packed_weights(w_hh[2 * H:], trans_b, len(steps), B),
-            scratch(w_hh.dtype))
+    S, dt = len(steps), w_hh.dtype
+    return packed_weights(w_hh[:2 * H], trans_b, S, B), packed_weights(w_hh[2 * H:], trans_b, S, B), scratch(dt)
 
 
 def dropped_rows(n, has_d, h_state, d, hd):
@@ -357,7 +357,7 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
         lnh, hhat, rs_h = workspace.zeros((2, 3 * H), dt), workspace.zeros((1, 1, 1), dt), workspace.zeros((1, 1), dt)
     saved = tuple(alloc((Ta, B, H), dt) for _ in range(4 if after else 3))  # r z n (hn)
     out = alloc((T, B, H), dt)
-    h_state = h0.copy()
+    h_state = workspace.copy(h0)
     hd = workspace.empty((B, H), dt)
     hw = workspace.empty((B, 3 * H), dt)
     if not after:
@@ -427,7 +427,7 @@ class GRUFamilyFunction(torch.autograd.Function):
         H = h0s.shape[1]
         dt = xs.dtype
         d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)
-        dh_state = workspace.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()
+        dh_state = workspace.zeros((B, H), dt) if d_hT is None else workspace.copy(arr(d_hT))
         dgates = workspace.zeros((3, 1, B, H), dt)
         if d_gates and any(g is not None for g in d_gates):
             dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])

@@ -205,8 +205,8 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
     gates = tuple(zeros_or_empty((Ta, B, H), dt) for _ in range(4))  # i f g o, (Ta, B, H)
     c_seq = zeros_or_empty((Ta, B, H), dt)  # (Ta, B, H)
     out = zeros_or_empty((T, B, P), dt)  # (T, B, H_out)
-    h_state = h0.copy()  # (B, H_out)
-    c_state = c0.copy()  # (B, H)
+    h_state = workspace.copy(h0)  # (B, H_out)
+    c_state = workspace.copy(c0)  # (B, H)
     if units > 1:  # the threads also share the input projection
         from gatelab.engines import fused_lstm_units
 
@@ -283,8 +283,8 @@ class LSTMFunction(torch.autograd.Function):
         H, P = c0s.shape[1], h0s.shape[1]
         dt = xs.dtype
         d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)  # (T, B, H_out)
-        dh_state = workspace.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()  # (B, H_out)
-        dc_state = workspace.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()  # (B, H)
+        dh_state = workspace.zeros((B, P), dt) if d_hT is None else workspace.copy(arr(d_hT))  # (B, H_out)
+        dc_state = workspace.zeros((B, H), dt) if d_cT is None else workspace.copy(arr(d_cT))  # (B, H)
         dgates = workspace.zeros((5, 0, B, H), dt)  # (5, 0, B, H): none
         if d_gates and any(g is not None for g in d_gates):
             dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g)

@@ -548,7 +548,7 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
     cn_seq = alloc((Ta, B, H), dt)  # c̃
     c_seq = alloc((Ta, B, H), dt) if has_zc else workspace.zeros((1, B, H), dt)  # carried c
     out = alloc((T, B, P), dt)
-    h_state, c_state = h0.copy(), c0.copy()
+    h_state, c_state = workspace.copy(h0), workspace.copy(c0)
     hd = workspace.empty((B, P), dt)
     hw = workspace.empty((B, 4 * H), dt)
     m_state = workspace.empty((B, H), dt)
@@ -647,8 +647,8 @@ class LSTMFamilyFunction(torch.autograd.Function):
         H, P = c0s.shape[1], h0s.shape[1]
         dt = xs.dtype
         d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)
-        dh_state = workspace.zeros((B, P), dt) if d_hT is None else arr(d_hT).copy()
-        dc_state = workspace.zeros((B, H), dt) if d_cT is None else arr(d_cT).copy()
+        dh_state = workspace.zeros((B, P), dt) if d_hT is None else workspace.copy(arr(d_hT))
+        dc_state = workspace.zeros((B, H), dt) if d_cT is None else workspace.copy(arr(d_cT))
         dgates = workspace.zeros((5, 1, B, H), dt)  # none recorded: not read
         if recorded:
             dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])

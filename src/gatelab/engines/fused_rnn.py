@@ -96,7 +96,7 @@ def _forward(x, h0, w_ih, w_hh, bias, steps, relu):
     xa = xa.reshape(T, B, H)  # (T, B, H)
     bias = workspace.zeros(H, dt) if bias is None else bias  # (H,), added in the pass
     out = (workspace.zeros if packed else workspace.empty)((T, B, H), dt)  # (T, B, H)
-    h_state = h0.copy()  # (B, H)
+    h_state = workspace.copy(h0)  # (B, H)
     hw = workspace.empty((B, H), dt)  # (B, H)
     if numba_loop():
         forward_loop(steps_array(steps), relu, xa, w_hh, bias, h_state, hw, out)
@@ -130,7 +130,7 @@ class RNNFunction(torch.autograd.Function):
         H = h0s.shape[1]
         dt = xs.dtype
         d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)  # (T, B, H)
-        dh_state = workspace.zeros((B, H), dt) if d_hT is None else arr(d_hT).copy()  # (B, H)
+        dh_state = workspace.zeros((B, H), dt) if d_hT is None else workspace.copy(arr(d_hT))  # (B, H)
         d_rec = arr(d_rec[0]) if d_rec and d_rec[0] is not None else workspace.zeros((0, B, H), dt)
         packed = any(s.n < B for s in steps)
         da = (workspace.zeros if packed else workspace.empty)((T, B, H), dt)  # (T, B, H)
