@@ -19,6 +19,7 @@ tail costs 6.1 (87.6 µs in all against 91.6).
                            w (N, K)) or w (K, N), 16 columns a panel, zeros past N; an empty
                            (0, 1, 16) array (then OpenBLAS runs) for float64, when
                            GATELAB_PACKED_GEMM=0, or for loops too short or batches of one
+                           (pack_buffer and _pack: the same in two halves)
     step_gemm(a, w, bp, c, trans_b, beta, tmp)   c = a @ op(w) + beta c, beta 0 or 1;
                            through bp when it is not empty; tmp (6, 16) scratch, one per thread
 
@@ -249,12 +250,19 @@ def packed_weights(w: np.ndarray, trans_b: bool, steps: int, rows: int) -> np.nd
     """w packed for step_gemm (see the module docstring), for a loop of `steps` products of
     up to `rows` rows; empty (OpenBLAS runs) for float64, when off, for fewer than
     MIN_STEPS steps (packing would not pay) or fewer than MIN_ROWS rows."""
-    if w.dtype != np.float32 or not enabled() or steps < MIN_STEPS or rows < MIN_ROWS:
-        return np.empty((0, 1, NR), w.dtype)
-    N, K = (w.shape[0], w.shape[1]) if trans_b else (w.shape[1], w.shape[0])
-    bp = workspace.empty(((N + NR - 1) // NR, K, NR), np.float32)
-    _pack(w, trans_b, bp)
+    bp = pack_buffer(w.shape, w.dtype, trans_b, steps, rows)
+    if bp.shape[0] > 0:
+        _pack(w, trans_b, bp)
     return bp
+
+
+def pack_buffer(shape, dtype, trans_b: bool, steps: int, rows: int) -> np.ndarray:
+    """The (uninitialised) array packed_weights would pack a w of `shape` into, or its empty
+    (0, 1, 16) array when OpenBLAS runs the products (for numba code that packs itself)."""
+    if dtype != np.float32 or not enabled() or steps < MIN_STEPS or rows < MIN_ROWS:
+        return np.empty((0, 1, NR), dtype)
+    N, K = (shape[0], shape[1]) if trans_b else (shape[1], shape[0])
+    return workspace.empty(((N + NR - 1) // NR, K, NR), np.float32)
 
 
 def scratch(dtype) -> np.ndarray:

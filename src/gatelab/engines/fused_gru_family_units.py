@@ -29,8 +29,8 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import recurrent_product
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
-                                         my_columns, my_rows, units)
+from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, my_columns, my_rows, units)
 
 
 @njit(**JIT)
@@ -92,15 +92,20 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
+    def make(j, size):
+        u0, u1 = units(j, size, H)
+        rows = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
+        # b_hn of my units, hd_mine (B, H), hw_mine (B, 3U), xa_mine (T, B, 3U)
+        return (rows, b_hn[u0:u1].copy(), np.empty((B, H), dt), np.empty((B, 3 * (u1 - u0)), dt),
+                workspace.empty((T, B, 3 * (u1 - u0)), dt))
+
+    mine = ahead(k, make)
+
     @aborting(counter)
     def member(j, size):
-        u0, u1 = units(j, size, H)
-        mine = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
-        xa_mine = workspace.empty((T, B, 3 * (u1 - u0)), dt)  # (T, B, 3U)
-        hw_mine = np.empty((B, 3 * (u1 - u0)), dt)  # (B, 3U)
-        hd_mine = np.empty((B, H), dt)  # (B, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, b_hn[u0:u1].copy(), gk, ck, has_d, d,
-                      hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, counter)
+        rows, b_hn_mine, hd_mine, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, b_hn_mine, gk, ck, has_d, d, hd_mine,
+                      has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
@@ -119,12 +124,16 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
     results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
+    def make(j, size):
+        u0, u1 = units(j, size, H)
+        return (*my_columns(H, j, size, w_hh, steps, B), np.empty((B, u1 - u0), dh_state.dtype))  # tmp_mine (B, U)
+
+    mine = ahead(k, make)
+
     @aborting(counter)
     def member(j, size):
-        u0, u1 = units(j, size, H)
-        tmp_mine = np.empty((B, u1 - u0), dh_state.dtype)  # (B, U)
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
-                       dhw, *my_columns(H, j, size, w_hh, steps, B), tmp_mine, counter)
+                       dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
                          x.reshape(T * B, I), hp2, w_ih, results)
 

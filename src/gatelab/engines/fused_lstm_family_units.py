@@ -34,8 +34,8 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (
     backward_head, backward_step, backward_tail, forward_step, recurrent_product, zone_h)
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
-                                         my_columns, my_rows)
+from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, my_columns, my_rows)
 
 
 @njit(**JIT)
@@ -96,14 +96,18 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
+    def make(j, size):
+        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
+        G_U = rows[0].shape[0]  # 4U
+        # hd_mine (B, H), hw_mine (B, 4U), xa_mine (T, B, 4U)
+        return rows, np.empty((B, H), dt), np.empty((B, G_U), dt), workspace.empty((T, B, G_U), dt)
+
+    mine = ahead(k, make)
+
     @aborting(counter)
     def member(j, size):
-        mine = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
-        G_U = mine[0].shape[0]  # 4U
-        xa_mine = workspace.empty((T, B, G_U), dt)  # (T, B, 4U)
-        hw_mine = np.empty((B, G_U), dt)  # (B, 4U)
-        hd_mine = np.empty((B, H), dt)  # (B, H)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, ph, flags, has_d, d, hd_mine, has_zh, zh,
+        rows, hd_mine, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, ph, flags, has_d, d, hd_mine, has_zh, zh,
                       zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -125,11 +129,13 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
+    mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
+
     @aborting(counter)
     def member(j, size):
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
-                       has_d, d, has_zh, zh, dgates, da, *my_columns(H, j, size, w_hh, steps, B), dht, dzone, lnc,
-                       stats, dlnc, dchat, counter)
+                       has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, lnc, stats, dlnc, dchat,
+                       counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only

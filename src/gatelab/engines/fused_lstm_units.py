@@ -40,8 +40,8 @@ from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
-from gatelab.engines.fused_units import (aborting, copy_units, double_buffer, gradient_buffers, grads_of_my_rows,
-                                         my_columns, my_rows)
+from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, my_columns, my_rows)
 from gatelab.engines import workspace
 
 
@@ -104,13 +104,17 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
+    def make(j, size):
+        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
+        G_U = rows[0].shape[0]  # 4U
+        return rows, np.empty((B, G_U), dt), workspace.empty((T, B, G_U), dt)  # hw_mine (B, 4U), xa_mine (T, B, 4U)
+
+    mine = ahead(k, make)
+
     @aborting(counter)
     def member(j, size):
-        mine = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
-        G_U = mine[0].shape[0]  # 4U
-        xa_mine = workspace.empty((T, B, G_U), dt)  # (T, B, 4U)
-        hw_mine = np.empty((B, G_U), dt)  # (B, 4U)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *mine, hbuf, c_state, hw_mine, xa_mine, *gates,
+        rows, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, hbuf, c_state, hw_mine, xa_mine, *gates,
                       c_seq, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -134,10 +138,12 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
+    mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
+
     @aborting(counter)
     def member(j, size):
-        backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da,
-                       *my_columns(H, j, size, w_hh, steps, B), counter)
+        backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, *mine(j, size),
+                       counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only

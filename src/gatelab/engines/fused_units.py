@@ -17,7 +17,8 @@ import numpy as np
 from numba import njit
 
 from gatelab.engines import _kernels_sync
-from gatelab.engines._kernels_gemm import packed_weights, scratch
+from gatelab.engines._kernels import JIT
+from gatelab.engines._kernels_gemm import _pack, pack_buffer, scratch
 from gatelab.engines._kernels_sync import abort
 from gatelab.engines.fused_common import numba_loop
 from gatelab.engines import workspace
@@ -52,22 +53,65 @@ def gate_rows(G, H, u0, u1):
     return rows
 
 
+def ahead(k, make):
+    """make(j, size) for every thread j of a team of k, made now, before the team starts
+    (on the calling thread: the team's threads would take turns at the GIL for it, and at
+    (50,16,64,128) their time loops started ~130 µs after the team did, ~40 made ahead).
+    Returns mine(j, size): thread j's, or made then for a team that came out smaller."""
+    made = [make(j, k) for j in range(k)]
+    return lambda j, size: made[j] if size == k else make(j, size)
+
+
 def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B):
     """Thread j of size's rows of the weights, the arguments its forward_units takes:
     (w_ih_mine (G*U, I), w_hh_mine (G*U, H), w_hh_mine packed for step_gemm, step_gemm's
-    scratch, bias_mine (G*U,)); contiguous copies (fancy indexing)."""
+    scratch, bias_mine (G*U,)); contiguous copies. The copying and packing run in numba,
+    without the GIL: with NumPy's fancy indexing the team's threads took turns at it, and
+    at (50,16,64,128) the time loops started ~180 µs after the team did (~60 now)."""
     rows = gate_rows(G, H, *units(j, size, H))  # (G*U,) gate block by gate block
-    w_hh_mine = w_hh[rows]
-    return w_ih[rows], w_hh_mine, packed_weights(w_hh_mine, True, len(steps), B), scratch(w_hh.dtype), bias[rows]
+    dt = w_hh.dtype
+    w_ih_mine, w_hh_mine = np.empty((len(rows), w_ih.shape[1]), dt), np.empty((len(rows), H), dt)
+    bias_mine = np.empty(len(rows), dt)
+    bp = pack_buffer(w_hh_mine.shape, dt, True, len(steps), B)
+    _take_rows(rows, w_ih, w_hh, bias, w_ih_mine, w_hh_mine, bias_mine, bp)
+    return w_ih_mine, w_hh_mine, bp, scratch(dt), bias_mine
 
 
 def my_columns(H, j, size, w_hh, steps, B):
     """Thread j of size's columns of W_hh for δh_{t-1}[:, mine] = δa W_hh[:, mine], the
     arguments its backward_units takes: (w_mine (G*H, U), a contiguous copy streamed at
-    every step; it packed for step_gemm; step_gemm's scratch)."""
+    every step; it packed for step_gemm; step_gemm's scratch). Copied and packed in numba,
+    as my_rows."""
     u0, u1 = units(j, size, H)
-    w_mine = np.ascontiguousarray(w_hh[:, u0:u1])
-    return w_mine, packed_weights(w_mine, False, len(steps), B), scratch(w_hh.dtype)
+    w_mine = np.empty((w_hh.shape[0], u1 - u0), w_hh.dtype)
+    bp = pack_buffer(w_mine.shape, w_hh.dtype, False, len(steps), B)
+    _take_columns(w_hh, u0, u1, w_mine, bp)
+    return w_mine, bp, scratch(w_hh.dtype)
+
+
+@njit(**JIT)
+def _take_rows(rows, w_ih, w_hh, bias, w_ih_mine, w_hh_mine, bias_mine, bp):
+    """w_ih_mine, w_hh_mine, bias_mine = the `rows` of w_ih, w_hh, bias; w_hh_mine packed
+    (transposed) into bp unless bp is empty."""
+    for r in range(rows.shape[0]):
+        src = rows[r]
+        for k in range(w_ih.shape[1]):
+            w_ih_mine[r, k] = w_ih[src, k]
+        for k in range(w_hh.shape[1]):
+            w_hh_mine[r, k] = w_hh[src, k]
+        bias_mine[r] = bias[src]
+    if bp.shape[0] > 0:
+        _pack(w_hh_mine, True, bp)
+
+
+@njit(**JIT)
+def _take_columns(w_hh, u0, u1, w_mine, bp):
+    """w_mine = w_hh[:, u0:u1], packed into bp unless bp is empty."""
+    for r in range(w_hh.shape[0]):
+        for k in range(u1 - u0):
+            w_mine[r, k] = w_hh[r, u0 + k]
+    if bp.shape[0] > 0:
+        _pack(w_mine, False, bp)
 
 
 @njit(inline="always")
