@@ -46,7 +46,7 @@ from numba import njit
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines._kernels import (JIT, exp, hard_sigmoid, hard_sigmoid_grad, one, sigmoid,
-                                      softsign_grad)
+                                      softsign_grad, tanh)
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_lstm import gate_views
@@ -123,7 +123,11 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     coupled = flags[COUPLED] != 0
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
-    has_zc = flags[HAS_ZC] != 0
+    has_zc, peep = flags[HAS_ZC] != 0, flags[PEEPHOLE] != 0
+    # the plain cell's activations and gates (the masks, peepholes, layer norm, forget_bias
+    # may add to it): computed as such, without the selects (6.5 against 7.5 µs a step for
+    # 16 rows x 64 units, in the units split)
+    plain_maths = gk == 0 and ck == 0 and not (coupled or no_f or no_i or no_g or no_o or no_y)
     tk = ta if ta >= 0 else 0
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
@@ -135,23 +139,42 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
         cn_, cs_ = cn_seq[tk, b, u0:u1], c_seq[tc, b, u0:u1]  # (U,)
         # two passes, each with few arrays (with all of them in one loop LLVM's alias checks
         # give up and the pass runs scalar, 5x slower): the pre-activations into hw first
-        for j in range(U):
-            cp = c_[j]
-            h_f[j] = x_f[j] + h_f[j] + b_f[j] + p_f[j] * cp  # p = 0 without peephole
-            h_i[j] = x_i[j] + h_i[j] + b_i[j] + p_i[j] * cp
+        if peep:
+            for j in range(U):
+                cp = c_[j]
+                h_f[j] = x_f[j] + h_f[j] + b_f[j] + p_f[j] * cp
+                h_i[j] = x_i[j] + h_i[j] + b_i[j] + p_i[j] * cp
+        else:
+            for j in range(U):
+                h_f[j] = x_f[j] + h_f[j] + b_f[j]
+                h_i[j] = x_i[j] + h_i[j] + b_i[j]
         for j in range(U):
             h_g[j] = x_g[j] + h_g[j] + b_g[j]
             h_o[j] = x_o[j] + h_o[j] + b_o[j]
-        # branch-free (selects only), so that they vectorise; f i g first, then the rest (one
-        # loop with every array ran slower); without keep i_ f_ g_ o_ are scratch rows (ta < 0:
-        # index 0 of (1, B, H))
-        for j in range(U):
-            a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
-            fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
-            f = one(a_f) if no_f else fv
-            f_[j] = f
-            i_[j] = one(a_f) - f if coupled else (one(a_f) if no_i else iv)
-            g_[j] = a_g if no_g else gv
+        # f i g first, then the rest (one loop with every array ran slower); without keep
+        # i_ f_ g_ o_ are scratch rows (ta < 0: index 0 of (1, B, H))
+        if plain_maths:  # σ and tanh, every gate, peepholes and zoneout of c aside
+            for j in range(U):
+                f_[j] = sigmoid(h_f[j])
+                i_[j] = sigmoid(h_i[j])
+                g_[j] = tanh(h_g[j])
+            if not (peep or has_zc or ln):
+                for j in range(U):
+                    cn = f_[j] * c_[j] + i_[j] * g_[j]
+                    o = sigmoid(h_o[j])
+                    m_[j] = o * tanh(cn)
+                    c_[j] = cn
+                    o_[j] = o
+                    cn_[j] = cn
+                continue
+        else:  # branch-free (selects only), so that it vectorises
+            for j in range(U):
+                a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
+                fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
+                f = one(a_f) if no_f else fv
+                f_[j] = f
+                i_[j] = one(a_f) - f if coupled else (one(a_f) if no_i else iv)
+                g_[j] = a_g if no_g else gv
         for j in range(U):
             cp = c_[j]
             cn = f_[j] * cp + i_[j] * g_[j]
