@@ -93,13 +93,13 @@ def my_columns(H, j, size, w_hh, steps, B):
 def _take_rows(rows, w_ih, w_hh, bias, w_ih_mine, w_hh_mine, bias_mine, bp):
     """w_ih_mine, w_hh_mine, bias_mine = the `rows` of w_ih, w_hh, bias; w_hh_mine packed
     (transposed) into bp unless bp is empty."""
-    for r in range(rows.shape[0]):
-        src = rows[r]
-        for k in range(w_ih.shape[1]):
-            w_ih_mine[r, k] = w_ih[src, k]
-        for k in range(w_hh.shape[1]):
-            w_hh_mine[r, k] = w_hh[src, k]
-        bias_mine[r] = bias[src]
+    for r in range(rows.shape[0]):  # (1-D views: a loop over 2-D indices ran 5x slower)
+        a, b, c, d = w_ih_mine[r], w_ih[rows[r]], w_hh_mine[r], w_hh[rows[r]]
+        for k in range(a.shape[0]):
+            a[k] = b[k]
+        for k in range(c.shape[0]):
+            c[k] = d[k]
+        bias_mine[r] = bias[rows[r]]
     if bp.shape[0] > 0:
         _pack(w_hh_mine, True, bp)
 
@@ -108,8 +108,9 @@ def _take_rows(rows, w_ih, w_hh, bias, w_ih_mine, w_hh_mine, bias_mine, bp):
 def _take_columns(w_hh, u0, u1, w_mine, bp):
     """w_mine = w_hh[:, u0:u1], packed into bp unless bp is empty."""
     for r in range(w_hh.shape[0]):
-        for k in range(u1 - u0):
-            w_mine[r, k] = w_hh[r, u0 + k]
+        a, b = w_mine[r], w_hh[r, u0:u1]
+        for k in range(a.shape[0]):
+            a[k] = b[k]
     if bp.shape[0] > 0:
         _pack(w_mine, False, bp)
 
