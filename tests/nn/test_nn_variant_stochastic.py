@@ -220,7 +220,7 @@ def test_keep_mask_drops_p_and_scales_the_rest(monkeypatch, dtype):
     exactly where uniform_below is 1)."""
     from gatelab.nn.options import keep_mask, uniform_below
 
-    shape = (600, 300)  # 180,000 draws: 3 streams
+    shape = (600, 300)  # 180,000 draws: filled by 2 threads
     masks = []
     for threads in ("1", "2"):
         monkeypatch.setenv("GATELAB_THREADS", threads)
