@@ -212,6 +212,26 @@ def test_gemm_from_numba_equals_numpy(dtype):
         np.testing.assert_allclose(c1, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_tn_from_numba_equals_numpy(dtype):
+    """c = a^T b with a a column slice of a wider array (δA[:, rows] for δW = δA^T X),
+    a single row of a (K = 1), and beta accumulating."""
+    import numpy as np
+
+    from gatelab.engines import _kernels_blas
+
+    if not _kernels_blas.bind():
+        pytest.skip("NumPy's BLAS has no CBLAS symbols here; the Python loop runs instead")
+    r = np.random.default_rng(1)
+    da, x = r.random((11, 12)).astype(dtype), r.random((11, 5)).astype(dtype)
+    c = r.random((7, 5)).astype(dtype)
+    _kernels_blas.gemm_tn_check(da[:, 3:10], x, c, 0.0)  # columns 3..9 of δA: a (11, 7), ld 12
+    np.testing.assert_allclose(c, da[:, 3:10].T @ x, rtol=1e-6)
+    expected = da[:1, 2:9].T @ x[:1] + c
+    _kernels_blas.gemm_tn_check(da[:1, 2:9], x[:1], c, 1.0)  # K = 1, beta = 1
+    np.testing.assert_allclose(c, expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_bfloat16_activations_run_in_float32(mode):
     """bf16 x and state with float32 weights: the result is the float32 computation on

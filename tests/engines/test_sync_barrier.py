@@ -82,3 +82,36 @@ def test_a_failing_thread_does_not_hang_the_others(name):
     done = subprocess.run([sys.executable, "-c", _FAILING_THREAD.format(name=name)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert "raised" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.skipif(fused_parallel._torch_openmp() is None, reason="torch without GNU OpenMP")
+def test_openmp_workers_keep_their_python_thread_state():
+    """A worker of torch's OpenMP pool keeps one Python thread state from team to team
+    (its threading.local survives), teams started from another Python thread run too, and
+    the interpreter still exits cleanly (in a subprocess) with the kept states."""
+    import subprocess
+    import sys
+    import threading
+
+    local = threading.local()
+    seen = []
+
+    def member(j, size):
+        seen.append((j, size, getattr(local, "mark", None)))
+        local.mark = j
+
+    fused_parallel.team(member, 2)
+    k = len(seen)
+    seen.clear()
+    fused_parallel.team(member, 2)
+    assert sorted(j for j, _, _ in seen) == list(range(k))
+    assert all(mark == j for j, _, mark in seen)  # each thread found what it left
+    seen.clear()
+    other = threading.Thread(target=fused_parallel.team, args=(member, 2))
+    other.start()
+    other.join()
+    assert sorted(j for j, _, _ in seen) == list(range(len(seen))) and seen
+    script = ("from gatelab.engines import fused_parallel as p\n"
+              "for _ in range(50): p.team(lambda j, k: None, 2)\nprint('ok')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -11,6 +11,7 @@ be cached: it refers to the names, not to addresses).
         a (M, K), c (M, N) row-major with unit column stride; b (K, N), or (N, K) with
         trans_b (then op(b) = b^T: how a weight matrix (G*H, K) is used).
         M = 1 (a batch of one, or the last rows of a packed batch) calls GEMV instead.
+    gemm_tn(a, b, c, beta):         c = a^T @ b + beta * c   (δW = δA^T X over all steps)
 
 Where NumPy is not linked to an OpenBLAS with CBLAS symbols (another build), `bind()`
 returns False and the engines take their Python-loop path (NumPy matmul per step).
@@ -200,7 +201,40 @@ def _gemm_impl(a, b, c, trans_b, beta):
     return impl
 
 
+def gemm_tn(a, b, c, beta):
+    """c = a^T @ b + beta * c (numba only): a (K, M), b (K, N), c (M, N), each row-major
+    with unit column stride (a may be a column slice, as δA[:, rows] for δW = δA^T X)."""
+    raise NotImplementedError("gemm_tn runs inside numba code")
+
+
+@overload(gemm_tn)
+def _gemm_tn_impl(a, b, c, beta):
+    if not all(isinstance(v, types.Array) for v in (a, b, c)):
+        return None
+    if a.dtype == types.float32:
+        fn = _sgemm
+    elif a.dtype == types.float64:
+        fn = _dgemm
+    else:
+        return None
+
+    def impl(a, b, c, beta):
+        K, M = a.shape
+        N = c.shape[1]
+        if M == 0 or N == 0:
+            return
+        fn(_ROW_MAJOR, _TRANS, _NO_TRANS, M, N, K, 1.0,
+           _data(a), max(a.strides[0] // a.itemsize, M), _data(b), _ld(b), beta, _data(c), _ld(c))
+
+    return impl
+
+
 @njit(nogil=True, cache=True)
 def gemm_check(a, b, c, trans_b, beta):  # for the tests and the workbench
     gemm(a, b, c, trans_b, beta)
+
+
+@njit(nogil=True, cache=True)
+def gemm_tn_check(a, b, c, beta):  # for the tests
+    gemm_tn(a, b, c, beta)
 

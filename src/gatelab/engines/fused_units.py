@@ -18,6 +18,7 @@ from numba import njit
 
 from gatelab.engines import _kernels_sync
 from gatelab.engines._kernels import JIT
+from gatelab.engines._kernels_blas import gemm, gemm_tn
 from gatelab.engines._kernels_gemm import _pack, pack_buffer, scratch
 from gatelab.engines._kernels_sync import abort
 from gatelab.engines.fused_common import numba_loop
@@ -174,18 +175,33 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
     when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...). Measured at
     (T*B, H, I) = (3200, 256, 128), 2 threads: 14.3 ms against 15.1 for four GEMMs each,
     one per gate block of the thread's own units (OpenBLAS packs h_prev2 for each).
+    In numba, without the GIL: through NumPy's matmul the two threads handed the GIL to
+    each other around every product (at (1,16,64,128) ~100 µs a thread for ~5 µs of GEMMs).
     """
-    r = slice(*units(j, size, G * H))  # my rows of δW, δb
-    if "dw_ih" in out:
-        np.matmul(d_in[:, r].T, x2, out=out["dw_ih"][r])  # (rows, T*B) x (T*B, I)
-    if "dw_hh" in out:
-        np.matmul(d_rec[:, r].T, h_prev2, out=out["dw_hh"][r])  # (rows, T*B) x (T*B, H)
-    ones = np.ones(d_in.shape[0], d_in.dtype)
-    if "db_ih" in out:
-        np.matmul(ones, d_in[:, r], out=out["db_ih"][r])  # Σ over steps and rows
-    if "db_hh" in out:
-        np.matmul(ones, d_rec[:, r], out=out["db_hh"][r])
-    if "dx" in out:
-        r0, r1 = units(j, size, d_in.shape[0])
-        dx2 = out["dx"].reshape(d_in.shape[0], -1)  # (T*B, I), a view
-        np.matmul(d_in[r0:r1], w_ih, out=dx2[r0:r1])  # (rows, G*H) x (G*H, I)
+    dt = d_in.dtype
+    none2 = np.empty((0, 0), dt)
+    none1 = np.empty(0, dt)
+    dx = out.get("dx")
+    _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), d_in, d_rec,
+                   x2, none2 if h_prev2 is None else h_prev2, w_ih, out.get("dw_ih", none2),
+                   out.get("dw_hh", none2), out.get("db_ih", none1), out.get("db_hh", none1),
+                   none2 if dx is None else dx.reshape(d_in.shape[0], -1))
+
+
+@njit(**JIT)
+def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2):
+    """grads_of_my_rows' products: rows [r0, r1) of δW_ih = δA_in^T X, δW_hh = δA_rec^T
+    H_prev, δb_ih = Σ_rows δA_in, δb_hh = Σ_rows δA_rec and rows [q0, q1) of δX = δA_in W_ih,
+    each skipped where its array is empty."""
+    if dw_ih.shape[0] > 0:
+        gemm_tn(d_in[:, r0:r1], x2, dw_ih[r0:r1], 0.0)  # (rows, T*B) x (T*B, I)
+    if dw_hh.shape[0] > 0:
+        gemm_tn(d_rec[:, r0:r1], h_prev2, dw_hh[r0:r1], 0.0)  # (rows, T*B) x (T*B, H)
+    if db_ih.shape[0] > 0 or db_hh.shape[0] > 0:
+        ones = np.ones((1, d_in.shape[0]), d_in.dtype)  # Σ over steps and rows, as GEMV
+        if db_ih.shape[0] > 0:
+            gemm(ones, d_in[:, r0:r1], db_ih[r0:r1].reshape((1, r1 - r0)), False, 0.0)
+        if db_hh.shape[0] > 0:
+            gemm(ones, d_rec[:, r0:r1], db_hh[r0:r1].reshape((1, r1 - r0)), False, 0.0)
+    if dx2.shape[0] > 0:
+        gemm(d_in[q0:q1], w_ih, dx2[q0:q1], False, 0.0)  # (rows, G*H) x (G*H, I)

@@ -32,7 +32,9 @@ import sys
 import threading
 
 import numpy as np
+from numba import njit
 
+from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import count_from_env
 
 LINE = 64  # every array starts on a cache line: the units split's threads write the two halves of
@@ -91,7 +93,7 @@ def _take(nbytes: int) -> np.ndarray | None:
                 return None
         buf = np.empty(nbytes, np.uint8)
         _buffers[nbytes].append(buf)
-        _starts[id(buf)] = -buf.ctypes.data % LINE
+        _starts[id(buf)] = -_address(buf) % LINE
         return buf
 
 
@@ -103,10 +105,16 @@ def empty(shape, dtype) -> np.ndarray:
     buf = _take(nbytes + LINE) if nbytes >= MIN_BYTES else None
     if buf is None:
         buf = np.empty(nbytes + LINE, np.uint8)
-        start = -buf.ctypes.data % LINE  # (reading the address costs 1.4 µs: pooled buffers keep theirs)
+        start = -_address(buf) % LINE  # (pooled buffers keep theirs)
     else:
         start = _starts[id(buf)]
     return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+@njit(**JIT)
+def _address(a):
+    """a's address (0.2 µs; NumPy's a.ctypes.data costs 1.4)."""
+    return a.ctypes.data
 
 
 def copy(a: np.ndarray) -> np.ndarray:
