@@ -30,3 +30,28 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def engine_threads_as_asked(request, monkeypatch):
+    """The tests' shapes are tiny, and the fused engine keeps a call with too little work
+    to one thread (fused_parallel.MIN_CALL_MACS): here every call with GATELAB_THREADS > 1
+    gets its threads, as the tests of row blocks and units splits need, but in the tests of
+    that threshold (fixture real_call_threshold). It also drops to one thread for a while
+    when its threads wait long at their barriers (another process on a core:
+    _kernels_sync.contended); two pytest workers on two cores are exactly that, so no team
+    counts as contended, but in the tests of contended() (fixture fresh_contention)."""
+    from gatelab.engines import _kernels_sync, fused_parallel
+
+    if "real_call_threshold" not in request.fixturenames:
+        monkeypatch.setattr(fused_parallel, "MIN_CALL_MACS", 0)
+    if "fresh_contention" not in request.fixturenames:
+        monkeypatch.setattr(_kernels_sync, "MIN_YIELDS", float("inf"))
+
+
+@pytest.fixture
+def real_call_threshold():
+    """fused_parallel.MIN_CALL_MACS as shipped (see engine_threads_as_asked)."""
+    from gatelab.engines import fused_parallel
+
+    return fused_parallel.MIN_CALL_MACS

@@ -255,8 +255,25 @@ def run(args) -> int:
             blas[1](before[1])
 
 
-def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, dtype) -> int:
+def _fallbacks() -> int:
+    from gatelab.engines import _kernels_sync
 
+    return _kernels_sync.contention_events()
+
+
+def _note_fallbacks(before: int) -> int:
+    """How many times the engine fell back to one thread during the run (its threads waited
+    at their barriers: another process held a core); says so when it did."""
+    n = _fallbacks() - before
+    if n:
+        print(f"note: the fused engine ran on one thread for a while {n} time(s) during this run: its "
+              "threads waited at their barriers (another process held a core?); times taken then are "
+              "not those of an idle machine")
+    return n
+
+
+def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, dtype) -> int:
+    fallbacks_before = _fallbacks()
     info = machine_info(torch, numpy)
     peak = gemm_peak(torch, numpy, n=512 if args.quick else 2048, repeats=3 if args.quick else 5,
                      clock=clock)
@@ -298,11 +315,12 @@ def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, 
                       f"{med['torch'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} "
                       f"{row['speedup']:8.2f} {row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
                       f"{row['fraction_of_peak']:7.0%} {gates}", flush=True)
+    fallbacks = _note_fallbacks(fallbacks_before)
     if args.json:
         report = {"machine": info, "gemm_peak_gflops": peak, "backend": args.backend,
                   "clock": args.clock,
                   "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
-                  "results": results}
+                  "one_thread_fallbacks": fallbacks, "results": results}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")
@@ -462,6 +480,7 @@ def _variant_contenders(torch, gnn, variant, shape, backend, dtype):
 
 
 def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, variants, dtype) -> int:
+    fallbacks_before = _fallbacks()
     info = machine_info(torch, numpy)
     print(f"gatelab bench --variants: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
           f"({info['torch_threads']} threads), engine threads {info['engine_threads']} "
@@ -493,9 +512,11 @@ def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, varia
         print(f"{variant:24} {','.join(map(str, shape)):>16} {engine:6} "
               f"{med['plain fused'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} {vs_plain:7.2f} "
               f"{med['loop'] * 1e3:9.2f} {vs_loop:7.2f}  {marks}", flush=True)
+    fallbacks = _note_fallbacks(fallbacks_before)
     if args.json:
         report = {"machine": info, "mode": "variants", "backend": args.backend, "clock": args.clock,
-                  "dtype": args.dtype, "repeats": repeats, "warmup": warmup, "results": results}
+                  "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
+                  "one_thread_fallbacks": fallbacks, "results": results}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")

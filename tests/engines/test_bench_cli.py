@@ -20,6 +20,7 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     report = json.loads(path.read_text())
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
     assert set(report["gemm_peak_gflops"]) == {"numpy", "torch"}
+    assert report["one_thread_fallbacks"] == 0 and "note:" not in printed
     rows = report["results"]
     assert {(r["cell"], r["kind"]) for r in rows} == {
         (c, k) for c in ("LSTM", "GRU") for k in ("inference", "training")}
@@ -27,6 +28,20 @@ def test_bench_quick_writes_json(tmp_path, capsys):
         assert len(r["times_s"]["torch"]) == len(r["times_s"]["gatelab"]) == report["repeats"]
         assert r["speedup"] > 0 and r["gflops"] > 0 and "gates_overhead" in r
         assert f"{r['speedup']:8.2f}" in printed
+
+
+def test_bench_says_when_the_engine_fell_back_to_one_thread(tmp_path, capsys, monkeypatch):
+    """A run during which the engine kept to one thread for a while (its threads waited at
+    their barriers) says so, and its JSON counts the fallbacks."""
+    from gatelab.engines import _kernels_sync
+
+    events = iter([3, 5])  # before the run, after it
+    monkeypatch.setattr(_kernels_sync, "contention_events", lambda: next(events))
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--cells", "GRU", "--kinds", "inference", "--threads", "1",
+                 "--json", str(path)]) == 0
+    assert "note: the fused engine ran on one thread for a while 2 time(s)" in capsys.readouterr().out
+    assert json.loads(path.read_text())["one_thread_fallbacks"] == 2
 
 
 def test_bench_rejects_bad_shapes(capsys):

@@ -47,7 +47,8 @@ _FAILING_THREAD = """
 import torch
 from gatelab import nn as gnn
 from gatelab.engines import fused_lstm_units as units, fused_units
-fused_units.MIN_STEP_MACS, fused_units.MIN_UNITS = 0, 1
+from gatelab.engines import fused_parallel
+fused_units.MIN_STEP_MACS, fused_units.MIN_UNITS, fused_parallel.MIN_CALL_MACS = 0, 1, 0
 real = units.{name}
 
 def failing(j, *args):
@@ -115,3 +116,129 @@ def test_openmp_workers_keep_their_python_thread_state():
               "for _ in range(50): p.team(lambda j, k: None, 2)\nprint('ok')")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.fixture
+def fresh_contention(monkeypatch):
+    """contended()'s state as in a new process, restored after the test."""
+    monkeypatch.setattr(_kernels_sync, "_state", {**_kernels_sync._state, "quiet_until": 0.0,
+                                                  "back_off": _kernels_sync.BACK_OFF_S})
+    monkeypatch.setattr(_kernels_sync, "_recent", __import__("collections").deque(maxlen=8))
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(_kernels_sync, "_clock", lambda: clock["now"])
+    return clock
+
+
+def _team_record(arrivals, yields):
+    counter = _kernels_sync.new_counter()
+    counter[0], counter[_kernels_sync.YIELDS] = arrivals, yields
+    return counter
+
+
+def test_a_waiting_thread_counts_its_yields(fresh_contention):
+    """Thread 1 arrives 30 ms late: thread 0 yields while it waits, the team's counter says
+    so, and contended() then keeps the engine to one thread for BACK_OFF_S."""
+    import time
+
+    counter = _kernels_sync.new_counter()
+    marks = np.zeros((2, 1), np.int64)
+    sizes = []
+
+    def member(j, size):
+        sizes.append(size)
+        if j == 1:
+            time.sleep(0.03)
+        _kernels_sync.barrier_check(counter, 1, size, marks, j)
+
+    fused_parallel.team(member, 2)
+    if sizes[0] < 2:
+        pytest.skip("OpenMP gave a team of one")
+    assert counter[_kernels_sync.YIELDS] >= _kernels_sync.MIN_YIELDS  # ~3 µs a yield: thousands
+    assert _kernels_sync.contended()
+    fresh_contention["now"] += _kernels_sync.BACK_OFF_S + 0.01
+    assert not _kernels_sync.contended()
+
+
+def test_contended_backs_off_longer_while_it_lasts(fresh_contention):
+    clock = fresh_contention
+    assert not _kernels_sync.contended()  # nothing ran yet
+    _team_record(arrivals=20, yields=50)  # an ordinary team: a few yields
+    assert not _kernels_sync.contended()
+    _team_record(arrivals=20, yields=20 * _kernels_sync.YIELDS_PER_ARRIVAL)
+    assert _kernels_sync.contended()
+    clock["now"] += 0.99 * _kernels_sync.BACK_OFF_S
+    assert _kernels_sync.contended()
+    clock["now"] += 0.02 * _kernels_sync.BACK_OFF_S
+    assert not _kernels_sync.contended()
+    _team_record(arrivals=20, yields=10_000)  # still contended at the probe: twice as long
+    assert _kernels_sync.contended()
+    clock["now"] += 1.5 * _kernels_sync.BACK_OFF_S
+    assert _kernels_sync.contended()
+    clock["now"] += 0.6 * _kernels_sync.BACK_OFF_S
+    assert not _kernels_sync.contended()
+    _team_record(arrivals=20, yields=0)  # the probe ran freely: back to the shortest back-off
+    assert not _kernels_sync.contended()
+    _team_record(arrivals=20, yields=10_000)
+    assert _kernels_sync.contended()
+    clock["now"] += 1.01 * _kernels_sync.BACK_OFF_S
+    assert not _kernels_sync.contended()
+    _team_record(arrivals=2, yields=_kernels_sync.MIN_YIELDS - 1)  # one barrier, a short wait: not enough
+    assert not _kernels_sync.contended()
+
+
+def test_a_contended_machine_runs_the_engine_on_one_thread(monkeypatch):
+    """While contended() holds, fused_cpu gives no team a second thread (neither a units split
+    nor row blocks), and the results are those of the split run."""
+    import torch
+
+    from gatelab import nn as gnn
+    from gatelab.engines import fused_units
+
+    monkeypatch.setenv("GATELAB_THREADS", "2")
+    monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
+    monkeypatch.setattr(fused_units, "MIN_UNITS", 1)
+    model = gnn.LSTM(3, 8, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    teams = []
+    real_team = fused_parallel.team
+    monkeypatch.setattr(fused_parallel, "team", lambda fn, n, **kw: (teams.append(n), real_team(fn, n, **kw))[1])
+    from gatelab.engines import fused_lstm_units
+
+    monkeypatch.setattr(fused_lstm_units, "team", fused_parallel.team)
+    split, _ = model(x)
+    assert teams == [2]
+    teams.clear()
+    monkeypatch.setattr(_kernels_sync, "contended", lambda: True)
+    alone, _ = model(x)
+    assert teams == []
+    torch.testing.assert_close(alone, split, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_a_call_with_little_work_runs_on_one_thread(monkeypatch, real_call_threshold, mode):
+    """Below MIN_CALL_MACS (T·B·G·H·(I + H)) a team costs more than it saves: no team runs,
+    whether units or row blocks; above it the same module splits. Results agree."""
+    import torch
+
+    from gatelab import nn as gnn
+    from gatelab.engines import fused_lstm_units, fused_gru_units
+
+    monkeypatch.setenv("GATELAB_THREADS", "2")
+    teams = []
+    real_team = fused_parallel.team
+    counting = lambda fn, n, **kw: (teams.append(n), real_team(fn, n, **kw))[1]  # noqa: E731
+    for module in (fused_parallel, fused_lstm_units, fused_gru_units):
+        monkeypatch.setattr(module, "team", counting)
+    model = getattr(gnn, mode)(32, 128)
+    G = 4 if mode == "LSTM" else 3
+    per_step = 4 * G * 128 * (32 + 128)  # B = 4: one row block, so the units split
+    short = torch.randn(max(1, real_call_threshold // per_step - 1), 4, 32)
+    assert short.shape[0] * per_step < real_call_threshold
+    model(short)
+    assert teams == []
+    long = torch.randn(real_call_threshold // per_step + 2, 4, 32)
+    split, _ = model(long)
+    assert teams and all(n == 2 for n in teams)
+    monkeypatch.setattr(fused_parallel, "MIN_CALL_MACS", 10 * long.shape[0] * per_step)
+    alone, _ = model(long)
+    torch.testing.assert_close(alone, split, rtol=1e-5, atol=1e-5)

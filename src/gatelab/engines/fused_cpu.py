@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from gatelab.engines import GATE_ROWS, _kernels_blas, fused_lstm_family, fused_parallel, fused_units
+from gatelab.engines import GATE_ROWS, _kernels_blas, _kernels_sync, fused_lstm_family, fused_parallel, fused_units
 from gatelab.engines.fused_common import numba_loop, schedule
 
 NAME = "fused"
@@ -105,7 +105,10 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     # the LSTM and the GRU (every variant but layer_norm and the GRU's reset_after=False)
     # split each step's units between the threads instead where it pays
     threads = fused_parallel.threads() if _kernels_blas.sync_threads() == 1 else 1
-    B = x.shape[1]  # x (T, B, I)
+    T, B, I = x.shape  # (T, B, I)
+    if threads > 1 and (T * B * GATE_ROWS[spec.mode] * spec.hidden_size * (I + spec.out_size)
+                        < fused_parallel.MIN_CALL_MACS or _kernels_sync.contended()):
+        threads = 1  # too little work for a team, or another process holds a core
     units = 1  # threads splitting each step's units (1: none)
     if not spec.layer_norm and (spec.mode == "LSTM" or (spec.mode == "GRU" and spec.reset_after)):
         units = fused_units.unit_threads(threads, B, spec.hidden_size, GATE_ROWS[spec.mode],

@@ -43,6 +43,10 @@ import torch
 from gatelab.engines._kernels_blas import count_from_env
 
 MIN_ROWS = 4  # rows per block below which a block's GEMMs are too thin to pay for a thread
+MIN_CALL_MACS = 1 << 22  # a layer-direction's forward multiply-adds (T·B·G·H·(I + H)) below which
+# one thread is faster: a team costs ~60-100 µs (copies of each thread's weights, wake-ups). LSTM
+# inference, 1 thread against 2: (1,16,64,128) 295 against 362 µs, (1,1,128,512) 344 against
+# 594; even at (5,16,64,128) 501 / 493 and (10,1,128,256) 499 / 517 (7.9M and 3.9M).
 _pool = {"size": 0, "executor": None, "lock": threading.Lock(), "kept": set()}
 
 
