@@ -136,23 +136,32 @@ def _team_record(arrivals, yields):
 
 
 def test_a_waiting_thread_counts_its_yields(fresh_contention):
-    """Thread 1 arrives 30 ms late: thread 0 yields while it waits, the team's counter says
-    so, and contended() then keeps the engine to one thread for BACK_OFF_S."""
+    """Thread 1 arrives 30 ms late at the first barrier, which is not counted (it waits for
+    the later thread's start), then 30 ms late at the second: thread 0 yields while it
+    waits, the team's counter says so, and contended() then keeps the engine to one thread
+    for BACK_OFF_S."""
     import time
 
     counter = _kernels_sync.new_counter()
     marks = np.zeros((2, 1), np.int64)
-    sizes = []
+    sizes, yields_after_first = [], []
+    for first in ((), (1,)):  # compiled now, not while the other thread waits
+        _kernels_sync.barrier_check(np.zeros(16, np.int64), 1, 1, marks, 0, *first)
 
     def member(j, size):
         sizes.append(size)
         if j == 1:
             time.sleep(0.03)
         _kernels_sync.barrier_check(counter, 1, size, marks, j)
+        if j == 1:
+            yields_after_first.append(int(counter[_kernels_sync.YIELDS]))
+            time.sleep(0.03)
+        _kernels_sync.barrier_check(counter, 1, size, marks, j, first=1)
 
     fused_parallel.team(member, 2)
     if sizes[0] < 2:
         pytest.skip("OpenMP gave a team of one")
+    assert yields_after_first == [0]
     assert counter[_kernels_sync.YIELDS] >= _kernels_sync.MIN_YIELDS  # ~3 µs a yield: thousands
     assert _kernels_sync.contended()
     fresh_contention["now"] += _kernels_sync.BACK_OFF_S + 0.01

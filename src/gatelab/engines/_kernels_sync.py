@@ -27,8 +27,10 @@ busy machine.
         core taken by a busy loop, 2 threads against 1: LSTM inference (10,16,64,128) 3.4
         against 0.73 ms; training (50,16,64,128) 12.0 against ~5, (100,1,128,256) 44 against
         ~5 (idle machine: 0.60, 4.2, 3.5 ms on 2 threads). A team counts its threads'
-        yields: idle, a median of 0.2-0.7 a barrier arrival at T >= 10 (at most 17 in 90
-        calls); with the busy loop, medians of 29-110.
+        yields after its first barrier (which waits for the later thread's start and input
+        projection: tens of ms at (256,32,512,512), idle): idle, at most 5.8 a barrier
+        arrival in 340 teams over the benchmark's shapes (medians 0.04-0.84); with the busy
+        loop, 28 to 100 % of the teams at each shape had 20 or more (medians 0.5-157).
 """
 
 from __future__ import annotations
@@ -177,26 +179,30 @@ def arrive_and_wait(counter, generation, k):
     _fetch_add(counter, 1)
     target = k * (generation + 1)
     spins = 0
+    yields = 0
     while _load_acquire(counter, 0) < target:
         spins += 1
         if spins == SPINS_PER_YIELD:
             if _load_acquire(counter, ABORT) != 0:
                 return False
             _yield()
-            _fetch_add_at(counter, YIELDS, 1)
+            yields += 1
             spins = 0
+    if yields > 0 and generation > 0:  # (the first barrier waits for the later thread's start
+        _fetch_add_at(counter, YIELDS, yields)  # and its input projection: not a sign of contention)
     return True
 
 
 @njit(nogil=True, cache=True)
-def barrier_check(counter, rounds, k, marks, j):  # for the tests: k threads, `rounds` barriers
+def barrier_check(counter, rounds, k, marks, j, first=0):  # for the tests: k threads, `rounds` barriers
     """Thread j writes marks[j, r] = r + 1 before barrier r and checks every other thread's
     mark of round r after it; returns the number of marks found missing (0 when correct),
-    or -1 when the team was aborted."""
+    or -1 when the team was aborted. first: the generation of round 0 (barriers the team
+    passed before)."""
     missing = 0
     for r in range(rounds):
         marks[j, r] = r + 1
-        if not arrive_and_wait(counter, r, k):
+        if not arrive_and_wait(counter, first + r, k):
             return -1
         for other in range(k):
             if marks[other, r] != r + 1:
