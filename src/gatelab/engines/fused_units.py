@@ -176,7 +176,7 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
     (T*B, H, I) = (3200, 256, 128), 2 threads: 14.3 ms against 15.1 for four GEMMs each,
     one per gate block of the thread's own units (OpenBLAS packs h_prev2 for each).
     In numba, without the GIL: through NumPy's matmul the two threads handed the GIL to
-    each other around every product (at (1,16,64,128) ~100 µs a thread for ~5 µs of GEMMs).
+    each other around every product (at (1,16,64,128) ~100 µs a thread for ~40 µs of GEMMs).
     """
     dt = d_in.dtype
     none2 = np.empty((0, 0), dt)
