@@ -46,7 +46,7 @@ def engine_threads_as_asked(request, monkeypatch):
     if "real_call_threshold" not in request.fixturenames:
         monkeypatch.setattr(fused_parallel, "MIN_CALL_MACS", 0)
     if "fresh_contention" not in request.fixturenames:
-        monkeypatch.setattr(_kernels_sync, "MIN_YIELDS", float("inf"))
+        monkeypatch.setattr(_kernels_sync, "YIELDS_PER_ARRIVAL", float("inf"))
 
 
 @pytest.fixture

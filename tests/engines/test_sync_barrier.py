@@ -120,79 +120,92 @@ def test_openmp_workers_keep_their_python_thread_state():
 
 @pytest.fixture
 def fresh_contention(monkeypatch):
-    """contended()'s state as in a new process, restored after the test."""
+    """contended()'s state as in a new process, restored after the test; its clock by hand."""
+    import collections
+
     monkeypatch.setattr(_kernels_sync, "_state", {**_kernels_sync._state, "quiet_until": 0.0,
-                                                  "back_off": _kernels_sync.BACK_OFF_S})
-    monkeypatch.setattr(_kernels_sync, "_recent", __import__("collections").deque(maxlen=8))
+                                                  "back_off": _kernels_sync.BACK_OFF_S, "events": 0})
+    monkeypatch.setattr(_kernels_sync, "_recent", collections.deque(maxlen=8))
+    monkeypatch.setattr(_kernels_sync, "_history", collections.deque(maxlen=_kernels_sync.HISTORY))
     clock = {"now": 1000.0}
     monkeypatch.setattr(_kernels_sync, "_clock", lambda: clock["now"])
     return clock
 
 
-def _team_record(arrivals, yields):
+def _team_record(arrivals, yields, long_waits):
     counter = _kernels_sync.new_counter()
-    counter[0], counter[_kernels_sync.YIELDS] = arrivals, yields
+    counter[0], counter[_kernels_sync.YIELDS], counter[_kernels_sync.LONG_WAITS] = arrivals, yields, long_waits
     return counter
 
 
 def test_a_waiting_thread_counts_its_yields(fresh_contention):
     """Thread 1 arrives 30 ms late at the first barrier, which is not counted (it waits for
     the later thread's start), then 30 ms late at the second: thread 0 yields while it
-    waits, the team's counter says so, and contended() then keeps the engine to one thread
-    for BACK_OFF_S."""
+    waits, a time slice's worth and more. Two such teams: contended() keeps the engine to
+    one thread for BACK_OFF_S."""
     import time
 
-    counter = _kernels_sync.new_counter()
     marks = np.zeros((2, 1), np.int64)
-    sizes, yields_after_first = [], []
     for first in ((), (1,)):  # compiled now, not while the other thread waits
         _kernels_sync.barrier_check(np.zeros(16, np.int64), 1, 1, marks, 0, *first)
+    for team_number in range(2):
+        assert not _kernels_sync.contended()
+        counter = _kernels_sync.new_counter()
+        sizes, yields_after_first = [], []
 
-    def member(j, size):
-        sizes.append(size)
-        if j == 1:
-            time.sleep(0.03)
-        _kernels_sync.barrier_check(counter, 1, size, marks, j)
-        if j == 1:
-            yields_after_first.append(int(counter[_kernels_sync.YIELDS]))
-            time.sleep(0.03)
-        _kernels_sync.barrier_check(counter, 1, size, marks, j, first=1)
+        def member(j, size):
+            sizes.append(size)
+            if j == 1:
+                time.sleep(0.03)
+            _kernels_sync.barrier_check(counter, 1, size, marks, j)
+            if j == 1:
+                yields_after_first.append(int(counter[_kernels_sync.YIELDS]))
+                time.sleep(0.03)
+            _kernels_sync.barrier_check(counter, 1, size, marks, j, first=1)
 
-    fused_parallel.team(member, 2)
-    if sizes[0] < 2:
-        pytest.skip("OpenMP gave a team of one")
-    assert yields_after_first == [0]
-    assert counter[_kernels_sync.YIELDS] >= _kernels_sync.MIN_YIELDS  # ~3 µs a yield: thousands
+        fused_parallel.team(member, 2)
+        if sizes[0] < 2:
+            pytest.skip("OpenMP gave a team of one")
+        assert yields_after_first == [0]
+        assert counter[_kernels_sync.LONG_WAITS] == 1  # ~3 µs a yield: thousands in 30 ms
+        assert counter[_kernels_sync.YIELDS] >= _kernels_sync.LONG_WAIT_YIELDS
     assert _kernels_sync.contended()
+    assert _kernels_sync.contention_events() == 1
     fresh_contention["now"] += _kernels_sync.BACK_OFF_S + 0.01
     assert not _kernels_sync.contended()
 
 
 def test_contended_backs_off_longer_while_it_lasts(fresh_contention):
     clock = fresh_contention
+    busy = dict(arrivals=20, yields=20 * _kernels_sync.YIELDS_PER_ARRIVAL, long_waits=1)
     assert not _kernels_sync.contended()  # nothing ran yet
-    _team_record(arrivals=20, yields=50)  # an ordinary team: a few yields
+    _team_record(arrivals=20, yields=50, long_waits=0)  # an ordinary team: a few yields
+    _team_record(arrivals=20, yields=19 * _kernels_sync.YIELDS_PER_ARRIVAL, long_waits=1)  # one slow wait
+    _team_record(arrivals=20, yields=10_000, long_waits=0)  # a slower core: waits, none a time slice
     assert not _kernels_sync.contended()
-    _team_record(arrivals=20, yields=20 * _kernels_sync.YIELDS_PER_ARRIVAL)
-    assert _kernels_sync.contended()
+    _team_record(**busy)
+    assert not _kernels_sync.contended()  # one contended team of the last four
+    _team_record(**busy)
+    assert _kernels_sync.contended()  # two
     clock["now"] += 0.99 * _kernels_sync.BACK_OFF_S
     assert _kernels_sync.contended()
     clock["now"] += 0.02 * _kernels_sync.BACK_OFF_S
     assert not _kernels_sync.contended()
-    _team_record(arrivals=20, yields=10_000)  # still contended at the probe: twice as long
+    _team_record(**busy)
+    _team_record(**busy)  # still contended at the probe: twice as long
     assert _kernels_sync.contended()
     clock["now"] += 1.5 * _kernels_sync.BACK_OFF_S
     assert _kernels_sync.contended()
     clock["now"] += 0.6 * _kernels_sync.BACK_OFF_S
     assert not _kernels_sync.contended()
-    _team_record(arrivals=20, yields=0)  # the probe ran freely: back to the shortest back-off
+    _team_record(arrivals=20, yields=0, long_waits=0)  # the probe ran freely: back to the shortest back-off
     assert not _kernels_sync.contended()
-    _team_record(arrivals=20, yields=10_000)
+    _team_record(**busy)
+    _team_record(**busy)
     assert _kernels_sync.contended()
     clock["now"] += 1.01 * _kernels_sync.BACK_OFF_S
     assert not _kernels_sync.contended()
-    _team_record(arrivals=2, yields=_kernels_sync.MIN_YIELDS - 1)  # one barrier, a short wait: not enough
-    assert not _kernels_sync.contended()
+    assert _kernels_sync.contention_events() == 3
 
 
 def test_a_contended_machine_runs_the_engine_on_one_thread(monkeypatch):

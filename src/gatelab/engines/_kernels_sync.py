@@ -28,9 +28,14 @@ busy machine.
         against 0.73 ms; training (50,16,64,128) 12.0 against ~5, (100,1,128,256) 44 against
         ~5 (idle machine: 0.60, 4.2, 3.5 ms on 2 threads). A team counts its threads'
         yields after its first barrier (which waits for the later thread's start and input
-        projection: tens of ms at (256,32,512,512), idle): idle, at most 5.8 a barrier
-        arrival in 340 teams over the benchmark's shapes (medians 0.04-0.84); with the busy
-        loop, 28 to 100 % of the teams at each shape had 20 or more (medians 0.5-157).
+        projection: tens of ms at (256,32,512,512), idle), and its waits of a time slice
+        (LONG_WAIT_YIELDS, ~3 ms); a team is contended with YIELDS_PER_ARRIVAL yields a
+        barrier arrival and one such wait, and the engine turns to one thread when
+        CONTENDED_TEAMS of the last HISTORY teams were. Idle, at most 5.8 yields an arrival
+        in 340 teams over the benchmark's shapes (medians 0.04-0.84; ~20 in the host's slow
+        phases, when one core runs slower, a case one thread would not help) and a long
+        wait in 1 of 200; with the busy loop, 28 to 100 % of the teams at each shape had 20
+        yields an arrival or more (medians 0.5-157), and 14-95 % a long wait.
 """
 
 from __future__ import annotations
@@ -50,11 +55,14 @@ from numba.extending import intrinsic
 from gatelab.engines import _kernels_blas
 
 SPINS_PER_YIELD = 2000
-MIN_YIELDS = 200  # a team's yields, and yields per barrier arrival, past which it was contended
-YIELDS_PER_ARRIVAL = 20
+LONG_WAIT_YIELDS = 1000  # ~2.5-3 ms: a partner descheduled for a time slice, not a slower step
+YIELDS_PER_ARRIVAL = 20  # a contended team: this many yields a barrier arrival, and a long wait
+CONTENDED_TEAMS = 2  # of the last HISTORY teams, to turn to one thread
+HISTORY = 4
 BACK_OFF_S, MAX_BACK_OFF_S = 1.0, 16.0
 _state = {"bound": None, "quiet_until": 0.0, "back_off": BACK_OFF_S, "events": 0}
 _recent = collections.deque(maxlen=8)  # the latest teams' counters, for contended()
+_history = collections.deque(maxlen=HISTORY)  # whether each of the last teams judged was contended
 log = logging.getLogger("gatelab.engines")
 _clock = time.monotonic
 _yield = types.ExternalFunction("gatelab_sched_yield", types.int32())
@@ -125,6 +133,7 @@ def _fetch_add_at(typingctx, counter, index, value):
 
 ABORT = 8  # counter[ABORT] != 0: a thread of the team failed; the others stop waiting
 YIELDS = 9  # counter[YIELDS]: how many times the team's threads yielded while waiting
+LONG_WAITS = 10  # counter[LONG_WAITS]: waits of LONG_WAIT_YIELDS yields or more
 
 
 def new_counter():
@@ -144,15 +153,20 @@ def contended() -> bool:
     now = _clock()
     while _recent:
         counter = _recent.popleft()
-        arrivals, yields = int(counter[0]), int(counter[YIELDS])
-        if yields >= MIN_YIELDS and yields >= YIELDS_PER_ARRIVAL * arrivals:
+        arrivals, yields, long_waits = int(counter[0]), int(counter[YIELDS]), int(counter[LONG_WAITS])
+        if arrivals == 0:
+            continue
+        _history.append(long_waits > 0 and yields >= YIELDS_PER_ARRIVAL * arrivals)
+        if sum(_history) >= CONTENDED_TEAMS:
+            _history.clear()
             back_off = _state["back_off"] if now < _state["quiet_until"] + MAX_BACK_OFF_S else BACK_OFF_S
             _state["quiet_until"] = now + back_off
             _state["back_off"] = min(2 * back_off, MAX_BACK_OFF_S)
             _state["events"] += 1
-            log.debug("units split: threads waited %d times for %d arrivals (another process on a "
-                      "core?); one thread for %.0f s", yields, arrivals, back_off)
-        elif arrivals > 0 and now >= _state["quiet_until"]:
+            log.debug("units split: threads waited %d times for %d arrivals, %d times for a time slice "
+                      "(another process on a core?); one thread for %.0f s", yields, arrivals, long_waits,
+                      back_off)
+        elif not _history[-1] and now >= _state["quiet_until"]:
             _state["back_off"] = BACK_OFF_S  # a team ran without waiting: start again from 1 s
     return now < _state["quiet_until"]
 
@@ -190,6 +204,8 @@ def arrive_and_wait(counter, generation, k):
             spins = 0
     if yields > 0 and generation > 0:  # (the first barrier waits for the later thread's start
         _fetch_add_at(counter, YIELDS, yields)  # and its input projection: not a sign of contention)
+        if yields >= LONG_WAIT_YIELDS:
+            _fetch_add_at(counter, LONG_WAITS, 1)
     return True
 
 
