@@ -148,7 +148,7 @@ def test_a_waiting_thread_counts_its_yields(fresh_contention):
     marks = np.zeros((2, 1), np.int64)
     for first in ((), (1,)):  # compiled now, not while the other thread waits
         _kernels_sync.barrier_check(np.zeros(16, np.int64), 1, 1, marks, 0, *first)
-    for team_number in range(2):
+    for _ in range(2):
         assert not _kernels_sync.contended()
         counter = _kernels_sync.new_counter()
         sizes, yields_after_first = [], []
