@@ -291,6 +291,7 @@ UNIT_VARIANTS = [  # every variant but layer_norm (LSTM: and projection; GRU: an
     ("LSTM", dict(coupled_gates=True, gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1)),
     ("LSTM", dict(remove={"output_gate", "candidate_activation"}, forget_bias=1.0, recurrent_dropout=0.5)),
     ("LSTM", dict(remove={"forget_gate", "input_gate", "output_activation"}, zoneout=(0.0, 0.4))),
+    ("LSTM", dict(peephole=True, remove={"input_gate", "output_activation"})),  # no mask: h = m, written by the pass
     ("GRU", dict(zoneout=0.3, recurrent_dropout=0.25, weight_drop=0.3)),
     ("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1)),
 ]
@@ -311,6 +312,7 @@ def test_units_split_variants_equal_the_reference(units_split, mode, options, tr
 
 
 @pytest.mark.parametrize(("mode", "options"), [("LSTM", dict(peephole=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2)),
+                                               ("LSTM", dict(coupled_gates=True, peephole=True)),
                                                ("GRU", dict(zoneout=0.2, recurrent_dropout=0.2))])
 def test_units_split_variant_records_the_same_gates(units_split, monkeypatch, mode, options):
     torch.manual_seed(3)

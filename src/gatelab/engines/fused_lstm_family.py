@@ -100,13 +100,47 @@ def _cell_grad(y, kind):
     return ds if kind else dt
 
 
+# The passes below take the activation kinds as arguments: called with the constants 0, 0
+# (σ and tanh, by far the most common) LLVM folds the selects of _gate and _cell and drops
+# hard_sigmoid and softsign, which the run-time kinds compute alongside (at (100,32,128,256)
+# the ablations' training took 5 % over the plain cell's with them).
+@njit(inline="always")
+def _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, gk, ck, coupled, no_f, no_i, no_g):
+    """f i g from their pre-activations, branch-free (selects only), so that it vectorises."""
+    for j in range(U):
+        a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
+        fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
+        f = one(a_f) if no_f else fv
+        f_[j] = f
+        i_[j] = one(a_f) - f if coupled else (one(a_f) if no_i else iv)
+        g_[j] = a_g if no_g else gv
+
+
+@njit(inline="always")
+def _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, no_y, ln):
+    """c̃, o (peephole p_o, zero without), m = o ⊙ y (o alone with layer_norm: y comes after),
+    the carried c (z_: the zoneout_c mask, zero without)."""
+    for j in range(U):
+        cp = c_[j]
+        cn = f_[j] * cp + i_[j] * g_[j]
+        ov, yv = _gate(h_o[j] + p_o[j] * cn, gk), _cell(cn, ck)
+        o = one(cp) if no_o else ov
+        y = cn if no_y else yv
+        m_[j] = o if ln else o * y  # with layer_norm y comes below
+        c = z_[j] * cp + (one(cp) - z_[j]) * cn  # z = 0 without zoneout_c: c = c̃ exactly
+        c_[j] = c
+        o_[j] = o
+        cn_[j] = cn
+        cs_[j] = c  # scratch without zoneout_c
+
+
 @njit(**JIT)
 def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
                  m_state, lnc, stats, u0, u1):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
     ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a;
-    bias (4H,); ph (3, H) p_f|p_i|p_o (any (3, H) without peephole); flags: flags_of(...);
+    bias (4H,); ph (3, H) p_f|p_i|p_o (zeros without peephole); flags: flags_of(...);
     zc (Tz, B, H) zoneout_c mask (read at t when flags[HAS_ZC]). layer_norm (flags[LN]):
     lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B) receives μ and 1/√(σ² + ε) of c̃
     (rows 0, 1) at ta; y = φ(LN(c̃)).
@@ -127,7 +161,8 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     # the plain cell's activations and gates (the masks, peepholes, layer norm, forget_bias
     # may add to it): computed as such, without the selects (6.5 against 7.5 µs a step for
     # 16 rows x 64 units, one thread)
-    plain_maths = gk == 0 and ck == 0 and not (coupled or no_f or no_i or no_g or no_o or no_y)
+    std = gk == 0 and ck == 0
+    plain_maths = std and not (coupled or no_f or no_i or no_g or no_o or no_y)
     tk = ta if ta >= 0 else 0
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
@@ -167,26 +202,16 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
                     o_[j] = o
                     cn_[j] = cn
                 continue
-        else:  # branch-free (selects only), so that it vectorises
-            for j in range(U):
-                a_f, a_i, a_g = h_f[j], h_i[j], h_g[j]
-                fv, iv, gv = _gate(a_f, gk), _gate(a_i, gk), _cell(a_g, ck)
-                f = one(a_f) if no_f else fv
-                f_[j] = f
-                i_[j] = one(a_f) - f if coupled else (one(a_f) if no_i else iv)
-                g_[j] = a_g if no_g else gv
-        for j in range(U):
-            cp = c_[j]
-            cn = f_[j] * cp + i_[j] * g_[j]
-            ov, yv = _gate(h_o[j] + p_o[j] * cn, gk), _cell(cn, ck)
-            o = one(cp) if no_o else ov
-            y = cn if no_y else yv
-            m_[j] = o if ln else o * y  # with layer_norm y comes below
-            c = z_[j] * cp + (one(cp) - z_[j]) * cn  # z = 0 without zoneout_c: c = c̃ exactly
-            c_[j] = c
-            o_[j] = o
-            cn_[j] = cn
-            cs_[j] = c  # scratch without zoneout_c
+        elif std:  # σ and tanh with an ablation: each pass compiled for them alone
+            _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, 0, 0, coupled, no_f, no_i, no_g)
+        else:
+            _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, gk, ck, coupled, no_f, no_i, no_g)
+        if std and not ln:
+            _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, 0, 0, no_o, no_y, False)
+        elif std:
+            _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, 0, 0, no_o, no_y, True)
+        else:
+            _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, no_y, ln)
         if ln:  # y = φ(LN(c̃)) over the row's H units; m = o ⊙ y
             mu = _sum(cn_) / H
             rs = 1.0 / np.sqrt(_sum_sq(cn_, mu) / H + LN_EPS)
@@ -311,6 +336,15 @@ def zone_h(t, n, has_zh, zh, h_new, h_prev, h_state, out, u0, u1):
 
 
 @njit(**JIT)
+def copy_rows(src, dst, n, u0, u1):
+    """dst[:n, u0:u1] = src[:n, u0:u1], both (B, H)."""
+    for b in range(n):
+        s_, d_ = src[b, u0:u1], dst[b, u0:u1]
+        for j in range(u1 - u0):
+            d_[j] = s_[j]
+
+
+@njit(**JIT)
 def dropped(n, h_state, d, hd):
     """hd = d ⊙ h_state for rows [:n]."""
     P = h_state.shape[1]
@@ -330,13 +364,68 @@ def recurrent_product(n, has_d, d, h, hd, w, bp, hw, tmp):
         step_gemm(h[:n], w, bp, hw[:n], True, 0.0, tmp)
 
 
+# backward_step's two loops (one with every array ran slower): δc̃ and δa_o first, δc̃ kept
+# in δa_i and the zoneout share of δc_{t-1} in dc_; then the gates f i g and δc_{t-1}. Kinds
+# as arguments, as _fig_pass.
+@njit(inline="always")
+def _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
+                    gk, ck, no_o, no_y, has_dg, ln):
+    """δc̃ (into da_i), δa_o, and the zoneout share of δc_{t-1} (into dc_). With layer_norm
+    (all units: j is the unit) dchat holds δĉ and m1, m2 its two means."""
+    for j in range(U):
+        o, cn = o_[j], cn_[j]
+        zero = one(cn) - one(cn)
+        dc = dc_[j] + (dgc[j] if has_dg else zero)  # ∂L/∂c_t
+        dcp = dc * z_[j]  # z = 0 without zoneout_c: δc̃ = δc exactly, no branch
+        dcn = dc * (one(cn) - z_[j])
+        dmj = dm_[j] + dh_[j]
+        if ln:
+            chat = (cn - mu) * rs
+            v = chat * lnc[0, j] + lnc[1, j]
+            y = v if no_y else _cell(v, ck)
+            dcn += rs * (dchat[j] - m1 - chat * m2)
+        else:
+            y = cn if no_y else _cell(cn, ck)
+            dy = dmj * o
+            dcn += dy if no_y else dy * _cell_grad(y, ck)
+        do = dmj * y + (dgo[j] if has_dg else zero)
+        dao = zero if no_o else do * _gate_grad(o, gk)
+        dcn += dao * p_o[j]  # p = 0 without peepholes: no branch
+        da_o[j] = dao
+        da_i[j] = dcn
+        dc_[j] = dcp
+
+
+@njit(inline="always")
+def _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
+                     gk, ck, coupled, no_f, no_i, no_g, has_dg):
+    """δa_i δa_f δa_g from δc̃ (read from da_i), and δc_{t-1} (added to dc_)."""
+    for j in range(U):
+        i, f, g, cp, dcn = i_[j], f_[j], g_[j], cp_[j], da_i[j]
+        zero = one(cp) - one(cp)
+        df = dcn * cp + (dgf[j] if has_dg else zero)
+        di = dcn * g + (dgi[j] if has_dg else zero)
+        dg = dcn * i + (dgg[j] if has_dg else zero)
+        dcp = dc_[j] + dcn * f
+        df = df - di if coupled else df
+        dai = zero if (coupled or no_i) else di * _gate_grad(i, gk)
+        daf = zero if no_f else df * _gate_grad(f, gk)
+        dag = dg if no_g else dg * _cell_grad(g, ck)
+        dcp += daf * p_f[j] + dai * p_i[j]  # p = 0 without peepholes
+        dc_[j] = dcp
+        da_i[j] = dai
+        da_f[j] = daf
+        da_g[j] = dag
+
+
 @njit(**JIT)
-def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
+def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
                   flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1):
-    """One step of BPTT for rows [:n]: dm (B, H) δm; dc_state (B, H) δc_t in, δc_{t-1} out
+    """One step of BPTT for rows [:n]: δm = dm + dh, both (B, H) (δout_t and the carried δh,
+    summed here; or δm alone and zeros); dc_state (B, H) δc_t in, δc_{t-1} out
     (the peephole and cell paths; zoneout's share included); gi gf gg go cn_seq (T, B, H)
     saved; c_seq (T, B, H) the carried cells (c_{t-1} of rows < n_prev is c_seq[tp], the
-    rest start from c0 (B, H)); dgates (5, Tg, B, H) δ of the recorded f i g o c (read
+    rest start from c0 (B, H)); ph (3, H) as in forward_step; dgates (5, Tg, B, H) δ of the recorded f i g o c (read
     when flags[HAS_DG]; any (5, 1, B, H) when none); da (T, B, 4H) out. layer_norm: lnc
     (2, H) and stats (3, T, B) as saved by forward_step; dlnc (2, H) accumulates δ of ln_c
     weight|bias; dchat (H + 2,) scratch.
@@ -345,10 +434,11 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
     U = u1 - u0
     ln = flags[LN] != 0
     gk, ck = flags[GATE_KIND], flags[CELL_KIND]
-    peep, coupled = flags[PEEPHOLE] != 0, flags[COUPLED] != 0
+    coupled = flags[COUPLED] != 0
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
     has_zc, has_dg = flags[HAS_ZC] != 0, flags[HAS_DG] != 0
+    std = gk == 0 and ck == 0
     tz = t if has_zc else 0
     tg = t if dgates.shape[1] > 1 else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
@@ -356,7 +446,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
         i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
         cn_ = cn_seq[t, b, u0:u1]
         cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
-        dm_, dc_, z_ = dm[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
+        dm_, dh_, dc_, z_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         dgf, dgi, dgg = dgates[0, tg, b, u0:u1], dgates[1, tg, b, u0:u1], dgates[2, tg, b, u0:u1]
         dgo, dgc = dgates[3, tg, b, u0:u1], dgates[4, tg, b, u0:u1]
         da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
@@ -368,7 +458,7 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
                 chat = (cn_[j] - mu) * rs
                 v = chat * lnc[0, j] + lnc[1, j]
                 y = v if no_y else _cell(v, ck)
-                dy = dm_[j] * o_[j]
+                dy = (dm_[j] + dh_[j]) * o_[j]
                 dv = dy if no_y else dy * _cell_grad(y, ck)
                 dlnc[0, j] += dv * chat
                 dlnc[1, j] += dv
@@ -376,55 +466,21 @@ def backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq,
             dchat[H] = _sum(dch_) / H  # stored and read back: the means in x's dtype
             dchat[H + 1] = _sum_centered(dch_, cn_, mu, rs) / H
         m1, m2 = dchat[H], dchat[H + 1]
-        # two loops (one with every array ran slower): δc̃ and δa_o first, δc̃ kept in δa_i
-        # and the zoneout share of δc_{t-1} in dc_; then the gates f i g and δc_{t-1}
-        for j in range(U):
-            o, cn = o_[j], cn_[j]
-            zero = one(cn) - one(cn)
-            dc = dc_[j] + (dgc[j] if has_dg else zero)  # ∂L/∂c_t
-            if has_zc:
-                dcp = dc * z_[j]
-                dcn = dc * (one(cn) - z_[j])
-            else:
-                dcp = zero
-                dcn = dc
-            dmj = dm_[j]
-            if ln:
-                chat = (cn - mu) * rs
-                v = chat * lnc[0, j] + lnc[1, j]
-                y = v if no_y else _cell(v, ck)
-                dcn += rs * (dchat[j] - m1 - chat * m2)
-            else:
-                y = cn if no_y else _cell(cn, ck)
-                dy = dmj * o
-                dcn += dy if no_y else dy * _cell_grad(y, ck)
-            do = dmj * y + (dgo[j] if has_dg else zero)
-            dao = zero if no_o else do * _gate_grad(o, gk)
-            if peep:
-                dcn += dao * p_o[j]
-            da_o[j] = dao
-            da_i[j] = dcn
-            dc_[j] = dcp
-        for j in range(U):
-            i, f, g, cp, dcn = i_[j], f_[j], g_[j], cp_[j], da_i[j]
-            zero = one(cp) - one(cp)
-            df = dcn * cp + (dgf[j] if has_dg else zero)
-            di = dcn * g + (dgi[j] if has_dg else zero)
-            dg = dcn * i + (dgg[j] if has_dg else zero)
-            dcp = dc_[j] + dcn * f
-            if coupled:
-                df -= di
-                dai = zero
-            else:
-                dai = zero if no_i else di * _gate_grad(i, gk)
-            daf = zero if no_f else df * _gate_grad(f, gk)
-            dag = dg if no_g else dg * _cell_grad(g, ck)
-            if peep:
-                dcp += daf * p_f[j] + dai * p_i[j]
-            dc_[j] = dcp
-            da_i[j] = dai
-            da_f[j] = daf
-            da_g[j] = dag
+        if std and not (ln or has_dg):  # σ and tanh, the common case (see _fig_pass)
+            _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
+                            0, 0, no_o, no_y, False, False)
+            _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
+                             0, 0, coupled, no_f, no_i, no_g, False)
+        elif std and not has_dg:  # with layer_norm
+            _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
+                            0, 0, no_o, no_y, False, True)
+            _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
+                             0, 0, coupled, no_f, no_i, no_g, False)
+        else:
+            _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
+                            gk, ck, no_o, no_y, has_dg, ln)
+            _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
+                             gk, ck, coupled, no_f, no_i, no_g, has_dg)
 
 
 @njit(**JIT)
@@ -487,22 +543,28 @@ def backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1):
 @njit(**JIT)
 def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, ph,
                   flags, has_d, d, has_zh, zh, zc, dgates, da, w_hh, bp, tmp, w_hr, dht, dzone, dh_seq,
-                  dm, lnh, lnc, hhat, stats, dlnc, dchat, dhw):
+                  dm, zeros_h, lnh, lnc, hhat, stats, dlnc, dchat, dhw):
     """The backward time loop, last step first. With a projection δh̃ is kept in dh_seq
-    (T, B, H_out) for δW_hr and dm (B, H) = δh̃ W_hr; without, dm is dht itself.
+    (T, B, H_out) for δW_hr and dm (B, H) = δh̃ W_hr; without, the pass takes δout_t and the
+    carried δh itself (with zoneout of h: dht, their share to h̃). zeros_h (B, H) zeros.
     layer_norm: δ of the recurrent product, dhw (T, B, 4H), through LN's backward."""
     ln = flags[LN] != 0
+    H = dc_state.shape[1]
     for s in range(steps.shape[0] - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
-        backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, dh_state.shape[1])
+        if proj or has_zh:
+            backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, dh_state.shape[1])
         if proj:
             dh_seq[t, :n] = dht[:n]
             gemm(dht[:n], w_hr, dm[:n], False, 0.0)  # (n, H_out) x (H_out, H)
-            backward_step(t, n, tp, n_prev, dm, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
-                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, dc_state.shape[1])
+            backward_step(t, n, tp, n_prev, dm, zeros_h, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
+        elif has_zh:
+            backward_step(t, n, tp, n_prev, dht, zeros_h, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
         else:
-            backward_step(t, n, tp, n_prev, dht, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
-                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, dc_state.shape[1])
+            backward_step(t, n, tp, n_prev, d_out[t], dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0,
+                          zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
         if ln:
             ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
             step_gemm(dhw[t, :n], w_hh, bp, dh_state[:n], False, 0.0, tmp)  # (n, 4H) x (4H, H_out)
@@ -687,6 +749,7 @@ class LSTMFamilyFunction(torch.autograd.Function):
         dzone = workspace.zeros((B, P), dt)
         dh_seq = workspace.zeros((T, B, P) if proj else (1, 1, 1), dt)
         dm = workspace.empty((B, H), dt)
+        zeros_h = workspace.zeros((B, H), dt)  # the carried δh where dm (or dht) holds it all
         need = ctx.needs_input_grad
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_family_units
@@ -695,19 +758,19 @@ class LSTMFamilyFunction(torch.autograd.Function):
             dx, dw_ih, dw_hh, db = fused_lstm_family_units.backward(
                 ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0s, ph, flags,
                 (has_d, d, has_zh, zh, zc), dgates, da, xs, h_prev, w_ihs, w_hhs,
-                (need[0], need[3], need[4], ctx.has_bias), (dht, dzone, lnc, stats, dlnc, dchat))
+                (need[0], need[3], need[4], ctx.has_bias), (dht, dzone, zeros_h, lnc, stats, dlnc, dchat))
         elif numba_loop():
             backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
                           c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
                           packed_weights(w_hhs, False, len(steps), B), scratch(dt), w_hrs if proj else w_hhs,
-                          dht, dzone, dh_seq, dm, lnh, lnc, hhat, stats, dlnc, dchat, dhw)
+                          dht, dzone, dh_seq, dm, zeros_h, lnh, lnc, hhat, stats, dlnc, dchat, dhw)
         else:
             for t, n, tp, n_prev in reversed(steps):
                 backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, P)
                 if proj:
                     dh_seq[t, :n] = dht[:n]
                     mm(dht[:n], w_hrs, dm[:n])
-                backward_step(t, n, tp, n_prev, dm if proj else dht, dc_state, *gates, cn_seq, c_seq,
+                backward_step(t, n, tp, n_prev, dm if proj else dht, zeros_h, dc_state, *gates, cn_seq, c_seq,
                               c0s, zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
                 if ln:
                     ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])

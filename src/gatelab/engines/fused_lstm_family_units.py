@@ -11,9 +11,11 @@ thread forms that row itself before its GEMM. The threads meet at a barrier once
 in each direction (`_kernels_sync`).
 
     forward:  [hd = d ⊙ h_{t-1}]; hw_mine = hd W_mine^T; gate pass of my units
-              (fused_lstm_family.forward_step with u0, u1); zoneout of h for my units into
-              the other half of the double buffer; barrier
-    backward: δh split by zoneout (my units); BPTT pass of my units -> δa[t] (my columns);
+              (fused_lstm_family.forward_step with u0, u1); h of my units into the other
+              half of the double buffer (zoneout of h, or m written there by the pass) and
+              out[t]; barrier
+    backward: δh split by zoneout, or summed in the pass (my units); BPTT pass of my units
+              -> δa[t] (my columns);
               barrier; δh_{t-1}[:, mine] = (δa[t] W_hh[:, mine]) ⊙ d + z_h δh
 
 Results equal the row-mode loops (fused_lstm_family) to rounding, as fused_lstm_units
@@ -32,7 +34,7 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (
-    backward_head, backward_step, backward_tail, forward_step, recurrent_product, zone_h)
+    backward_head, backward_step, backward_tail, copy_rows, forward_step, recurrent_product, zone_h)
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
                                          grads_of_my_rows, my_columns, my_rows)
@@ -56,9 +58,14 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (4U, H)^T
+        # without zoneout of h, h = m: the gate pass writes it into the new state itself (a
+        # separate pass copying m there took ~16 µs a step in the team at (100,32,128,256))
         forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
-                     go, cn_seq, c_seq, m_state, lnc, stats, u0, u1)
-        zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
+                     go, cn_seq, c_seq, m_state if has_zh else dst, lnc, stats, u0, u1)
+        if has_zh:
+            zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
+        else:
+            copy_rows(dst, out[t], n, u0, u1)
         copy_units(src, dst, n, B, u0, u1)  # rows not in this step keep their state
         if not arrive_and_wait(counter, s, k):
             return  # another thread failed: the caller raises its error
@@ -66,7 +73,8 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
 
 @njit(**JIT)
 def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, flags,
-                   has_d, d, has_zh, zh, dgates, da, w_mine, bp, tmp, dht, dzone, lnc, stats, dlnc, dchat, counter):
+                   has_d, d, has_zh, zh, dgates, da, w_mine, bp, tmp, dht, dzone, zeros_h, lnc, stats, dlnc, dchat,
+                   counter):
     """Thread j of k: the whole backward time loop for units [u0, u1); w_mine (4H, U): the
     columns of W_hh (as used) of my units, a contiguous copy; counter: shared new_counter();
     the rest as in fused_lstm_family.backward_loop without projection."""
@@ -75,9 +83,13 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
     S = steps.shape[0]
     for s in range(S - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
-        backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, u0, u1)
-        backward_step(t, n, tp, n_prev, dht, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, flags,
-                      dgates, da, lnc, stats, dlnc, dchat, u0, u1)
+        if has_zh:  # δh split by zoneout; else the pass sums δout_t and δh itself (as in forward)
+            backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, u0, u1)
+            backward_step(t, n, tp, n_prev, dht, zeros_h, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
+                          flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1)
+        else:
+            backward_step(t, n, tp, n_prev, d_out[t], dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc,
+                          ph, flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
             return  # another thread failed: the caller raises its error
         step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 0.0, tmp)  # (n, 4H) x (4H, U)
@@ -119,11 +131,11 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
     """backward_units, then the gradients over all steps (each thread its own rows, as
     fused_lstm_units.backward), on a team of up to k threads. h_prev (T, B, H): d ⊙ h_{t-1}
     (None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb); work: (dht, dzone,
-    lnc, stats, dlnc, dchat) of fused_lstm_family's backward. Returns (δx, δW_ih, δW_hh, δb)."""
+    zeros_h, lnc, stats, dlnc, dchat) of fused_lstm_family's backward. Returns (δx, δW_ih, δW_hh, δb)."""
     T, B, I = x.shape
     H = dc_state.shape[1]
     has_d, d, has_zh, zh, zc = masks
-    dht, dzone, lnc, stats, dlnc, dchat = work
+    dht, dzone, zeros_h, lnc, stats, dlnc, dchat = work
     counter = new_counter()
     out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
@@ -134,8 +146,8 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
     @aborting(counter)
     def member(j, size):
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
-                       has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, lnc, stats, dlnc, dchat,
-                       counter)
+                       has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, zeros_h, lnc, stats, dlnc,
+                       dchat, counter)
         grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
