@@ -292,6 +292,7 @@ UNIT_VARIANTS = [  # every variant but layer_norm (LSTM: and projection; GRU: an
     ("LSTM", dict(remove={"output_gate", "candidate_activation"}, forget_bias=1.0, recurrent_dropout=0.5)),
     ("LSTM", dict(remove={"forget_gate", "input_gate", "output_activation"}, zoneout=(0.0, 0.4))),
     ("LSTM", dict(peephole=True, remove={"input_gate", "output_activation"})),  # no mask: h = m, written by the pass
+    ("LSTM", dict(remove={"forget_gate"}, zoneout=0.2)),  # products over two spans of blocks (i | g o)
     ("GRU", dict(zoneout=0.3, recurrent_dropout=0.25, weight_drop=0.3)),
     ("GRU", dict(gate_activation="hard_sigmoid", cell_activation="softsign", zoneout=0.1)),
 ]
@@ -323,3 +324,35 @@ def test_units_split_variant_records_the_same_gates(units_split, monkeypatch, mo
     assert calls and all(c == int(n) for c in calls)  # the second run did split its units
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [dict(remove={"forget_gate"}), dict(remove={"output_gate", "forget_gate"}),
+                                     dict(coupled_gates=True, peephole=True), dict(remove={"input_gate"})],
+                         ids=["f", "f+o", "coupled", "i"])
+def test_units_split_leaves_unused_gates_out_of_the_products(units_split, monkeypatch, options):
+    """A gate the variant never reads (removed, or i with coupled gates) is left out of every
+    product of the units split. float32, so that the step products run packed (T >= 4,
+    B >= 2): against the float64 results of the same weights, the split is as close as one
+    thread, which forms all four blocks (float32 rounding alone: ~1e-5 on these sums); its
+    rows' gradients are exactly zero. (float64 against the reference: UNIT_VARIANTS.)"""
+    torch.manual_seed(4)
+    kw = dict(input_size=6, hidden_size=40)
+    ours = build("LSTM", kw, options, "fused", seed=4, dtype=torch.float32)
+    twin = build("LSTM", kw, options, "fused", seed=4)
+    twin.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(9, 5, 6)
+    calls, n = units_split
+    want = _gates_at_thread_counts(twin, x.double(), ("1",), monkeypatch)[0]
+    one, split = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)
+    assert calls and all(c == int(n) for c in calls)  # the second run did split its units
+    for w, a, b in zip(want, one, split):
+        err_one, err_split = ((v.double() - w).abs().max().item() for v in (a, b))
+        assert err_split <= 2 * err_one + 1e-6, (err_split, err_one)
+    names = [name for name, _ in ours.named_parameters()]
+    grads = dict(zip(names, split[-len(names):]))  # after out, the gates and δx
+    H = kw["hidden_size"]
+    unused = [g for g, part in enumerate(("input_gate", "forget_gate", None, "output_gate"))
+              if part in options.get("remove", ()) or (g == 0 and options.get("coupled_gates"))]
+    for g in unused:
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            assert torch.count_nonzero(grads[name][g * H:(g + 1) * H]) == 0, (name, g)

@@ -49,13 +49,13 @@ from gatelab.engines._kernels import (JIT, exp, hard_sigmoid, hard_sigmoid_grad,
                                       softsign_grad, tanh)
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
-from gatelab.engines.fused_lstm import gate_views
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
 
-# flags: int64 array of the variant switches, in this order
-GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC, LN, HAS_DG = range(12)
+# flags: int64 array of the variant switches, in this order, then at POS the positions of
+# gate blocks i f g o in xa, hw and bias (0 1 2 3; a units-split thread puts removed gates last)
+GATE_KIND, CELL_KIND, PEEPHOLE, COUPLED, NO_F, NO_I, NO_G, NO_O, NO_Y, HAS_ZC, LN, HAS_DG, POS = range(13)
 LN_EPS = 1e-5  # layer norm's ε (torch.nn.LayerNorm's default, as the reference)
 GATE_KINDS = {"sigmoid": 0, "hard_sigmoid": 1}
 CELL_KINDS = {"tanh": 0, "softsign": 1}
@@ -68,7 +68,27 @@ def flags_of(spec, has_zc: bool, has_dg: bool = False) -> np.ndarray:
     return np.array([GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation],
                      spec.peephole, spec.coupled_gates, "forget_gate" in r, "input_gate" in r,
                      "candidate_activation" in r, "output_gate" in r, "output_activation" in r,
-                     has_zc, spec.layer_norm, has_dg], dtype=np.int64)
+                     has_zc, spec.layer_norm, has_dg, 0, 1, 2, 3], dtype=np.int64)
+
+
+def unused_gates(flags) -> tuple:
+    """The gate blocks (0 i, 1 f, 2 g, 3 o) whose rows of W_ih, W_hh and the biases the
+    variant (flags_of) never reads: a removed gate's, and the input gate's with coupled gates
+    (i = 1 - f). Their products need not be formed; their gradients are zero."""
+    return tuple(g for g, unused in enumerate((flags[NO_I] or flags[COUPLED], flags[NO_F], False, flags[NO_O]))
+                 if unused)
+
+
+@njit(inline="always")
+def block_views(t, b, xa, hw, bias, k0, k1, G, flags):
+    """gate_views with the gate blocks at flags[POS:POS + 4] (blocks of width G)."""
+    x, h = xa[t, b], hw[b]
+    ci, cf, cg, co = (flags[POS] * G + k0, flags[POS + 1] * G + k0, flags[POS + 2] * G + k0,
+                      flags[POS + 3] * G + k0)
+    U = k1 - k0
+    return (x[ci:ci + U], x[cf:cf + U], x[cg:cg + U], x[co:co + U],
+            h[ci:ci + U], h[cf:cf + U], h[cg:cg + U], h[co:co + U],
+            bias[ci:ci + U], bias[cf:cf + U], bias[cg:cg + U], bias[co:co + U])
 
 
 # The activations are chosen by a run-time kind, but both candidates are computed and one is
@@ -168,7 +188,8 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     tc = tk if has_zc else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
-        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(t, b, xa, hw, bias, k0, k1, G)
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = block_views(t, b, xa, hw, bias, k0, k1, G,
+                                                                                  flags)
         c_, m_, z_ = c_state[b, u0:u1], m_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
         cn_, cs_ = cn_seq[tk, b, u0:u1], c_seq[tc, b, u0:u1]  # (U,)

@@ -4,8 +4,12 @@ The same split as fused_lstm_units, for every family variant whose step needs no
 all units, i.e. all but layer_norm, and without a projection: thread j of k owns units
 [u0, u1), a contiguous copy of their rows i f g o of W_ih and W_hh (W_hh as the variant
 uses it: with weight_drop the dropped matrix), its input projection and gate pass, for the
-whole batch. Everything else in a step is per unit: peepholes (diagonal weights), coupled
-and removed gates, the activations, zoneout of c and h (a mask value per unit). The one
+whole batch. A gate the variant never reads (a removed one, or i with coupled gates) goes
+last in those rows and out of every product: the projections and the step's GEMM form the
+first blocks only, the δh GEMM and the gradients over all steps read δA's other columns
+(fused_units.kept_order, spans; a quarter of the products for one gate). Everything else
+in a step is per unit: peepholes (diagonal weights), coupled and removed gates, the
+activations, zoneout of c and h (a mask value per unit). The one
 exception is recurrent_dropout, whose product reads d ⊙ h_{t-1} over all units: each
 thread forms that row itself before its GEMM. The threads meet at a barrier once per step
 in each direction (`_kernels_sync`).
@@ -31,33 +35,45 @@ from numba import njit
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
-from gatelab.engines._kernels_gemm import step_gemm
+from gatelab.engines._kernels_gemm import NR, step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
-from gatelab.engines.fused_lstm_family import (
-    backward_head, backward_step, backward_tail, copy_rows, forward_step, recurrent_product, zone_h)
+from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step, backward_tail, copy_rows,
+                                              forward_step, recurrent_product, unused_gates, zone_h)
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows)
+                                         grads_of_my_rows, kept_order, my_columns, my_rows, span_packs, spans)
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, ph, flags, has_d, d, hd_mine,
-                  has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq, m_state,
+def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, ph, flags, has_d, d,
+                  hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq, m_state,
                   out, lnc, stats, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (4U, I), w_hh_mine (4U, H), bias_mine (4U,): my rows i f g o (bp_hh,
     tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch);
     xa_mine (T, B, 4U), hw_mine (B, 4U), hd_mine (B, H): my own buffers; hbuf (2, B, H) the
     running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
-    new_counter(); the rest as in fused_lstm_family.forward_loop (no projection)."""
+    new_counter(); K: the gate blocks the products form, the first K of my rows (the rest, of
+    gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); the rest as
+    in fused_lstm_family.forward_loop (no projection)."""
     B, H = c_state.shape
     T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
-    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (4U, I)^T
+    KU = K * (u1 - u0)  # the columns formed
+    xa2 = xa_mine.reshape(T * B, xa_mine.shape[2])
+    if K == 4:
+        gemm(x2, w_ih_mine, xa2, True, 0.0)  # (T*B, I) x (4U, I)^T
+    else:
+        gemm(x2, w_ih_mine[:KU], xa2[:, :KU], True, 0.0)  # (T*B, I) x (KU, I)^T
+        xa2[:, KU:] = 0.0
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
-        recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (4U, H)^T
+        if K == 4:
+            recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (4U, H)^T
+        else:  # the first KU rows' panels of the packed w_hh_mine
+            recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine[:KU], bp_hh[:(KU + NR - 1) // NR],
+                              hw_mine[:, :KU], tmp)
         # without zoneout of h, h = m: the gate pass writes it into the new state itself (a
         # separate pass copying m there took ~16 µs a step in the team at (100,32,128,256))
         forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
@@ -73,11 +89,14 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
 
 @njit(**JIT)
 def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, flags,
-                   has_d, d, has_zh, zh, dgates, da, w_mine, bp, tmp, dht, dzone, zeros_h, lnc, stats, dlnc, dchat,
-                   counter):
+                   has_d, d, has_zh, zh, dgates, da, w_mine, bp, tmp, kept, bp0, bp1, dht, dzone, zeros_h, lnc, stats,
+                   dlnc, dchat, counter):
     """Thread j of k: the whole backward time loop for units [u0, u1); w_mine (4H, U): the
-    columns of W_hh (as used) of my units, a contiguous copy; counter: shared new_counter();
-    the rest as in fused_lstm_family.backward_loop without projection."""
+    columns of W_hh (as used) of my units, a contiguous copy; kept (S, 2): the spans of δA's
+    columns the products read (all 4H, or the gates the variant reads), bp0 bp1 their rows of
+    w_mine packed (fused_units.span_packs; unused when kept is all); counter: shared
+    new_counter(); the rest as in fused_lstm_family.backward_loop without projection."""
+    every = kept.shape[0] == 1 and kept[0, 1] - kept[0, 0] == w_mine.shape[0]
     H = dc_state.shape[1]
     u0, u1 = j * H // k, (j + 1) * H // k
     S = steps.shape[0]
@@ -92,7 +111,13 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
                           ph, flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
             return  # another thread failed: the caller raises its error
-        step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 0.0, tmp)  # (n, 4H) x (4H, U)
+        if every:
+            step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 0.0, tmp)  # (n, 4H) x (4H, U)
+        else:
+            for q in range(kept.shape[0]):  # (n, span) x (span, U), summed
+                a, b = kept[q, 0], kept[q, 1]
+                step_gemm(da[t, :n, a:b], w_mine[a:b], bp0 if q == 0 else bp1, dh_state[:n, u0:u1], False,
+                          0.0 if q == 0 else 1.0, tmp)
         backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1)
     arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
 
@@ -107,19 +132,30 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
     has_d, d, has_zh, zh, zc = masks
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
+    unused = unused_gates(flags)  # gates never read: their rows go last and out of the products
+    order = kept_order(4, unused) if unused else None
+    K = 4 - len(unused)
+    if unused:
+        flags = flags.copy()
+        flags[POS:POS + 4] = [order.index(g) for g in range(4)]
 
     def make(j, size):
-        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
+        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B, order)  # rows i f g o of my units (in order)
         G_U = rows[0].shape[0]  # 4U
+        hw_mine = np.empty((B, G_U), dt)
+        if unused:
+            KU = K * G_U // 4
+            rows[4][KU:] = 0.0  # bias_mine
+            hw_mine[:, KU:] = 0.0
         # hd_mine (B, H), hw_mine (B, 4U), xa_mine (T, B, 4U)
-        return rows, np.empty((B, H), dt), np.empty((B, G_U), dt), workspace.empty((T, B, G_U), dt)
+        return rows, np.empty((B, H), dt), hw_mine, workspace.empty((T, B, G_U), dt)
 
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
         rows, hd_mine, hw_mine, xa_mine = mine(j, size)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, ph, flags, has_d, d, hd_mine, has_zh, zh,
+        forward_units(j, size, steps, full, K, x.reshape(T * B, I), *rows, ph, flags, has_d, d, hd_mine, has_zh, zh,
                       zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
@@ -141,14 +177,21 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
     hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
-    mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
+    unused = unused_gates(flags)  # their δa is zero: the products leave their columns out
+    kept = spans(4, H, unused)
+
+    def make(j, size):
+        w_mine, bp, tmp = my_columns(H, j, size, w_hh, steps, B)
+        return (w_mine, bp, tmp, kept, *(span_packs(w_mine, kept, steps, B) if unused else (bp, bp)))
+
+    mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
                        has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, zeros_h, lnc, stats, dlnc,
                        dchat, counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out, unused)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

@@ -46,12 +46,58 @@ def units(j, k, H):
 
 
 @functools.lru_cache(maxsize=64)
-def gate_rows(G, H, u0, u1):
-    """The rows of my units in each of G gate blocks of height H, block by block: (G*U,)
-    (cached, read-only)."""
-    rows = np.concatenate([np.arange(g * H + u0, g * H + u1) for g in range(G)])
+def gate_rows(G, H, u0, u1, order=None):
+    """The rows of my units in each of G gate blocks of height H, block by block (in
+    `order`, a tuple of the G block indices; default 0 .. G-1): (G*U,) (cached, read-only)."""
+    rows = np.concatenate([np.arange(g * H + u0, g * H + u1) for g in (order or range(G))])
     rows.flags.writeable = False
     return rows
+
+
+def kept_order(G, unused):
+    """The gate blocks with the `unused` ones (a tuple) last: the order of a thread's own rows
+    when the variant never reads some gates, so that its products cover the first blocks only."""
+    return tuple(g for g in range(G) if g not in unused) + tuple(unused)
+
+
+def spans(G, H, unused) -> np.ndarray:
+    """The row ranges [a, b) of the G*H rows of W_ih / W_hh / δA's columns in the blocks not
+    `unused`, adjacent blocks merged: (S, 2) int64, S <= 2 for the LSTM's four blocks."""
+    out = []
+    for g in range(G):
+        if g in unused:
+            continue
+        if out and out[-1][1] == g * H:
+            out[-1][1] = (g + 1) * H
+        else:
+            out.append([g * H, (g + 1) * H])
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def my_share(j, size, spans_) -> np.ndarray:
+    """Thread j of size's share of the rows in spans_ (S, 2): an even split of their count,
+    as row ranges (R, 2) int64."""
+    total = int(sum(b - a for a, b in spans_))
+    s0, s1 = units(j, size, total)
+    out, offset = [], 0
+    for a, b in spans_:
+        lo, hi = max(s0 - offset, 0), min(s1 - offset, b - a)
+        if lo < hi:
+            out.append([a + lo, a + hi])
+        offset += b - a
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+def gaps(total, spans_) -> np.ndarray:
+    """The row ranges of [0, total) outside spans_: (Z, 2) int64."""
+    out, at = [], 0
+    for a, b in spans_:
+        if at < a:
+            out.append([at, a])
+        at = b
+    if at < total:
+        out.append([at, total])
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
 
 
 def ahead(k, make):
@@ -64,12 +110,13 @@ def ahead(k, make):
     return lambda j, size: made[j] if size == k else make(j, size)
 
 
-def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B):
+def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B, order=None):
     """Thread j of size's rows of the weights, the arguments its forward_units takes:
     (w_ih_mine (G*U, I), w_hh_mine (G*U, H), w_hh_mine packed for step_gemm, step_gemm's
     scratch, bias_mine (G*U,)); contiguous copies, copied and packed in numba (both threads'
-    at H = 256, B = 1: 57–71 µs, 88 with NumPy's fancy indexing)."""
-    rows = gate_rows(G, H, *units(j, size, H))  # (G*U,) gate block by gate block
+    at H = 256, B = 1: 57–71 µs, 88 with NumPy's fancy indexing). order: the gate blocks'
+    order (gate_rows)."""
+    rows = gate_rows(G, H, *units(j, size, H), order)  # (G*U,) gate block by gate block
     dt = w_hh.dtype
     w_ih_mine, w_hh_mine = np.empty((len(rows), w_ih.shape[1]), dt), np.empty((len(rows), H), dt)
     bias_mine = np.empty(len(rows), dt)
@@ -87,6 +134,18 @@ def my_columns(H, j, size, w_hh, steps, B):
     bp = pack_buffer(w_mine.shape, w_hh.dtype, False, len(steps), B)
     _take_columns(w_hh, u0, u1, w_mine, bp)
     return w_mine, bp, scratch(w_hh.dtype)
+
+
+def span_packs(w_mine, spans_, steps, B):
+    """w_mine's rows in each of (at most two) spans packed on their own for step_gemm: (bp0,
+    bp1), bp1 empty when there is one span."""
+    packs = [pack_buffer((b - a, w_mine.shape[1]), w_mine.dtype, False, len(steps), B) for a, b in spans_]
+    for (a, b), bp in zip(spans_, packs):
+        if bp.shape[0] > 0:
+            _pack(w_mine[a:b], False, bp)
+    while len(packs) < 2:
+        packs.append(np.empty((0, 1, packs[0].shape[2]), w_mine.dtype))
+    return tuple(packs)
 
 
 @njit(**JIT)
@@ -164,11 +223,12 @@ def gradient_buffers(need, x, w_ih, w_hh, biases):
     return out
 
 
-def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
+def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out, unused=()):
     """The gradients over all steps, thread j of size's share: rows [j GH/size,
     (j+1) GH/size) of δW_ih, δW_hh and δb (one GEMM each, whichever gates they fall in:
     every column of δA is complete once the backward loops have met) and as many of δx's
-    T*B rows.
+    T*B rows. unused: gate blocks whose δA is zero (fused_lstm_family.unused_gates): their
+    rows are zero-filled, the rest split evenly, and δx's products leave them out.
 
     d_in, d_rec (T*B, G*H): δ of the input and of the recurrent products (the same array
     for the LSTM); x2 (T*B, I); h_prev2 (T*B, H) the state each step started from (None
@@ -182,10 +242,15 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out):
     none2 = np.empty((0, 0), dt)
     none1 = np.empty(0, dt)
     dx = out.get("dx")
-    _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), d_in, d_rec,
-                   x2, none2 if h_prev2 is None else h_prev2, w_ih, out.get("dw_ih", none2),
-                   out.get("dw_hh", none2), out.get("db_ih", none1), out.get("db_hh", none1),
-                   none2 if dx is None else dx.reshape(d_in.shape[0], -1))
+    args = (d_in, d_rec, x2, none2 if h_prev2 is None else h_prev2, w_ih, out.get("dw_ih", none2),
+            out.get("dw_hh", none2), out.get("db_ih", none1), out.get("db_hh", none1),
+            none2 if dx is None else dx.reshape(d_in.shape[0], -1))
+    if not unused:
+        _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), *args)
+        return
+    kept = spans(G, H, unused)
+    _grads_of_spans(my_share(j, size, kept), gaps(G * H, kept) if j == 0 else np.empty((0, 2), np.int64),
+                    *units(j, size, d_in.shape[0]), kept, *args)
 
 
 @njit(**JIT)
@@ -205,3 +270,25 @@ def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh,
             gemm(ones, d_rec[:, r0:r1], db_hh[r0:r1].reshape((1, r1 - r0)), False, 0.0)
     if dx2.shape[0] > 0:
         gemm(d_in[q0:q1], w_ih, dx2[q0:q1], False, 0.0)  # (rows, G*H) x (G*H, I)
+
+
+@njit(**JIT)
+def _grads_of_spans(rows, zero, q0, q1, kept, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2):
+    """_grads_of_rows for the row ranges `rows` (R, 2); the ranges `zero` (Z, 2) of δW_ih, δW_hh
+    and the biases set to zero (rows of unused gates); δX = Σ_spans δA_in[:, span] W_ih[span]
+    over the kept spans (S, 2)."""
+    for r in range(rows.shape[0]):
+        _grads_of_rows(rows[r, 0], rows[r, 1], 0, 0, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh, db_ih,
+                       db_hh, dx2)
+    for z in range(zero.shape[0]):
+        a, b = zero[z, 0], zero[z, 1]
+        for v in (dw_ih, dw_hh):
+            if v.shape[0] > 0:
+                v[a:b] = 0.0
+        for v in (db_ih, db_hh):
+            if v.shape[0] > 0:
+                v[a:b] = 0.0
+    if dx2.shape[0] > 0:
+        for s in range(kept.shape[0]):
+            a, b = kept[s, 0], kept[s, 1]
+            gemm(d_in[q0:q1, a:b], w_ih[a:b], dx2[q0:q1], False, 0.0 if s == 0 else 1.0)  # (rows, span) x (span, I)
