@@ -42,10 +42,19 @@ from gatelab.engines import workspace
 def gate_views(t, b, xa, hw, bias, k0, k1, G):
     """Row b's views of gate blocks i f g o, columns [k0, k1) of each: xa[t] (4), hw (4),
     bias (4). 1-D row views from u0 keep the inner loops simple enough to vectorise."""
+    return gate_views_at(t, b, xa, hw, bias, k0, k1, G, 0, 1, 2, 3)
+
+
+@njit(inline="always")
+def gate_views_at(t, b, xa, hw, bias, k0, k1, G, pi, pf, pg, po):
+    """gate_views with gate blocks i f g o at block positions pi pf pg po (a units-split
+    thread of the LSTM family puts the gates its variant never reads last)."""
     x, h = xa[t, b], hw[b]
-    return (x[k0:k1], x[G + k0:G + k1], x[2 * G + k0:2 * G + k1], x[3 * G + k0:3 * G + k1],
-            h[k0:k1], h[G + k0:G + k1], h[2 * G + k0:2 * G + k1], h[3 * G + k0:3 * G + k1],
-            bias[k0:k1], bias[G + k0:G + k1], bias[2 * G + k0:2 * G + k1], bias[3 * G + k0:3 * G + k1])
+    ci, cf, cg, co = pi * G + k0, pf * G + k0, pg * G + k0, po * G + k0
+    U = k1 - k0
+    return (x[ci:ci + U], x[cf:cf + U], x[cg:cg + U], x[co:co + U],
+            h[ci:ci + U], h[cf:cf + U], h[cg:cg + U], h[co:co + U],
+            bias[ci:ci + U], bias[cf:cf + U], bias[cg:cg + U], bias[co:co + U])
 
 
 @njit(**JIT)

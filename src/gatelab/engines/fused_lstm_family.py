@@ -49,6 +49,7 @@ from gatelab.engines._kernels import (JIT, exp, hard_sigmoid, hard_sigmoid_grad,
                                       softsign_grad, tanh)
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
+from gatelab.engines.fused_lstm import gate_views_at
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
@@ -77,18 +78,6 @@ def unused_gates(flags) -> tuple:
     (i = 1 - f). Their products need not be formed; their gradients are zero."""
     return tuple(g for g, unused in enumerate((flags[NO_I] or flags[COUPLED], flags[NO_F], False, flags[NO_O]))
                  if unused)
-
-
-@njit(inline="always")
-def block_views(t, b, xa, hw, bias, k0, k1, G, flags):
-    """gate_views with the gate blocks at flags[POS:POS + 4] (blocks of width G)."""
-    x, h = xa[t, b], hw[b]
-    ci, cf, cg, co = (flags[POS] * G + k0, flags[POS + 1] * G + k0, flags[POS + 2] * G + k0,
-                      flags[POS + 3] * G + k0)
-    U = k1 - k0
-    return (x[ci:ci + U], x[cf:cf + U], x[cg:cg + U], x[co:co + U],
-            h[ci:ci + U], h[cf:cf + U], h[cg:cg + U], h[co:co + U],
-            bias[ci:ci + U], bias[cf:cf + U], bias[cg:cg + U], bias[co:co + U])
 
 
 # The activations are chosen by a run-time kind, but both candidates are computed and one is
@@ -188,8 +177,8 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     tc = tk if has_zc else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
-        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = block_views(t, b, xa, hw, bias, k0, k1, G,
-                                                                                  flags)
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views_at(
+            t, b, xa, hw, bias, k0, k1, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
         c_, m_, z_ = c_state[b, u0:u1], m_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
         cn_, cs_ = cn_seq[tk, b, u0:u1], c_seq[tc, b, u0:u1]  # (U,)
@@ -229,8 +218,6 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
             _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, gk, ck, coupled, no_f, no_i, no_g)
         if std and not ln:
             _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, 0, 0, no_o, no_y, False)
-        elif std:
-            _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, 0, 0, no_o, no_y, True)
         else:
             _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, no_y, ln)
         if ln:  # y = φ(LN(c̃)) over the row's H units; m = o ⊙ y
@@ -354,15 +341,6 @@ def zone_h(t, n, has_zh, zh, h_new, h_prev, h_state, out, u0, u1):
             for j in range(U):
                 hs_[j] = hn_[j]
                 o_[j] = hn_[j]
-
-
-@njit(**JIT)
-def copy_rows(src, dst, n, u0, u1):
-    """dst[:n, u0:u1] = src[:n, u0:u1], both (B, H)."""
-    for b in range(n):
-        s_, d_ = src[b, u0:u1], dst[b, u0:u1]
-        for j in range(u1 - u0):
-            d_[j] = s_[j]
 
 
 @njit(**JIT)
@@ -490,11 +468,6 @@ def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_
         if std and not (ln or has_dg):  # σ and tanh, the common case (see _fig_pass)
             _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
                             0, 0, no_o, no_y, False, False)
-            _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
-                             0, 0, coupled, no_f, no_i, no_g, False)
-        elif std and not has_dg:  # with layer_norm
-            _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
-                            0, 0, no_o, no_y, False, True)
             _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
                              0, 0, coupled, no_f, no_i, no_g, False)
         else:

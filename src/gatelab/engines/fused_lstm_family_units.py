@@ -37,8 +37,8 @@ from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import NR, step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
-from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step, backward_tail, copy_rows,
-                                              forward_step, recurrent_product, unused_gates, zone_h)
+from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step, backward_tail, forward_step,
+                                              recurrent_product, unused_gates, zone_h)
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
                                          grads_of_my_rows, kept_order, my_columns, my_rows, span_packs, spans)
@@ -81,7 +81,7 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
         if has_zh:
             zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
         else:
-            copy_rows(dst, out[t], n, u0, u1)
+            copy_units(dst, out[t], 0, n, u0, u1)
         copy_units(src, dst, n, B, u0, u1)  # rows not in this step keep their state
         if not arrive_and_wait(counter, s, k):
             return  # another thread failed: the caller raises its error

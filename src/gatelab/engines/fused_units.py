@@ -178,10 +178,11 @@ def _take_columns(w_hh, u0, u1, w_mine, bp):
 def copy_units(src, dst, b0, b1, u0, u1):
     """dst[b0:b1, u0:u1] = src[b0:b1, u0:u1]: my units of the double-buffered state carried
     to the half the step writes (rows not in the step, or the GRU's h_{t-1} it updates in
-    place)."""
+    place), or of the new state into out[t]."""
     for b in range(b0, b1):
-        for u in range(u0, u1):
-            dst[b, u] = src[b, u]
+        s_, d_ = src[b, u0:u1], dst[b, u0:u1]  # 1-D row views, so that the copy vectorises
+        for u in range(u1 - u0):
+            d_[u] = s_[u]
 
 
 def double_buffer(h_state):
