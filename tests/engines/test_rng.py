@@ -63,6 +63,21 @@ def test_draw_is_the_same_on_any_thread_count(monkeypatch):
     np.testing.assert_array_equal(masks[0].ravel(), (np.array(uniforms(99, 5001)) < below).astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fill_steps_fills_a_zoneout_mask_as_draw_does(dtype):
+    """Step by step and unit range by unit range (odd widths: ranges start at odd elements),
+    in any step order, the units split's fill gives the mask draw gives at that seed."""
+    T, B, H, p, seed = 5, 3, 13, 0.3, 2024
+    want = _kernels_rng.draw(seed, (T, B, H), p, dtype, False, 1, None)
+    got = np.full((T, B, H), -1.0, dtype)
+    below = _kernels_rng.threshold(p)
+    for t in (4, 0, 2, 1, 3):  # a reverse or packed schedule visits the steps in any order
+        for u0, u1 in ((0, 6), (6, 7), (7, 13)):
+            _kernels_rng.fill_steps(seed, below, got, t, u0, u1)
+    np.testing.assert_array_equal(got, want)
+    assert _kernels_rng.threshold(0.0) == 0 and _kernels_rng.threshold(1.0) == 1 << 32
+
+
 def test_draw_edges():
     """p = 0 keeps every unit (dropout) and never the previous value (zoneout)."""
     team = None  # never woken for 12 elements

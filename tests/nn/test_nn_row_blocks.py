@@ -356,3 +356,58 @@ def test_units_split_leaves_unused_gates_out_of_the_products(units_split, monkey
     for g in unused:
         for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             assert torch.count_nonzero(grads[name][g * H:(g + 1) * H]) == 0, (name, g)
+
+
+@pytest.fixture
+def filled(monkeypatch):
+    """Every fused_lstm_family_units.forward call's draws and, after it, its zoneout arrays."""
+    from gatelab.engines import fused_lstm_family_units
+
+    seen = []
+    real = fused_lstm_family_units.forward
+
+    def spy(*args):
+        real(*args)
+        has_d, d, has_zh, zh, zc = args[9]
+        seen.append((args[-1].copy(), zh.copy() if has_zh else None, zc.copy()))
+
+    monkeypatch.setattr(fused_lstm_family_units, "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("form", ["padded", "packed", "packed-unsorted"])
+@pytest.mark.parametrize("zoneout", [(0.3, 0.0), (0.0, 0.4), (0.2, 0.5)], ids=["h", "c", "h+c"])
+def test_units_split_fills_zoneout_masks_as_drawn(units_split, filled, zoneout, form):
+    """In training, a forward without masks= leaves zoneout's masks to the LSTM's units split
+    (engines.masks.Deferred: each thread fills its units of each step in its time loop). The
+    filled arrays equal draw_masks' under the same seed element for element, and so do the
+    outputs and every gradient; a reordered (unsorted packed) batch gets them filled first."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    module = build("LSTM", dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True),
+                   dict(zoneout=zoneout), "fused", seed=5)
+    x = torch.randn(6, 5, 3, dtype=F64)
+    lengths = [6, 5, 5, 3, 1] if form == "packed" else [3, 6, 1, 5, 5]
+    inputs = x if form == "padded" else pack_padded_sequence(x, lengths, enforce_sorted=form == "packed")
+
+    def run(**kw):
+        torch.manual_seed(11)
+        out, _ = module(inputs, **kw)
+        out = out if form == "padded" else out.data
+        return out, torch.autograd.grad(out.sum(), list(module.parameters()))
+
+    out_a, grads_a = run()
+    deferred, filled[:] = list(filled), []
+    torch.manual_seed(11)
+    masks = module.draw_masks(6, 5)
+    out_b, grads_b = run(masks=masks)
+    assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert len(deferred) == len(filled) == 4  # every layer-direction split its units
+    want = [int(zoneout[0] > 0), int(zoneout[1] > 0)] if form != "packed-unsorted" else [0, 0]
+    order = torch.arange(5) if form != "packed-unsorted" else inputs.sorted_indices  # the engine's rows
+    for k, (draws, zh, zc) in enumerate(deferred):
+        assert draws[:, 0].tolist() == want
+        assert filled[k][0][:, 0].tolist() == [0, 0]  # given masks: nothing left to fill
+        for name, p, got in (("zoneout_h", zoneout[0], zh), ("zoneout_c", zoneout[1], zc)):
+            if p > 0:
+                assert torch.equal(torch.from_numpy(got), masks[k][name].index_select(1, order))

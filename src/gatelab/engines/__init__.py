@@ -31,6 +31,8 @@ Arguments:
         previous value (h_t = m ⊙ h_{t-1} + (1 - m) ⊙ h̃_t); `recurrent_dropout` (B, H_out):
         the scaled dropout mask that multiplies h_{t-1} before the recurrent product.
         (weight_drop is applied by the module to `weight_hh` before the call.)
+        An engine that sets FILLS_MASKS may receive zoneout's masks as engines.masks.Deferred
+        (the seed drawn, the values to be filled; the module's own draw on the CPU).
 
 Returns:
     out: (T, B, H_out), zero at padded positions.
@@ -62,7 +64,8 @@ split into rows i|f|g|o:
 
 An engine module provides `NAME`, `run(...)`, `unsupported(spec, x, record) -> str | None`
 (None when it can run the request, else the reason in a few words) and, when it applies
-masks, `MASKS`: the names of the masks it accepts.
+masks, `MASKS`: the names of the masks it accepts; `FILLS_MASKS` = True when it takes
+Deferred masks (the module fills them first for any other engine).
 """
 
 from __future__ import annotations

@@ -43,9 +43,11 @@ import torch
 
 from gatelab.engines import GATE_ROWS, _kernels_blas, _kernels_sync, fused_lstm_family, fused_parallel, fused_units
 from gatelab.engines.fused_common import numba_loop, schedule
+from gatelab.engines.masks import materialize
 
 NAME = "fused"
 MASKS = ("zoneout_h", "zoneout_c", "recurrent_dropout")  # LSTM; GRU zoneout_h, recurrent_dropout
+FILLS_MASKS = True  # takes masks.Deferred: the LSTM's units split fills them in its loop, else filled here
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -91,6 +93,7 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     if masks is not None and spec.mode.startswith("RNN"):
         raise ValueError("fused engine: the plain RNN takes no masks")
     if x.dtype == torch.bfloat16:  # bf16 activations, float32 arithmetic
+        masks = materialize(masks)
         out, state_T, gates = run(spec, x.float(), tuple(s.float() for s in state),
                                   {k: w.float() for k, w in weights.items()}, batch_sizes,
                                   reverse, record, training,
@@ -113,6 +116,8 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     if not spec.layer_norm and (spec.mode == "LSTM" or (spec.mode == "GRU" and spec.reset_after)):
         units = fused_units.unit_threads(threads, B, spec.hidden_size, GATE_ROWS[spec.mode],
                                          spec.proj_size > 0)
+    if not (units > 1 and spec.mode == "LSTM"):
+        masks = materialize(masks)  # only the LSTM's units split fills masks itself
     blocks = fused_parallel.row_blocks(B, threads)
     if units > 1 or len(blocks) == 1:  # the units split, or one thread
         return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, units)

@@ -53,6 +53,7 @@ from gatelab.engines.fused_lstm import gate_views_at
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
+from gatelab.engines.masks import Deferred
 
 # flags: int64 array of the variant switches, in this order, then at POS the positions of
 # gate blocks i f g o in xa, hw and bias (0 1 2 3; a units-split thread puts removed gates last)
@@ -567,14 +568,25 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq
         backward_tail(n, has_d, d, has_zh, dh_state, dzone, 0, dh_state.shape[1])
 
 
-def _masks(masks, T, B, H, P, dt):
+def _masks(masks, T, B, H, P, dt, units):
     """(has_d, d (B, P), has_zh, zh (T|1, B, P), has_zc, zc (T|1, B, H)) as arrays; absent
-    masks are zero placeholders the kernels do not read."""
+    masks are zero placeholders the kernels do not read. And draws (2, 3) int64, rows
+    zoneout_h, zoneout_c: (1, seed, below) for a masks.Deferred one, whose array the units
+    split (units > 1) fills in its time loop (else it is filled here), or zeros."""
     masks = masks or {}
-    d, zh, zc = (arr(masks.get(k)) for k in ("recurrent_dropout", "zoneout_h", "zoneout_c"))
+    draws = np.zeros((2, 3), np.int64)
+    arrays = []
+    for name in ("recurrent_dropout", "zoneout_h", "zoneout_c"):
+        m = masks.get(name)
+        if isinstance(m, Deferred) and units > 1:  # filled by the threads, step by step
+            draws[int(name == "zoneout_c")] = (1, m.seed, m.below)
+            arrays.append(workspace.empty(m.shape, dt))
+        else:
+            arrays.append(arr(m.tensor() if isinstance(m, Deferred) else m))
+    d, zh, zc = arrays
     return (d is not None, workspace.zeros((B, P), dt) if d is None else d,
             zh is not None, workspace.zeros((1, B, P), dt) if zh is None else zh,
-            zc is not None, workspace.zeros((1, B, H), dt) if zc is None else zc)
+            zc is not None, workspace.zeros((1, B, H), dt) if zc is None else zc), draws
 
 
 def _ln_all(v, w, b):
@@ -595,11 +607,12 @@ def _ln_all_backward(dy, vhat, rs, w):
     return dv
 
 
-def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep, record, units=1):
+def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep, record, units=1, draws=None):
     """The forward pass on arrays. Returns out (T, B, H_out), h_T, c_T and the saved
     (gates i f g o, c̃, carried c, layer-norm saves) when `keep` or `record`, else None.
     ln: None or (ih_w, ih_b, hh_w, hh_b, c_w, c_b) arrays. `units` > 1: each step's units
-    split between that many threads (fused_lstm_family_units; no layer_norm, no projection)."""
+    split between that many threads (fused_lstm_family_units; no layer_norm, no projection),
+    which also fill the zoneout masks `draws` marks (see _masks)."""
     T, B, _ = x.shape  # (T, B, I)
     H, P = c0.shape[1], h0.shape[1]
     dt = x.dtype
@@ -638,7 +651,8 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
 
         fused_lstm_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, ph, flags,
                                         (has_d, d, has_zh, zh, zc), h_state, c_state, gates, cn_seq, c_seq,
-                                        m_state, out, lnc, stats)
+                                        m_state, out, lnc, stats,
+                                        np.zeros((2, 3), np.int64) if draws is None else draws)
     elif numba_loop():
         bp = packed_weights(w_hh, True, len(steps), B)
         forward_loop(steps_array(steps), full, proj, xa, w_hh, bp, scratch(dt), bias, w_hh if w_hr is None else w_hr,
@@ -694,14 +708,14 @@ class LSTMFamilyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
-                ln_c_w, ln_c_b, spec, masks, steps, record, units):
+                ln_c_w, ln_c_b, spec, masks, steps, record, units, draws):
         xs, h0s, c0s = arr(x), arr(h0), arr(c0)
         w_ihs, w_hhs, w_hrs, phs = arr(w_ih), arr(w_hh), arr(w_hr), arr(w_ph)
         ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
                                                                  ln_c_w, ln_c_b))
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
         out, h_T, c_T, saved = _forward(spec, xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, phs, ln, masks,
-                                        steps, keep=True, record=record, units=units)
+                                        steps, keep=True, record=record, units=units, draws=draws)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, saved)
         ctx.spec, ctx.masks, ctx.steps, ctx.has_bias, ctx.units = spec, masks, steps, b_ih is not None, units
@@ -792,7 +806,7 @@ class LSTMFamilyFunction(torch.autograd.Function):
         db_ih = db if ctx.has_bias else None
         grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
                  dw_hr, dph, *dln)
-        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 5
+        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 6
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
@@ -809,16 +823,16 @@ def run(spec, x, state, weights, steps, record, masks, units=1):
     w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
     w_ph = weights["weight_ph"] if spec.peephole else None
     ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 6
-    mask_arrays = _masks(masks, T, B, H, P, np.dtype(str(x.dtype).removeprefix("torch.")))
+    mask_arrays, draws = _masks(masks, T, B, H, P, np.dtype(str(x.dtype).removeprefix("torch.")), units)
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, *ln)
     if needs_grad(*inputs):
-        out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units)
+        out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units, draws)
     else:
         bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
         ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
         out, h_T, c_T, saved = _forward(spec, arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
                                         arr(w_hr), arr(w_ph), ln_arrays, mask_arrays, steps, keep=False,
-                                        record=record, units=units)
+                                        record=record, units=units, draws=draws)
         out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
         rec = []
         if record:

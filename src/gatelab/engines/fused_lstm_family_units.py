@@ -9,7 +9,8 @@ last in those rows and out of every product: the projections and the step's GEMM
 first blocks only, the δh GEMM and the gradients over all steps read δA's other columns
 (fused_units.kept_order, spans; a quarter of the products for one gate). Everything else
 in a step is per unit: peepholes (diagonal weights), coupled and removed gates, the
-activations, zoneout of c and h (a mask value per unit). The one
+activations, zoneout of c and h (a mask value per unit; masks the module left to the
+engine, masks.Deferred, are filled here, each thread its units of each step). The one
 exception is recurrent_dropout, whose product reads d ⊙ h_{t-1} over all units: each
 thread forms that row itself before its GEMM. The threads meet at a barrier once per step
 in each direction (`_kernels_sync`).
@@ -36,6 +37,7 @@ from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import NR, step_gemm
+from gatelab.engines._kernels_rng import fill_steps
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step, backward_tail, forward_step,
                                               recurrent_product, unused_gates, zone_h)
@@ -47,14 +49,16 @@ from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buf
 @njit(**JIT)
 def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, ph, flags, has_d, d,
                   hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq, m_state,
-                  out, lnc, stats, counter):
+                  out, lnc, stats, draws, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (4U, I), w_hh_mine (4U, H), bias_mine (4U,): my rows i f g o (bp_hh,
     tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch);
     xa_mine (T, B, 4U), hw_mine (B, 4U), hd_mine (B, H): my own buffers; hbuf (2, B, H) the
     running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
     new_counter(); K: the gate blocks the products form, the first K of my rows (the rest, of
-    gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); the rest as
+    gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); draws (2, 3):
+    rows zoneout_h, zoneout_c, (1, seed, below) when that mask is to be filled here (each
+    step's my units, just before the step reads them; fused_lstm_family._masks); the rest as
     in fused_lstm_family.forward_loop (no projection)."""
     B, H = c_state.shape
     T = xa_mine.shape[0]
@@ -69,6 +73,10 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
+        if draws[0, 0]:
+            fill_steps(draws[0, 1], draws[0, 2], zh, t, u0, u1)
+        if draws[1, 0]:
+            fill_steps(draws[1, 1], draws[1, 2], zc, t, u0, u1)
         if K == 4:
             recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (4U, H)^T
         else:  # the first KU rows' panels of the packed w_hh_mine
@@ -123,9 +131,10 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
 
 
 def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_state, gates, cn_seq, c_seq,
-            m_state, out, lnc, stats):
+            m_state, out, lnc, stats, draws):
     """forward_units on a team of up to k threads; h_state and c_state are updated in place.
-    masks: (has_d, d, has_zh, zh, zc) as fused_lstm_family._masks gives them."""
+    masks: (has_d, d, has_zh, zh, zc) and draws (the masks to fill here) as
+    fused_lstm_family._masks gives them."""
     T, B, I = x.shape
     H = c_state.shape[1]
     dt = x.dtype
@@ -156,7 +165,8 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
     def member(j, size):
         rows, hd_mine, hw_mine, xa_mine = mine(j, size)
         forward_units(j, size, steps, full, K, x.reshape(T * B, I), *rows, ph, flags, has_d, d, hd_mine, has_zh, zh,
-                      zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, counter)
+                      zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, draws,
+                      counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gatelab import engines, gates as gate_record
+from gatelab.engines import masks as engine_masks
 from gatelab.nn import options as opts
 
 GATE_ROWS = engines.GATE_ROWS
@@ -217,12 +218,17 @@ class RNNBase(nn.Module):
             seq_len: T.   batch_size: B (1 for unbatched input).
             dtype, device: of the masks (default: those of weight_ih_l0).
         """
+        return self._draw_masks(seq_len, batch_size, dtype, device, defer=False)
+
+    def _draw_masks(self, T: int, B: int, dtype, device, defer: bool) -> list:
+        """draw_masks; defer: zoneout's masks as opts.Deferred on the CPU (filled by the
+        engine, see opts.Deferred; the same values)."""
         w = self.weight_ih_l0
         dtype, device = dtype or w.dtype, device or w.device
         H_out = self.proj_size if self.proj_size > 0 else self.hidden_size
         G = GATE_ROWS[self.mode]
-        return [opts.draw_masks(self.options, seq_len, batch_size, self.hidden_size, H_out,
-                                (G * self.hidden_size, H_out), training=self.training, dtype=dtype, device=device)
+        return [opts.draw_masks(self.options, T, B, self.hidden_size, H_out, (G * self.hidden_size, H_out),
+                                training=self.training, dtype=dtype, device=device, defer=defer)
                 for _ in range(self.num_layers * (2 if self.bidirectional else 1))]
 
     def _layer_masks(self, batch, masks):
@@ -232,7 +238,9 @@ class RNNBase(nn.Module):
         if masks is None:
             if not self.options.stochastic:
                 return [{} for _ in range(LD)]
-            masks = self.draw_masks(batch.T, batch.B, dtype=batch.x.dtype, device=batch.x.device)
+            # zoneout's masks filled by the engine, unless the batch is reordered below
+            masks = self._draw_masks(batch.T, batch.B, batch.x.dtype, batch.x.device,
+                                     defer=batch.sorted_indices is None)
         elif not isinstance(masks, (list, tuple)) or len(masks) != LD:
             raise ValueError(f"masks: expected a list of {LD} dicts (one per layer-direction), got "
                              f"{type(masks).__name__}{'' if not hasattr(masks, '__len__') else f' of {len(masks)}'}")
@@ -333,6 +341,8 @@ class RNNBase(nn.Module):
                 step_masks = dict(masks[k])
                 weights["weight_hh"] = opts.drop_weight(weights["weight_hh"], step_masks.pop("weight_hh", None))
                 engine = engines.select(self.backend, spec, x, record, step_masks)
+                if not getattr(engine, "FILLS_MASKS", False):
+                    step_masks = engine_masks.materialize(step_masks)
                 if direction == 0:
                     engines.log.debug("%s layer %d: %s engine (backend=%r)", self.mode, layer,
                                       engine.NAME, self.backend)

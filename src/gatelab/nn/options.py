@@ -39,10 +39,10 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 
 from gatelab import engines
+from gatelab.engines import masks as engine_masks
 
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
 CELL_ACTIVATIONS = ("tanh", "softsign")
@@ -231,7 +231,7 @@ def drop_weight(weight_hh: torch.Tensor, mask) -> torch.Tensor:
 
 
 def draw_masks(options: Options, T: int, B: int, hidden_size: int, out_size: int, weight_shape: tuple,
-               *, training: bool, dtype, device) -> dict:
+               *, training: bool, dtype, device, defer: bool = False) -> dict:
     """The masks of one layer-direction, drawn from torch's global RNG (like dropout).
 
     Drawn in this order, only for the options that are on (weight_drop and recurrent_dropout
@@ -245,6 +245,7 @@ def draw_masks(options: Options, T: int, B: int, hidden_size: int, out_size: int
         options: the module's Options.   T, B: steps and batch.   hidden_size: H.
         out_size: H_out (proj_size or H).   weight_shape: the shape of weight_hh.
         training: the module's flag.   dtype, device: of the input.
+        defer: zoneout's masks on the CPU as engines.masks.Deferred (seed drawn, not yet filled).
     Returns a dict (empty when nothing is on).
     """
     masks = {}
@@ -257,7 +258,9 @@ def draw_masks(options: Options, T: int, B: int, hidden_size: int, out_size: int
     p_h, p_c = options.zoneout
     for name, p, shape in (("zoneout_h", p_h, (T, B, out_size)), ("zoneout_c", p_c, (T, B, hidden_size))):
         if p > 0:
-            if training:
+            if training and defer and torch.device(device or "cpu").type == "cpu":
+                masks[name] = engine_masks.Deferred(_seed(), p, shape, dtype)
+            elif training:
                 masks[name] = uniform_below(shape, p, dtype=dtype, device=device)
             else:
                 masks[name] = torch.full(shape, p, **kw)
@@ -291,17 +294,16 @@ def keep_mask(shape, p: float, *, dtype, device) -> torch.Tensor:
     return _draw(shape, p, dtype, keep=True)
 
 
+def _seed() -> int:
+    """A mask's SplitMix64 seed, from torch's global RNG."""
+    return int(torch.randint(0, 1 << 62, (1,), dtype=torch.int64))
+
+
 def _draw(shape, p: float, dtype, keep: bool) -> torch.Tensor:
     """uniform_below (keep False: 1 where U < ⌊p 2^32⌋) or keep_mask (keep True: 1 / (1 - p)
     where U >= ⌊p 2^32⌋) on the CPU: U from SplitMix64 (engines._kernels_rng) at a seed
     drawn from torch's global RNG, filled on the engine's threads."""
-    from gatelab.engines import _kernels_rng, fused_parallel  # here: they load numba, which
-    # `import gatelab.nn` need not
-
-    seed = int(torch.randint(0, 1 << 62, (1,), dtype=torch.int64))
-    mask = _kernels_rng.draw(seed, tuple(shape), p, np.float64 if dtype == torch.float64 else np.float32, keep,
-                             fused_parallel.threads(), lambda fn, k: fused_parallel.team(fn, k, torch_modes=False))
-    return torch.from_numpy(mask).to(dtype)
+    return engine_masks.fill(_seed(), shape, p, dtype, keep)
 
 
 def check_given_masks(given: dict, expected: dict, where: str) -> dict:
