@@ -19,8 +19,8 @@ in each direction (`_kernels_sync`).
               (fused_lstm_family.forward_step with u0, u1); h of my units into the other
               half of the double buffer (zoneout of h, or m written there by the pass) and
               out[t]; barrier
-    backward: δh split by zoneout, or summed in the pass (my units); BPTT pass of my units
-              -> δa[t] (my columns);
+    backward: δh split by zoneout (z_h δh left in δh_{t-1}), or summed in the pass (my units);
+              BPTT pass of my units -> δa[t] (my columns);
               barrier; δh_{t-1}[:, mine] = (δa[t] W_hh[:, mine]) ⊙ d + z_h δh
 
 Results equal the row-mode loops (fused_lstm_family) to rounding, as fused_lstm_units
@@ -108,10 +108,14 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
     H = dc_state.shape[1]
     u0, u1 = j * H // k, (j + 1) * H // k
     S = steps.shape[0]
+    # zoneout's share z_h δh of δh_{t-1} waits in dh_state itself, and the δh GEMM adds to it
+    # (β = 1: the same sum as backward_tail's, without its pass); with recurrent dropout the
+    # product is scaled first, so backward_tail adds it after
+    into_dh = has_zh and not has_d
     for s in range(S - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         if has_zh:  # δh split by zoneout; else the pass sums δout_t and δh itself (as in forward)
-            backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, u0, u1)
+            backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dh_state if into_dh else dzone, u0, u1)
             backward_step(t, n, tp, n_prev, dht, zeros_h, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
                           flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1)
         else:
@@ -119,14 +123,16 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
                           ph, flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
             return  # another thread failed: the caller raises its error
+        beta = 1.0 if into_dh else 0.0
         if every:
-            step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, 0.0, tmp)  # (n, 4H) x (4H, U)
+            step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, beta, tmp)  # (n, 4H) x (4H, U)
         else:
             for q in range(kept.shape[0]):  # (n, span) x (span, U), summed
                 a, b = kept[q, 0], kept[q, 1]
                 step_gemm(da[t, :n, a:b], w_mine[a:b], bp0 if q == 0 else bp1, dh_state[:n, u0:u1], False,
-                          0.0 if q == 0 else 1.0, tmp)
-        backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1)
+                          beta if q == 0 else 1.0, tmp)
+        if not into_dh:
+            backward_tail(n, has_d, d, has_zh, dh_state, dzone, u0, u1)
     arrive_and_wait(counter, S, k)  # δa complete: the GEMMs over all steps may read any column
 
 
