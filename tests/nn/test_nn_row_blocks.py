@@ -376,16 +376,18 @@ def filled(monkeypatch):
 
 
 @pytest.mark.parametrize("form", ["padded", "packed", "packed-unsorted"])
-@pytest.mark.parametrize("zoneout", [(0.3, 0.0), (0.0, 0.4), (0.2, 0.5)], ids=["h", "c", "h+c"])
-def test_units_split_fills_zoneout_masks_as_drawn(units_split, filled, zoneout, form):
+@pytest.mark.parametrize(("zoneout", "dropout"), [((0.3, 0.0), 0.0), ((0.0, 0.4), 0.0), ((0.2, 0.5), 0.0),
+                                                  ((0.2, 0.5), 0.3)], ids=["h", "c", "h+c", "h+c+dropout"])
+def test_units_split_fills_zoneout_masks_as_drawn(units_split, filled, zoneout, dropout, form):
     """In training, a forward without masks= leaves zoneout's masks to the LSTM's units split
     (engines.masks.Deferred: each thread fills its units of each step in its time loop). The
     filled arrays equal draw_masks' under the same seed element for element, and so do the
-    outputs and every gradient; a reordered (unsorted packed) batch gets them filled first."""
+    outputs and every gradient (with recurrent dropout too, whose δh scaling comes before
+    zoneout's share); a reordered (unsorted packed) batch gets them filled first."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
     module = build("LSTM", dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True),
-                   dict(zoneout=zoneout), "fused", seed=5)
+                   dict(zoneout=zoneout, recurrent_dropout=dropout), "fused", seed=5)
     x = torch.randn(6, 5, 3, dtype=F64)
     lengths = [6, 5, 5, 3, 1] if form == "packed" else [3, 6, 1, 5, 5]
     inputs = x if form == "padded" else pack_padded_sequence(x, lengths, enforce_sorted=form == "packed")
