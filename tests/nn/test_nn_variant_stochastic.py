@@ -235,3 +235,27 @@ def test_keep_mask_drops_p_and_scales_the_rest(monkeypatch, dtype):
     below = uniform_below(shape, 0.3, dtype=dtype, device=None)
     assert torch.equal(mask == 0, below == 1)  # the same U: dropped exactly where U < p 2^32
     assert torch.equal(keep_mask((3, 4), 0.0, dtype=dtype, device=None), torch.ones(3, 4, dtype=dtype))
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize(("cls", "backend"), [("LSTM", "fused"), ("LSTM", "eager"), ("GRU", "fused")])
+def test_masks_left_to_the_engine_replay_the_drawn_ones(monkeypatch, cls, backend, dtype, threads):
+    """A forward without masks= draws zoneout's seeds and leaves the values to the engine
+    (engines.masks.Deferred) on every path — the units split fills them in its loop, any other
+    engine gets them filled first — and computes what the drawn masks give."""
+    monkeypatch.setenv("GATELAB_THREADS", threads)
+    torch.manual_seed(2)
+    module = getattr(gnn, cls)(5, 24, num_layers=2, bidirectional=True, dtype=dtype, backend=backend,
+                               zoneout=0.3, recurrent_dropout=0.2)
+    x = torch.randn(6, 4, 5, dtype=dtype)
+
+    def run(**kw):
+        torch.manual_seed(8)
+        out, _ = module(x, **kw)
+        return out, torch.autograd.grad(out.float().sum(), list(module.parameters()))
+
+    out_a, grads_a = run()
+    torch.manual_seed(8)
+    out_b, grads_b = run(masks=module.draw_masks(6, 4))
+    assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
