@@ -360,33 +360,46 @@ def test_units_split_leaves_unused_gates_out_of_the_products(units_split, monkey
 
 @pytest.fixture
 def filled(monkeypatch):
-    """Every fused_lstm_family_units.forward call's draws and, after it, its zoneout arrays."""
-    from gatelab.engines import fused_lstm_family_units
+    """Every units split's forward call (LSTM and GRU families): its draws and, after it, its
+    zoneout arrays by name (None where absent)."""
+    from gatelab.engines import fused_gru_family_units, fused_lstm_family_units
 
     seen = []
-    real = fused_lstm_family_units.forward
 
-    def spy(*args):
-        real(*args)
-        has_d, d, has_zh, zh, zc = args[9]
-        seen.append((args[-1].copy(), zh.copy() if has_zh else None, zc.copy()))
+    def spy_on(module, where):
+        real = module.forward
 
-    monkeypatch.setattr(fused_lstm_family_units, "forward", spy)
+        def spy(*args):
+            real(*args)
+            masks = args[where]
+            arrays = {"zoneout_h": masks[3].copy() if masks[2] else None}
+            if len(masks) == 5:  # the LSTM's (has_d, d, has_zh, zh, zc)
+                arrays["zoneout_c"] = masks[4].copy()
+            seen.append((args[-1].copy(), arrays))
+
+        monkeypatch.setattr(module, "forward", spy)
+
+    spy_on(fused_lstm_family_units, 9)
+    spy_on(fused_gru_family_units, 10)
     return seen
 
 
+CASES_FILLED = [("LSTM", (0.3, 0.0), 0.0), ("LSTM", (0.0, 0.4), 0.0), ("LSTM", (0.2, 0.5), 0.0),
+                ("LSTM", (0.2, 0.5), 0.3), ("GRU", 0.3, 0.0), ("GRU", 0.3, 0.2)]
+
+
 @pytest.mark.parametrize("form", ["padded", "packed", "packed-unsorted"])
-@pytest.mark.parametrize(("zoneout", "dropout"), [((0.3, 0.0), 0.0), ((0.0, 0.4), 0.0), ((0.2, 0.5), 0.0),
-                                                  ((0.2, 0.5), 0.3)], ids=["h", "c", "h+c", "h+c+dropout"])
-def test_units_split_fills_zoneout_masks_as_drawn(units_split, filled, zoneout, dropout, form):
-    """In training, a forward without masks= leaves zoneout's masks to the LSTM's units split
-    (engines.masks.Deferred: each thread fills its units of each step in its time loop). The
-    filled arrays equal draw_masks' under the same seed element for element, and so do the
-    outputs and every gradient (with recurrent dropout too, whose δh scaling comes before
-    zoneout's share); a reordered (unsorted packed) batch gets them filled first."""
+@pytest.mark.parametrize(("mode", "zoneout", "dropout"), CASES_FILLED,
+                         ids=["h", "c", "h+c", "h+c+dropout", "gru", "gru+dropout"])
+def test_units_split_fills_zoneout_masks_as_drawn(units_split, filled, mode, zoneout, dropout, form):
+    """In training, a forward without masks= leaves zoneout's masks to the LSTM's and GRU's
+    units splits (engines.masks.Deferred: each thread fills its units of each step in its time
+    loop). The filled arrays equal draw_masks' under the same seed element for element, and
+    so do the outputs and every gradient (with recurrent dropout too, whose δh scaling comes
+    before zoneout's share); a reordered (unsorted packed) batch gets them filled first."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    module = build("LSTM", dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True),
+    module = build(mode, dict(input_size=3, hidden_size=7, num_layers=2, bidirectional=True),
                    dict(zoneout=zoneout, recurrent_dropout=dropout), "fused", seed=5)
     x = torch.randn(6, 5, 3, dtype=F64)
     lengths = [6, 5, 5, 3, 1] if form == "packed" else [3, 6, 1, 5, 5]
@@ -405,11 +418,12 @@ def test_units_split_fills_zoneout_masks_as_drawn(units_split, filled, zoneout, 
     out_b, grads_b = run(masks=masks)
     assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     assert len(deferred) == len(filled) == 4  # every layer-direction split its units
-    want = [int(zoneout[0] > 0), int(zoneout[1] > 0)] if form != "packed-unsorted" else [0, 0]
+    probabilities = dict(zip(("zoneout_h", "zoneout_c"), zoneout if mode == "LSTM" else (zoneout,)))
+    want = [int(p > 0 and form != "packed-unsorted") for p in probabilities.values()]
     order = torch.arange(5) if form != "packed-unsorted" else inputs.sorted_indices  # the engine's rows
-    for k, (draws, zh, zc) in enumerate(deferred):
-        assert draws[:, 0].tolist() == want
-        assert filled[k][0][:, 0].tolist() == [0, 0]  # given masks: nothing left to fill
-        for name, p, got in (("zoneout_h", zoneout[0], zh), ("zoneout_c", zoneout[1], zc)):
+    for k, (draws, arrays) in enumerate(deferred):
+        assert draws[1:, 0].tolist() == want  # row 0: recurrent_dropout, never left to the engine
+        assert not filled[k][0][:, 0].any()  # given masks: nothing left to fill
+        for name, p in probabilities.items():
             if p > 0:
-                assert torch.equal(torch.from_numpy(got), masks[k][name].index_select(1, order))
+                assert torch.equal(torch.from_numpy(arrays[name]), masks[k][name].index_select(1, order))

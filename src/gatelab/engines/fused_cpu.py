@@ -47,7 +47,7 @@ from gatelab.engines.masks import materialize
 
 NAME = "fused"
 MASKS = ("zoneout_h", "zoneout_c", "recurrent_dropout")  # LSTM; GRU zoneout_h, recurrent_dropout
-FILLS_MASKS = True  # takes masks.Deferred: the LSTM's units split fills them in its loop, else filled here
+FILLS_MASKS = True  # takes masks.Deferred: the units splits fill them in their loops, else filled here
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -116,8 +116,8 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     if not spec.layer_norm and (spec.mode == "LSTM" or (spec.mode == "GRU" and spec.reset_after)):
         units = fused_units.unit_threads(threads, B, spec.hidden_size, GATE_ROWS[spec.mode],
                                          spec.proj_size > 0)
-    if not (units > 1 and spec.mode == "LSTM"):
-        masks = materialize(masks)  # only the LSTM's units split fills masks itself
+    if units == 1:
+        masks = materialize(masks)  # only the units splits (LSTM, GRU) fill masks themselves
     blocks = fused_parallel.row_blocks(B, threads)
     if units > 1 or len(blocks) == 1:  # the units split, or one thread
         return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, units)

@@ -57,6 +57,7 @@ from gatelab.engines.fused_lstm_family import (
     CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, _ln_all, _ln_all_backward, dropped,
     ln_back_rows, ln_rows, recurrent_product)
 from gatelab.engines import workspace
+from gatelab.engines.masks import as_arrays
 
 
 @njit(**JIT)
@@ -308,23 +309,24 @@ def dropped_rows(n, has_d, h_state, d, hd):
     return hd[:n]
 
 
-def _masks(masks, T, B, H, dt):
-    """(has_d, d (B, H), has_zh, zh (T|1, B, H)); absent masks are zero placeholders."""
-    masks = masks or {}
-    d, zh = arr(masks.get("recurrent_dropout")), arr(masks.get("zoneout_h"))
+def _masks(masks, T, B, H, dt, units):
+    """(has_d, d (B, H), has_zh, zh (T|1, B, H)); absent masks are zero placeholders. And
+    draws (2, 3), rows d zh, as engines.masks.as_arrays gives them: a Deferred mask is filled
+    by the units split (units > 1) in its time loop, else here."""
+    (d, zh), draws = as_arrays(masks, ("recurrent_dropout", "zoneout_h"), dt, units > 1)
     return (d is not None, workspace.zeros((B, H), dt) if d is None else d,
-            zh is not None, workspace.zeros((1, B, H), dt) if zh is None else zh)
+            zh is not None, workspace.zeros((1, B, H), dt) if zh is None else zh), draws
 
 
 def _kinds(spec):
     return GATE_KINDS[spec.gate_activation], CELL_KINDS[spec.cell_activation]
 
 
-def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record, units=1):
+def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record, units=1, draws=None):
     """The forward pass on arrays: out (T, B, H), h_T and the saved ((r, z, n, hn) reset after,
     (r, z, n) reset before; layer-norm saves). ln: None or (ih_w, ih_b, hh_w, hh_b) arrays.
     `units` > 1: each step's units split between that many threads (fused_gru_family_units;
-    reset after, no layer_norm)."""
+    reset after, no layer_norm), which also fill the zoneout mask `draws` marks (see _masks)."""
     T, B, _ = x.shape
     H = h0.shape[1]
     dt = x.dtype
@@ -376,7 +378,7 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
         from gatelab.engines import fused_gru_family_units
 
         fused_gru_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks,
-                                       h_state, saved, out)
+                                       h_state, saved, out, np.zeros((2, 3), np.int64) if draws is None else draws)
     elif numba_loop():
         bp = packed_weights(w_hh, True, len(steps), B)
         forward_loop(steps_array(steps), full, xa, w_hh, bp, scratch(dt), bias, b_hn, gk, ck, has_d, d, has_zh, zh,
@@ -401,11 +403,11 @@ class GRUFamilyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, spec, masks,
-                steps, record, units):
+                steps, record, units, draws):
         xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
         ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b))
         out, h_T, (saved, lnsaved) = _forward(spec, xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), ln, masks,
-                                              steps, keep=True, record=record, units=units)
+                                              steps, keep=True, record=record, units=units, draws=draws)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved, lnsaved)
         ctx.spec, ctx.masks, ctx.steps, ctx.has_bias, ctx.units = spec, masks, steps, b_ih is not None, units
@@ -448,7 +450,7 @@ class GRUFamilyFunction(torch.autograd.Function):
                 ctx.units, steps_array(steps), gk, ck, ctx.masks, d_out, dh_state, saved, out, h0s, dgates, dxa,
                 dhw, xs, h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
             grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None)
-            return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 5
+            return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 6
         if numba_loop():
             bp = packed_weights(w_hhs, False, len(steps), B)
             backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
@@ -478,7 +480,7 @@ class GRUFamilyFunction(torch.autograd.Function):
         db_ih = add_rows_sum(dxa) if ctx.has_bias else None
         db_hh = add_rows_sum(dhw) if ctx.has_bias else None
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln)
-        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 5
+        return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 6
 
 
 def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa):
@@ -516,7 +518,7 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
         mm(dxa2[:, 2 * H:].T, h_prev.reshape(T * B, H), dw_hh[2 * H:])  # δW_hn = δXA_n^T U
     db = add_rows_sum(dxa) if ctx.has_bias else None
     grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
-    return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 9
+    return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 10
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
@@ -529,15 +531,16 @@ def run(spec, x, state, weights, steps, record, masks, units=1):
     T, B, _ = x.shape
     w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
     b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
-    mask_arrays = _masks(masks, T, B, spec.hidden_size, np.dtype(str(x.dtype).removeprefix("torch.")))
+    mask_arrays, draws = _masks(masks, T, B, spec.hidden_size, np.dtype(str(x.dtype).removeprefix("torch.")), units)
     ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 4
     inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, *ln)
     if needs_grad(*inputs):
-        out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units)
+        out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units, draws)
     else:
         ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
         out, h_T, saved = _forward(spec, arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih), arr(b_hh),
-                                   ln_arrays, mask_arrays, steps, keep=False, record=record, units=units)
+                                   ln_arrays, mask_arrays, steps, keep=False, record=record, units=units,
+                                   draws=draws)
         out, h_T = tensor(out), tensor(h_T)
         rec = [tensor(a) for a in saved[0][:3]] if record else []
     gates = dict(zip(("r", "z", "n"), rec)) if record else None

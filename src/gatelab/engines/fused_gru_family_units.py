@@ -1,7 +1,8 @@
 """The GRU family's time loops with each step's units split between threads.
 
 As fused_gru_units for the plain GRU, for the family variants whose step is per unit once
-the product is formed: the activations by name, zoneout_h and recurrent_dropout, with
+the product is formed: the activations by name, zoneout_h (a Deferred mask, engines.masks, filled here, each
+thread its units of each step) and recurrent_dropout, with
 torch.nn's "reset after" form. Not split: layer_norm (a sum over all units per step) and
 reset_after=False (its second product reads r ⊙ h over all units, so it would need a second
 meeting per step); those run on row blocks. With recurrent_dropout each thread forms
@@ -25,6 +26,7 @@ from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
+from gatelab.engines._kernels_rng import fill_steps
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import recurrent_product
@@ -35,13 +37,15 @@ from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buf
 
 @njit(**JIT)
 def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, gk, ck, has_d, d,
-                  hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
+                  hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, draws, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (3U, I), w_hh_mine (3U, H), bias_mine (3U,): my rows r z n;
     b_hn_mine (U,); bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
     xa_mine (T, B, 3U), hw_mine (B, 3U), hd_mine (B, H): my own buffers;
-    hbuf (2, B, H) the running h, double-buffered as in fused_gru_units; counter: shared
-    new_counter(); the rest as in fused_gru_family.forward_loop."""
+    hbuf (2, B, H) the running h, double-buffered as in fused_gru_units; draws (2, 3): row 1
+    (1, seed, below) when zoneout's mask is to be filled here (each step's my units, just
+    before the step reads them; engines.masks.as_arrays); counter: shared new_counter(); the
+    rest as in fused_gru_family.forward_loop."""
     B, H = hbuf.shape[1], hbuf.shape[2]
     T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
@@ -49,6 +53,8 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
+        if draws[1, 0]:
+            fill_steps(draws[1, 1], draws[1, 2], zh, t, u0, u1)
         recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (3U, H)^T
         copy_units(src, dst, 0, B, u0, u1)  # h_{t-1} of my units (rows not in this step keep it)
         forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, dst,
@@ -82,9 +88,10 @@ def backward_units(j, k, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, g
     arrive_and_wait(counter, S, k)  # δxa, δhw complete: the GEMMs over all steps may read any column
 
 
-def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, saved, out):
+def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, saved, out, draws):
     """forward_units on a team of up to k threads; h_state is updated in place. bias (3H,)
-    b_ih + [b_hr, b_hz, 0]; b_hn (H,); masks (has_d, d, has_zh, zh); saved (r, z, n, hn)."""
+    b_ih + [b_hr, b_hz, 0]; b_hn (H,); masks (has_d, d, has_zh, zh) and draws (the mask to
+    fill here) as fused_gru_family._masks gives them; saved (r, z, n, hn)."""
     T, B, I = x.shape
     H = h_state.shape[1]
     dt = x.dtype
@@ -105,7 +112,7 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
     def member(j, size):
         rows, b_hn_mine, hd_mine, hw_mine, xa_mine = mine(j, size)
         forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, b_hn_mine, gk, ck, has_d, d, hd_mine,
-                      has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, counter)
+                      has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, draws, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]

@@ -53,7 +53,7 @@ from gatelab.engines.fused_lstm import gate_views_at
 from gatelab.engines.fused_common import (
     add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
 from gatelab.engines import workspace
-from gatelab.engines.masks import Deferred
+from gatelab.engines.masks import as_arrays
 
 # flags: int64 array of the variant switches, in this order, then at POS the positions of
 # gate blocks i f g o in xa, hw and bias (0 1 2 3; a units-split thread puts removed gates last)
@@ -570,20 +570,10 @@ def backward_loop(steps, proj, d_out, dh_state, dc_state, gi, gf, gg, go, cn_seq
 
 def _masks(masks, T, B, H, P, dt, units):
     """(has_d, d (B, P), has_zh, zh (T|1, B, P), has_zc, zc (T|1, B, H)) as arrays; absent
-    masks are zero placeholders the kernels do not read. And draws (2, 3) int64, rows
-    zoneout_h, zoneout_c: (1, seed, below) for a masks.Deferred one, whose array the units
-    split (units > 1) fills in its time loop (else it is filled here), or zeros."""
-    masks = masks or {}
-    draws = np.zeros((2, 3), np.int64)
-    arrays = []
-    for name in ("recurrent_dropout", "zoneout_h", "zoneout_c"):
-        m = masks.get(name)
-        if isinstance(m, Deferred) and units > 1:  # filled by the threads, step by step
-            draws[int(name == "zoneout_c")] = (1, m.seed, m.below)
-            arrays.append(workspace.empty(m.shape, dt))
-        else:
-            arrays.append(arr(m.tensor() if isinstance(m, Deferred) else m))
-    d, zh, zc = arrays
+    masks are zero placeholders the kernels do not read. And draws (3, 3), rows d zh zc, as
+    engines.masks.as_arrays gives them: a Deferred mask is filled by the units split
+    (units > 1) in its time loop, else here."""
+    (d, zh, zc), draws = as_arrays(masks, ("recurrent_dropout", "zoneout_h", "zoneout_c"), dt, units > 1)
     return (d is not None, workspace.zeros((B, P), dt) if d is None else d,
             zh is not None, workspace.zeros((1, B, P), dt) if zh is None else zh,
             zc is not None, workspace.zeros((1, B, H), dt) if zc is None else zc), draws
@@ -652,7 +642,7 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
         fused_lstm_family_units.forward(units, steps_array(steps), full, x, w_ih, w_hh, bias, ph, flags,
                                         (has_d, d, has_zh, zh, zc), h_state, c_state, gates, cn_seq, c_seq,
                                         m_state, out, lnc, stats,
-                                        np.zeros((2, 3), np.int64) if draws is None else draws)
+                                        np.zeros((3, 3), np.int64) if draws is None else draws)
     elif numba_loop():
         bp = packed_weights(w_hh, True, len(steps), B)
         forward_loop(steps_array(steps), full, proj, xa, w_hh, bp, scratch(dt), bias, w_hh if w_hr is None else w_hr,

@@ -56,10 +56,10 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
     xa_mine (T, B, 4U), hw_mine (B, 4U), hd_mine (B, H): my own buffers; hbuf (2, B, H) the
     running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
     new_counter(); K: the gate blocks the products form, the first K of my rows (the rest, of
-    gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); draws (2, 3):
-    rows zoneout_h, zoneout_c, (1, seed, below) when that mask is to be filled here (each
-    step's my units, just before the step reads them; fused_lstm_family._masks); the rest as
-    in fused_lstm_family.forward_loop (no projection)."""
+    gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); draws (3, 3):
+    rows recurrent_dropout, zoneout_h, zoneout_c, (1, seed, below) when that mask is to be
+    filled here (each step's my units, just before the step reads them;
+    engines.masks.as_arrays); the rest as in fused_lstm_family.forward_loop (no projection)."""
     B, H = c_state.shape
     T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
@@ -73,10 +73,10 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
-        if draws[0, 0]:
-            fill_steps(draws[0, 1], draws[0, 2], zh, t, u0, u1)
-        if draws[1, 0]:
-            fill_steps(draws[1, 1], draws[1, 2], zc, t, u0, u1)
+        if draws[1, 0]:  # zoneout_h, zoneout_c left to the threads (engines.masks.as_arrays)
+            fill_steps(draws[1, 1], draws[1, 2], zh, t, u0, u1)
+        if draws[2, 0]:
+            fill_steps(draws[2, 1], draws[2, 2], zc, t, u0, u1)
         if K == 4:
             recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (4U, H)^T
         else:  # the first KU rows' panels of the packed w_hh_mine

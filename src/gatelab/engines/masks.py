@@ -4,9 +4,10 @@ A module's forward draws zoneout's masks on the CPU as `Deferred`: the seed is t
 torch's global RNG at once (so the RNG advances exactly as for a filled mask, and
 `torch.manual_seed(s); m(x)` still equals `torch.manual_seed(s); m(x, masks=m.draw_masks(T, B))`),
 the values are left to the engine. An engine that sets FILLS_MASKS receives them as they
-are: the fused LSTM's units split fills each thread's own units of each step inside its
-time loop (fused_lstm_family_units; at (50,16,64,128) drawing both masks beforehand took
-~0.27 ms of a 5.3 ms training step). Every other engine receives them filled
+are: the fused LSTM's and GRU's units splits fill each thread's own units of each step
+inside their time loops (fused_lstm_family_units, fused_gru_family_units, from the arrays
+and draws `as_arrays` gives; at (50,16,64,128) drawing an LSTM's two masks beforehand took
+~0.27 ms of a 5.3 ms training step). Every other engine and path receives them filled
 (`materialize`), and so does any code that reads them.
 """
 
@@ -45,6 +46,27 @@ def materialize(masks: dict | None) -> dict | None:
     if not masks or not any(isinstance(m, Deferred) for m in masks.values()):
         return masks
     return {k: m.tensor() if isinstance(m, Deferred) else m for k, m in masks.items()}
+
+
+def as_arrays(masks: dict | None, names: tuple, dt, fill_later: bool) -> tuple[list, np.ndarray]:
+    """The masks `names` as arrays in dtype dt (None where absent), and draws (len(names), 3)
+    int64: row k is (1, seed, below) where masks[names[k]] is Deferred and fill_later (its
+    array is then left unfilled, for the engine's threads to fill in their time loop), else
+    zeros (a Deferred mask is then filled here)."""
+    from gatelab.engines import workspace  # here: it loads numba (see fill)
+    from gatelab.engines.fused_common import arr
+
+    masks = masks or {}
+    draws = np.zeros((len(names), 3), np.int64)
+    arrays = []
+    for k, name in enumerate(names):
+        m = masks.get(name)
+        if isinstance(m, Deferred) and fill_later:
+            draws[k] = (1, m.seed, m.below)
+            arrays.append(workspace.empty(m.shape, dt))
+        else:
+            arrays.append(arr(m.tensor() if isinstance(m, Deferred) else m))
+    return arrays, draws
 
 
 def fill(seed: int, shape, p: float, dtype, keep: bool) -> torch.Tensor:
