@@ -14,7 +14,7 @@ from nn_oracle import as_tuple, make_pair
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from variant_cases import build, check_against_reference
 
-from gatelab.engines import fused_parallel
+from gatelab.engines import fused_lstm_family_rows, fused_parallel
 from gatelab.engines.fused_parallel import block_sizes, row_blocks
 
 F64 = torch.float64
@@ -33,6 +33,13 @@ def split(request, monkeypatch):
         return real(run_block, bounds, *args, **kwargs)
 
     monkeypatch.setattr(fused_parallel, "run_blocks", counting)
+    real_family = fused_lstm_family_rows.run
+
+    def counting_family(*args):  # the LSTM family's own row blocks
+        calls.append(len(args[-1]))
+        return real_family(*args)
+
+    monkeypatch.setattr(fused_lstm_family_rows, "run", counting_family)
     return calls, str(request.param)
 
 
@@ -180,6 +187,21 @@ def test_split_variants_equal_the_reference(split, mode, options, training, form
     check_against_reference(module, T=5, B=9, form=form, seed=6, training=training)
     calls, _ = split
     assert calls and all(n > 1 for n in calls)
+
+
+@pytest.mark.parametrize("options", [dict(layer_norm=True, peephole=True), dict(proj_size=3, coupled_gates=True)],
+                         ids=["layer_norm", "proj"])
+def test_split_family_records_the_same_gates(split, monkeypatch, options):
+    """The LSTM family's row blocks (fused_lstm_family_rows): recorded gates, and gradients
+    through them, out and the final states, as one thread computes them."""
+    kw = dict(input_size=4, hidden_size=6, bidirectional=True, proj_size=options.pop("proj_size", 0))
+    ours = build("LSTM", kw, options, "fused", seed=3)
+    x = torch.randn(5, 9, 4, dtype=F64)
+    calls, n = split
+    results = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)
+    assert calls and all(c > 1 for c in calls)  # the second run did split its rows
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
 
 def test_blocks_run_on_torch_openmp_threads_or_a_pool(monkeypatch):

@@ -719,84 +719,93 @@ class LSTMFamilyFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT, d_cT, *d_gates):
-        xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, (gates, cn_seq, c_seq, lnsaved) = ctx.arrays
-        xhat, rs_x, lnh, lnc, hhat, stats = lnsaved
-        steps, spec = ctx.steps, ctx.spec
-        has_d, d, has_zh, zh, has_zc, zc = ctx.masks
-        recorded = bool(d_gates) and any(g is not None for g in d_gates)
-        flags = flags_of(spec, has_zc, recorded)
-        ln = spec.layer_norm
-        T, B, _ = xs.shape
-        H, P = c0s.shape[1], h0s.shape[1]
-        dt = xs.dtype
-        d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)
-        dh_state = workspace.zeros((B, P), dt) if d_hT is None else workspace.copy(arr(d_hT))
-        dc_state = workspace.zeros((B, H), dt) if d_cT is None else workspace.copy(arr(d_cT))
-        dgates = workspace.empty((5, 1, B, H), dt)  # none recorded: not read (flags[HAS_DG] off)
-        if recorded:
-            dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
-        packed = any(s.n < B for s in steps)
-        alloc = workspace.zeros if packed else workspace.empty
-        da = alloc((T, B, 4 * H), dt)
-        dhw = alloc((T, B, 4 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)  # δ of h W_hh^T
-        dlnc = workspace.zeros((2, H), np.float64)  # δ ln_c weight|bias, accumulated over steps
-        dchat = workspace.zeros(H + 2, dt)  # δĉ of one row, then its two means
-        proj = w_hrs is not None
-        ph = workspace.zeros((3, H), dt) if phs is None else phs
-        dht = workspace.zeros((B, P), dt)
-        dzone = workspace.zeros((B, P), dt)
-        dh_seq = workspace.zeros((T, B, P) if proj else (1, 1, 1), dt)
-        dm = workspace.empty((B, H), dt)
-        zeros_h = workspace.zeros((B, H), dt)  # the carried δh where dm (or dht) holds it all
-        need = ctx.needs_input_grad
-        if ctx.units > 1:  # the threads also share the GEMMs after
-            from gatelab.engines import fused_lstm_family_units
-
-            h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[4] else None  # (T, B, H)
-            dx, dw_ih, dw_hh, db = fused_lstm_family_units.backward(
-                ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0s, ph, flags,
-                (has_d, d, has_zh, zh, zc), dgates, da, xs, h_prev, w_ihs, w_hhs,
-                (need[0], need[3], need[4], ctx.has_bias), (dht, dzone, zeros_h, lnc, stats, dlnc, dchat))
-        elif numba_loop():
-            backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
-                          c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
-                          packed_weights(w_hhs, False, len(steps), B), scratch(dt), w_hrs if proj else w_hhs,
-                          dht, dzone, dh_seq, dm, zeros_h, lnh, lnc, hhat, stats, dlnc, dchat, dhw)
-        else:
-            for t, n, tp, n_prev in reversed(steps):
-                backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, P)
-                if proj:
-                    dh_seq[t, :n] = dht[:n]
-                    mm(dht[:n], w_hrs, dm[:n])
-                backward_step(t, n, tp, n_prev, dm if proj else dht, zeros_h, dc_state, *gates, cn_seq, c_seq,
-                              c0s, zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
-                if ln:
-                    ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
-                mm((dhw if ln else da)[t, :n], w_hhs, dh_state[:n])
-                backward_tail(n, has_d, d, has_zh, dh_state, dzone, 0, P)
-        if ctx.units == 1:
-            dx, dw_ih, dw_hh, db = _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need)
-        dw_hr = None
-        if proj and need[7]:
-            m = workspace.empty((T, B, H), dt)
-            outputs(cn_seq, gates[3], flags, lnc, stats, m)  # zero at padded positions
-            dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), workspace.empty_like(w_hrs))
-        dph = None
-        if phs is not None and need[8]:
-            c_prev = previous(c_seq, c0s, steps)  # (T, B, H)
-            dph = np.stack([np.einsum("tbh,tbh->h", da[:, :, H:2 * H], c_prev),
-                            np.einsum("tbh,tbh->h", da[:, :, :H], c_prev),
-                            np.einsum("tbh,tbh->h", da[:, :, 3 * H:], cn_seq)])  # (3, H) f|i|o
-        dln = (None,) * 6
-        if ln:
-            da2 = da.reshape(T * B, 4 * H)
-            dln = (np.einsum("nk,nk->k", da2, xhat.reshape(T * B, 4 * H)), db.copy(),
-                   np.einsum("nk,nk->k", da2, hhat.reshape(T * B, 4 * H)), db.copy(),
-                   dlnc[0].astype(dt), dlnc[1].astype(dt))
-        db_ih = db if ctx.has_bias else None
-        grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
-                 dw_hr, dph, *dln)
+        grads = backward_arrays(ctx, d_out, d_hT, d_cT, d_gates)
         return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 6
+
+
+def backward_arrays(ctx, d_out, d_hT, d_cT, d_gates) -> tuple:
+    """LSTMFamilyFunction's backward: the gradients (arrays, None where not needed) of its 15
+    tensor inputs, for the gradients of its outputs (tensors or None). ctx: the Function's
+    context, or any object with the attributes its forward sets (arrays, spec, masks, steps,
+    has_bias, units, ln_ih_w) and needs_input_grad (fused_lstm_family_rows: one per row block)."""
+    xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, (gates, cn_seq, c_seq, lnsaved) = ctx.arrays
+    xhat, rs_x, lnh, lnc, hhat, stats = lnsaved
+    steps, spec = ctx.steps, ctx.spec
+    has_d, d, has_zh, zh, has_zc, zc = ctx.masks
+    recorded = bool(d_gates) and any(g is not None for g in d_gates)
+    flags = flags_of(spec, has_zc, recorded)
+    ln = spec.layer_norm
+    T, B, _ = xs.shape
+    H, P = c0s.shape[1], h0s.shape[1]
+    dt = xs.dtype
+    d_out = workspace.zeros((T, B, P), dt) if d_out is None else arr(d_out)
+    dh_state = workspace.zeros((B, P), dt) if d_hT is None else workspace.copy(arr(d_hT))
+    dc_state = workspace.zeros((B, H), dt) if d_cT is None else workspace.copy(arr(d_cT))
+    dgates = workspace.empty((5, 1, B, H), dt)  # none recorded: not read (flags[HAS_DG] off)
+    if recorded:
+        dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
+    packed = any(s.n < B for s in steps)
+    alloc = workspace.zeros if packed else workspace.empty
+    da = alloc((T, B, 4 * H), dt)
+    dhw = alloc((T, B, 4 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)  # δ of h W_hh^T
+    dlnc = workspace.zeros((2, H), np.float64)  # δ ln_c weight|bias, accumulated over steps
+    dchat = workspace.zeros(H + 2, dt)  # δĉ of one row, then its two means
+    proj = w_hrs is not None
+    ph = workspace.zeros((3, H), dt) if phs is None else phs
+    dht = workspace.zeros((B, P), dt)
+    dzone = workspace.zeros((B, P), dt)
+    dh_seq = workspace.zeros((T, B, P) if proj else (1, 1, 1), dt)
+    dm = workspace.empty((B, H), dt)
+    zeros_h = workspace.zeros((B, H), dt)  # the carried δh where dm (or dht) holds it all
+    need = ctx.needs_input_grad
+    if ctx.units > 1:  # the threads also share the GEMMs after
+        from gatelab.engines import fused_lstm_family_units
+
+        h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[4] else None  # (T, B, H)
+        dx, dw_ih, dw_hh, db = fused_lstm_family_units.backward(
+            ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0s, ph, flags,
+            (has_d, d, has_zh, zh, zc), dgates, da, xs, h_prev, w_ihs, w_hhs,
+            (need[0], need[3], need[4], ctx.has_bias), (dht, dzone, zeros_h, lnc, stats, dlnc, dchat))
+    elif numba_loop():
+        backward_loop(steps_array(steps), proj, d_out, dh_state, dc_state, *gates, cn_seq, c_seq,
+                      c0s, ph, flags, has_d, d, has_zh, zh, zc, dgates, da, w_hhs,
+                      packed_weights(w_hhs, False, len(steps), B), scratch(dt), w_hrs if proj else w_hhs,
+                      dht, dzone, dh_seq, dm, zeros_h, lnh, lnc, hhat, stats, dlnc, dchat, dhw)
+    else:
+        for t, n, tp, n_prev in reversed(steps):
+            backward_head(t, n, has_zh, zh, d_out, dh_state, dht, dzone, 0, P)
+            if proj:
+                dh_seq[t, :n] = dht[:n]
+                mm(dht[:n], w_hrs, dm[:n])
+            backward_step(t, n, tp, n_prev, dm if proj else dht, zeros_h, dc_state, *gates, cn_seq, c_seq,
+                          c0s, zc, ph, flags, dgates, da, lnc, stats, dlnc, dchat, 0, H)
+            if ln:
+                ln_back_rows(n, da[t], hhat[t], stats[2, t], lnh[0], dhw[t])
+            mm((dhw if ln else da)[t, :n], w_hhs, dh_state[:n])
+            backward_tail(n, has_d, d, has_zh, dh_state, dzone, 0, P)
+    if ctx.units == 1:
+        dx, dw_ih, dw_hh, db = _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need)
+    dw_hr = None
+    if proj and need[7]:
+        m = workspace.empty((T, B, H), dt)
+        outputs(cn_seq, gates[3], flags, lnc, stats, m)  # zero at padded positions
+        dw_hr = mm(dh_seq.reshape(T * B, P).T, m.reshape(T * B, H), workspace.empty_like(w_hrs))
+    dph = None
+    if phs is not None and need[8]:
+        c_prev = previous(c_seq, c0s, steps)  # (T, B, H)
+        dph = np.stack([np.einsum("tbh,tbh->h", da[:, :, H:2 * H], c_prev),
+                        np.einsum("tbh,tbh->h", da[:, :, :H], c_prev),
+                        np.einsum("tbh,tbh->h", da[:, :, 3 * H:], cn_seq)])  # (3, H) f|i|o
+    dln = (None,) * 6
+    if ln:
+        da2 = da.reshape(T * B, 4 * H)
+        dln = (np.einsum("nk,nk->k", da2, xhat.reshape(T * B, 4 * H)), db.copy(),
+               np.einsum("nk,nk->k", da2, hhat.reshape(T * B, 4 * H)), db.copy(),
+               dlnc[0].astype(dt), dlnc[1].astype(dt))
+    db_ih = db if ctx.has_bias else None
+    grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
+             dw_hr, dph, *dln)
+    return grads
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
