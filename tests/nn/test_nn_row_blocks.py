@@ -204,6 +204,23 @@ def test_split_family_records_the_same_gates(split, monkeypatch, options):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("record", [False, True], ids=["out", "gates"])
+def test_split_family_inference_equals_unsplit(split, monkeypatch, record):
+    """The LSTM family's row blocks without autograd (inference_mode): out, the final states
+    and the recorded gates as one thread computes them."""
+    ours = build("LSTM", dict(input_size=4, hidden_size=8, num_layers=2), dict(layer_norm=True), "fused", seed=2)
+    x = torch.randn(5, 16, 4, dtype=F64)
+    results = []
+    for threads in (split[1], "1"):
+        monkeypatch.setenv("GATELAB_THREADS", threads)
+        with torch.inference_mode():
+            out, state, *gates = ours(x, return_gates=record) if record else ours(x)
+        results.append((out, *state, *(gates[0].values() if record else ())))
+    assert split[0] and all(c > 1 for c in split[0])  # the first run split its rows
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_blocks_run_on_torch_openmp_threads_or_a_pool(monkeypatch):
     """torch's libgomp is found on Linux wheels; without it a thread pool runs the blocks,
     with bit for bit the same results (the same blocks, the same arithmetic)."""
