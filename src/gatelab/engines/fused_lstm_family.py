@@ -700,21 +700,15 @@ class LSTMFamilyFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
                 ln_c_w, ln_c_b, spec, masks, steps, record, units, draws):
         xs, h0s, c0s = arr(x), arr(h0), arr(c0)
-        w_ihs, w_hhs, w_hrs, phs = arr(w_ih), arr(w_hh), arr(w_hr), arr(w_ph)
-        ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
-                                                                 ln_c_w, ln_c_b))
-        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+        w_ihs, w_hhs, bias, w_hrs, phs, ln = weight_arrays(w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b,
+                                                           ln_hh_w, ln_hh_b, ln_c_w, ln_c_b)
         out, h_T, c_T, saved = _forward(spec, xs, h0s, c0s, w_ihs, w_hhs, bias, w_hrs, phs, ln, masks,
                                         steps, keep=True, record=record, units=units, draws=draws)
         ctx.set_materialize_grads(False)
         ctx.arrays = (xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, saved)
         ctx.spec, ctx.masks, ctx.steps, ctx.has_bias, ctx.units = spec, masks, steps, b_ih is not None, units
         ctx.ln_ih_w = None if ln is None else ln[0]
-        outs = (tensor(out), tensor(h_T), tensor(c_T))
-        if record:
-            (gi, gf, gg, go), _, c_seq, _ = saved
-            outs += tuple(tensor(a) for a in (gf, gi, gg, go, c_seq))
-        return outs
+        return tuple(tensor(a) for a in (out, h_T, c_T, *(recorded(saved) if record else ())))
 
     @staticmethod
     @once_differentiable
@@ -809,33 +803,44 @@ def backward_arrays(ctx, d_out, d_hT, d_cT, d_gates) -> tuple:
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
+RECORDED = ("f", "i", "g", "o", "c")  # the gates a record returns, in LSTMFamilyFunction's output order
+
+
+def inputs_of(spec, x, state, weights) -> tuple:
+    """LSTMFamilyFunction's 15 tensor inputs: x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph and
+    the six layer-norm parameters (None where the spec has none)."""
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
+    w_ph = weights["weight_ph"] if spec.peephole else None
+    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 6
+    return (x, *state, weights["weight_ih"], weights["weight_hh"], b_ih, b_hh, w_hr, w_ph, *ln)
+
+
+def weight_arrays(w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, *ln) -> tuple:
+    """The weights as _forward takes them: (w_ih, w_hh, bias = b_ih + b_hh or None, w_hr,
+    w_ph, the layer-norm parameters or None)."""
+    bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
+    return arr(w_ih), arr(w_hh), bias, arr(w_hr), arr(w_ph), None if ln[0] is None else tuple(arr(v) for v in ln)
+
+
+def recorded(saved) -> tuple:
+    """The recorded gates f i g o c (arrays) from _forward's saved ((i, f, g, o), c̃, c, ...)."""
+    (gi, gf, gg, go), _, c_seq, _ = saved
+    return gf, gi, gg, go, c_seq
 
 
 def run(spec, x, state, weights, steps, record, masks, units=1):
     """One LSTM-family layer-direction; see gatelab.engines for the contract. `units` > 1:
     each step's units split between that many threads (fused_lstm_family_units)."""
-    h0, c0 = state
     T, B, _ = x.shape
-    H, P = spec.hidden_size, spec.out_size
-    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
-    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
-    w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
-    w_ph = weights["weight_ph"] if spec.peephole else None
-    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 6
-    mask_arrays, draws = _masks(masks, T, B, H, P, np.dtype(str(x.dtype).removeprefix("torch.")), units)
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, *ln)
+    mask_arrays, draws = _masks(masks, T, B, spec.hidden_size, spec.out_size,
+                                np.dtype(str(x.dtype).removeprefix("torch.")), units)
+    inputs = inputs_of(spec, x, state, weights)
     if needs_grad(*inputs):
         out, h_T, c_T, *rec = LSTMFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units, draws)
     else:
-        bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
-        ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
-        out, h_T, c_T, saved = _forward(spec, arr(x), arr(h0), arr(c0), arr(w_ih), arr(w_hh), bias,
-                                        arr(w_hr), arr(w_ph), ln_arrays, mask_arrays, steps, keep=False,
-                                        record=record, units=units, draws=draws)
-        out, h_T, c_T = tensor(out), tensor(h_T), tensor(c_T)
-        rec = []
-        if record:
-            (gi, gf, gg, go), _, c_seq, _ = saved
-            rec = [tensor(a) for a in (gf, gi, gg, go, c_seq)]
-    gates = dict(zip(("f", "i", "g", "o", "c"), rec)) if record else None
-    return out, (h_T, c_T), gates
+        x, h0, c0 = (arr(t) for t in inputs[:3])
+        out, h_T, c_T, saved = _forward(spec, x, h0, c0, *weight_arrays(*inputs[3:]), mask_arrays, steps,
+                                        keep=False, record=record, units=units, draws=draws)
+        out, h_T, c_T, *rec = (tensor(a) for a in (out, h_T, c_T, *(recorded(saved) if record else ())))
+    return out, (h_T, c_T), dict(zip(RECORDED, rec)) if record else None

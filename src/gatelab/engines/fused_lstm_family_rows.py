@@ -22,20 +22,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from gatelab.engines.fused_common import arr, needs_grad, schedule, tensor
-from gatelab.engines.fused_lstm_family import LN_NAMES, _forward, _masks, backward_arrays
+from gatelab.engines.fused_lstm_family import (RECORDED, _forward, _masks, backward_arrays, inputs_of, recorded,
+                                              weight_arrays)
 from gatelab.engines.fused_parallel import _block_masks, _on_threads, block_sizes
 
 
-def _arrays(w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln):
-    """The weights as arrays: (w_ih, w_hh, bias = b_ih + b_hh or None, w_hr, w_ph, ln or None)."""
-    bias = None if b_ih is None else arr(b_ih) + arr(b_hh)
-    ln = None if ln[0] is None else tuple(arr(v) for v in ln)
-    return arr(w_ih), arr(w_hh), bias, arr(w_hr), arr(w_ph), ln
-
-
 def _blocks_forward(spec, xs, h0s, c0s, weights, masks, batch_sizes, reverse, record, bounds, keep):
-    """Each block's fused_lstm_family._forward on its own thread; returns, per block, its
-    arrays and steps (a namespace for backward_arrays), out, h_T, c_T and the saved arrays."""
+    """Each block's fused_lstm_family._forward on its own thread (weights: weight_arrays');
+    returns, per block, a namespace with what backward_arrays reads of a context, out, h_T,
+    c_T and the saved arrays."""
     T, B, _ = xs.shape
     H, P = c0s.shape[1], h0s.shape[1]
     w_ih, w_hh, bias, w_hr, w_ph, ln = weights
@@ -48,7 +43,8 @@ def _blocks_forward(spec, xs, h0s, c0s, weights, masks, batch_sizes, reverse, re
         out, h_T, c_T, saved = _forward(spec, xb, h0b, c0b, w_ih, w_hh, bias, w_hr, w_ph, ln, mask_arrays, steps,
                                         keep=keep, record=record)
         ns = SimpleNamespace(arrays=(xb, h0b, c0b, w_ih, w_hh, w_hr, w_ph, out, saved), spec=spec,
-                             masks=mask_arrays, steps=steps, units=1, ln_ih_w=None if ln is None else ln[0])
+                             masks=mask_arrays, steps=steps, has_bias=bias is not None, units=1,
+                             ln_ih_w=None if ln is None else ln[0])
         return ns, out, h_T, c_T, saved
 
     return _on_threads(block, len(bounds))
@@ -58,10 +54,8 @@ def _joined(parts, record):
     """out (T, B, H_out), h_T, c_T and, with record, the gates f i g o c, joined over the blocks."""
     outs = (np.concatenate([p[1] for p in parts], axis=1), np.concatenate([p[2] for p in parts]),
             np.concatenate([p[3] for p in parts]))
-    if record:  # saved: ((i, f, g, o), c̃, carried c, ...)
-        outs += tuple(np.concatenate([pick(p[4]) for p in parts], axis=1)
-                      for pick in (lambda s: s[0][1], lambda s: s[0][0], lambda s: s[0][2], lambda s: s[0][3],
-                                   lambda s: s[2]))
+    if record:
+        outs += tuple(np.concatenate(gate, axis=1) for gate in zip(*(recorded(p[4]) for p in parts)))
     return tuple(tensor(a) for a in outs)
 
 
@@ -72,11 +66,10 @@ class LSTMFamilyRowsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b,
                 ln_c_w, ln_c_b, spec, masks, batch_sizes, reverse, record, bounds):
-        weights = _arrays(w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b))
+        weights = weight_arrays(w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w,
+                                ln_c_b)
         parts = _blocks_forward(spec, arr(x), arr(h0), arr(c0), weights, masks, batch_sizes, reverse, record,
                                 bounds, keep=True)
-        for ns, *_ in parts:
-            ns.has_bias = b_ih is not None
         ctx.blocks, ctx.bounds = [p[0] for p in parts], bounds
         ctx.set_materialize_grads(False)
         return _joined(parts, record)
@@ -106,29 +99,20 @@ class LSTMFamilyRowsFunction(torch.autograd.Function):
             elif k <= 2:  # δx (T, B, I) on axis 1; δh0, δc0 (B, ·) on axis 0
                 grads.append(np.concatenate(column, axis=1 if k == 0 else 0))
             else:  # a weight's: the blocks' contributions added
-                total = np.array(column[0], copy=True)
-                for g in column[1:]:
-                    total += g
-                grads.append(total)
+                grads.append(np.sum(column, axis=0))
         return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 6
 
 
 def run(spec, x, state, weights, batch_sizes, reverse, record, masks, bounds):
     """One LSTM-family layer-direction on the row blocks `bounds` (each on a thread); see
     gatelab.engines for the contract (masks already filled: engines.masks.materialize)."""
-    h0, c0 = state
-    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
-    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
-    w_hr = weights["weight_hr"] if spec.proj_size > 0 else None
-    w_ph = weights["weight_ph"] if spec.peephole else None
-    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 6
-    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, *ln)
+    inputs = inputs_of(spec, x, state, weights)
     if needs_grad(*inputs):
         out, h_T, c_T, *rec = LSTMFamilyRowsFunction.apply(*inputs, spec, masks, batch_sizes, reverse, record,
                                                             tuple(bounds))
     else:
-        parts = _blocks_forward(spec, arr(x), arr(h0), arr(c0), _arrays(w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln),
-                                masks, batch_sizes, reverse, record, bounds, keep=False)
+        x, h0, c0 = (arr(t) for t in inputs[:3])
+        parts = _blocks_forward(spec, x, h0, c0, weight_arrays(*inputs[3:]), masks, batch_sizes, reverse, record,
+                                bounds, keep=False)
         out, h_T, c_T, *rec = _joined(parts, record)
-    gates = dict(zip(("f", "i", "g", "o", "c"), rec)) if record else None
-    return out, (h_T, c_T), gates
+    return out, (h_T, c_T), dict(zip(RECORDED, rec)) if record else None

@@ -112,6 +112,7 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
     # (β = 1: the same sum as backward_tail's, without its pass); with recurrent dropout the
     # product is scaled first, so backward_tail adds it after
     into_dh = has_zh and not has_d
+    beta = 1.0 if into_dh else 0.0  # of the δh product's first (or only) span
     for s in range(S - 1, -1, -1):
         t, n, tp, n_prev = steps[s, 0], steps[s, 1], steps[s, 2], steps[s, 3]
         if has_zh:  # δh split by zoneout; else the pass sums δout_t and δh itself (as in forward)
@@ -123,7 +124,6 @@ def backward_units(j, k, steps, d_out, dh_state, dc_state, gi, gf, gg, go, cn_se
                           ph, flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1)
         if not arrive_and_wait(counter, S - 1 - s, k):  # δa[t] complete for every unit
             return  # another thread failed: the caller raises its error
-        beta = 1.0 if into_dh else 0.0
         if every:
             step_gemm(da[t, :n], w_mine, bp, dh_state[:n, u0:u1], False, beta, tmp)  # (n, 4H) x (4H, U)
         else:
