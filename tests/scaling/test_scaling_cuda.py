@@ -26,11 +26,12 @@ def _no_tf32(monkeypatch):
 @pytest.mark.parametrize("backend", ["auto", "eager"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_modules_on_cuda_equal_torch_nn(backend, mode, packed):
+@pytest.mark.parametrize("bias", [True, False])
+def test_modules_on_cuda_equal_torch_nn(backend, mode, packed, bias):
     from gatelab import nn as gnn
 
     dev = torch.device("cuda")
-    kwargs = dict(num_layers=2, bidirectional=True, dtype=torch.float64, device=dev)
+    kwargs = dict(num_layers=2, bidirectional=True, bias=bias, dtype=torch.float64, device=dev)
     if mode == "LSTM":
         kwargs["proj_size"] = 3
     ref = getattr(torch.nn, mode)(5, 6, **kwargs)
@@ -39,8 +40,8 @@ def test_modules_on_cuda_equal_torch_nn(backend, mode, packed):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 4, 5, generator=g, dtype=torch.float64).to(dev).requires_grad_()
     lengths = torch.tensor([7, 6, 3, 1])
-    inp = pack_padded_sequence(x, lengths) if packed else x
-    outs = [m(inp)[0] for m in (ref, ours)]
+    inputs = [pack_padded_sequence(x, lengths) if packed else x for _ in range(2)]  # a packing graph each
+    outs = [m(inp)[0] for m, inp in zip((ref, ours), inputs)]
     if packed:
         outs = [pad_packed_sequence(o)[0] for o in outs]
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-10)

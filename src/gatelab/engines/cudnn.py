@@ -57,10 +57,21 @@ def unsupported(spec, x, record) -> str | None:
 
 
 def _flat_weights(spec, weights) -> list:
-    """The layer-direction's weights in torch.nn's `_flat_weights` order."""
+    """The layer-direction's weights in torch.nn's `_flat_weights` order, always with biases.
+
+    Without biases (spec.bias False) zeros are passed: given weights only, torch takes them
+    for cuDNN's flat buffer when they lie where such a buffer would hold them, and checks
+    only the weights' places, not the biases', which it expects to be zero. The weights of
+    one direction of a torch.nn module (views into its own flat buffer, the forward
+    direction first) pass that check while the places after them hold the other
+    direction's weights: measured on an H200, outputs off by up to 0.63. With biases every
+    place is checked, and separate zeros never match, so torch compacts the weights."""
     flat = [weights["weight_ih"], weights["weight_hh"]]  # (G*H, I), (G*H, H_out)
     if spec.bias:
         flat += [weights["bias_ih"], weights["bias_hh"]]  # (G*H,), (G*H,)
+    else:
+        zero = flat[0].new_zeros(flat[0].shape[0])  # (G*H,)
+        flat += [zero, zero]
     if spec.mode == "LSTM" and spec.proj_size > 0:
         flat.append(weights["weight_hr"])  # (H_out, H)
     return flat
@@ -114,13 +125,13 @@ def run(spec, x, state, weights, *, batch_sizes=None, reverse=False, record=Fals
         warnings.filterwarnings("ignore", message=_COMPACTION_WARNING, category=UserWarning)
         if batch_sizes is None:
             # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-            out, *hidden = kernel(x, hx, flat, spec.bias, 1, 0.0, training, False, False)
+            out, *hidden = kernel(x, hx, flat, True, 1, 0.0, training, False, False)
         else:
             sizes = torch.as_tensor(list(batch_sizes), dtype=torch.int64)  # (T,) on the CPU, as torch wants
             real = torch.arange(B, device=x.device)[None, :] < sizes.to(x.device)[:, None]  # (T, B)
             data = x[real]  # (N, I), packed order: time-major, rows in order within a step
             # (data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional)
-            packed, *hidden = kernel(data, sizes, hx, flat, spec.bias, 1, 0.0, training, False)
+            packed, *hidden = kernel(data, sizes, hx, flat, True, 1, 0.0, training, False)
             out = packed.new_zeros(T, B, packed.shape[1]).index_put((real,), packed)  # (T, B, H_out)
     if index is not None:
         out = _time_gather(out, index)  # the reversal is its own inverse
