@@ -141,3 +141,29 @@ def test_large_data_goes_on_disk_automatically(tmp_path, monkeypatch):
     assert train_cmd._on_disk(_parse(["--corpus-on-disk"]), out, data) == out / "corpus"
     monkeypatch.setattr(train_cmd, "ON_DISK_BYTES", data.stat().st_size - 1)
     assert train_cmd._on_disk(_parse([]), out, data) == out / "corpus"  # larger than the limit
+
+
+@pytest.mark.parametrize(("gpus", "processes", "auto"), [(0, 1, "cpu"), (1, 1, "cuda"), (1, 2, "cpu"),
+                                                         (2, 2, "cuda"), (4, 2, "cuda")])
+def test_each_process_gets_a_gpu_of_its_own_or_none(monkeypatch, capsys, gpus, processes, auto):
+    """--device auto takes the GPUs only when each process of this machine gets its own (seen on
+    a one-GPU machine: two torchrun processes on "auto" both took a GPU and the second, cuda:1,
+    failed); --device cuda with too few says so before anything starts."""
+    from gatelab.errors import UsageError
+    from gatelab.lm import train_cmd
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+    assert train_cmd._device("auto") == auto
+    assert train_cmd._device("cpu") == "cpu"
+    if gpus >= processes:
+        assert train_cmd._device("cuda") == "cuda"
+    else:
+        with pytest.raises(UsageError, match=f"--device cuda: .*{processes if gpus else 'no CUDA GPU'}"):
+            train_cmd._device("cuda")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert train_cmd._device("auto", processes) == auto  # the launcher's check, before torchrun
+    if gpus == 1:
+        assert cli.main(["train", "--nproc", "2", "--device", "cuda", "--data", "x.txt", "--out", "r"]) == 2
+        assert "2 processes on this machine but 1 GPU(s)" in capsys.readouterr().err

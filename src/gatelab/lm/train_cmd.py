@@ -14,6 +14,7 @@ A run may be resumed with another number of processes (the global --batch-size s
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -175,13 +176,22 @@ def to_argv(args) -> list[str]:
     return argv + ["--backend", args.backend, "--device", args.device]
 
 
-def _device(choice: str) -> str:
+def _device(choice: str, processes: int | None = None) -> str:
+    """The device of --device `choice` for one of `processes` processes on this machine
+    (default: torchrun's LOCAL_WORLD_SIZE, else 1), each of which takes a GPU of its own
+    (number LOCAL_RANK, nccl): "auto" takes the GPUs only when there is one for each."""
     import torch
 
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
+        return "cuda" if gpus >= max(processes, 1) else "cpu"
+    if choice == "cuda" and gpus == 0:
         raise UsageError("--device cuda: no CUDA GPU is available to this process")
+    if choice == "cuda" and processes > gpus:
+        raise UsageError(f"--device cuda: {processes} processes on this machine but {gpus} GPU(s); "
+                         f"each process needs a GPU of its own: use --nproc {gpus} or --device cpu")
     return choice
 
 
@@ -202,6 +212,7 @@ def run(args) -> int:
         if args.nproc < 1:
             raise UsageError(f"--nproc must be ≥ 1, got {args.nproc}")
         if args.nproc > 1:
+            _device(args.device, args.nproc)  # a UsageError now, not one in each process
             try:
                 return distributed.launch(args.nproc, to_argv(args))
             except ValueError as err:
