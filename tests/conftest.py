@@ -14,7 +14,15 @@ from hypothesis import HealthCheck, settings
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
+    from gatelab.engines import _kernels_blas
+
     torch.set_num_threads(1)
+    # A pytest plugin may have loaded NumPy before this file (seen on a machine with many
+    # plugins installed): its OpenBLAS then read no OPENBLAS_NUM_THREADS, and the engine, which
+    # follows OpenBLAS's count when the variable is set, would split no batch. Set it here too.
+    _blas_threads = _kernels_blas.thread_functions()
+    if _blas_threads is not None:
+        _blas_threads[1](1)
 
 settings.register_profile(
     "default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
