@@ -119,7 +119,7 @@ def kernels(B, H, repeats):
                 "4 the same, inference (no gate stores)":
                     lambda oc, om: v4_shipped(xa, hw, c, oc, om, scratch, ta=-1)}
     print(f"\nLSTM gate pass, B={B} H={H} float32 (error vs float64 NumPy reference)")
-    print(f"| version | max abs error c, m | µs per step | ns per unit |\n|---|---|---|---|")
+    print("| version | max abs error c, m | µs per step | ns per unit |\n|---|---|---|---|")
     for name, f in versions.items():
         oc, om = np.empty_like(c), np.empty_like(c)
         f(oc, om)

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from gatelab.engines import CellSpec, select
 from gatelab.lm import precision
 
 

@@ -1,7 +1,6 @@
 """Interpretable features from tokenize, and the correlation ranking."""
 
 import numpy as np
-import pytest
 
 from gatelab.viz.activations import Activations
 from gatelab.viz.features import correlations, python_features, top_units
