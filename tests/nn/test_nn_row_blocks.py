@@ -14,7 +14,7 @@ from nn_oracle import as_tuple, make_pair
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from variant_cases import build, check_against_reference
 
-from gatelab.engines import fused_lstm_family_rows, fused_parallel
+from gatelab.engines import fused_family_rows, fused_parallel
 from gatelab.engines.fused_parallel import block_sizes, row_blocks
 
 F64 = torch.float64
@@ -33,13 +33,13 @@ def split(request, monkeypatch):
         return real(run_block, bounds, *args, **kwargs)
 
     monkeypatch.setattr(fused_parallel, "run_blocks", counting)
-    real_family = fused_lstm_family_rows.run
+    real_family = fused_family_rows.run
 
-    def counting_family(*args):  # the LSTM family's own row blocks
+    def counting_family(*args):  # the LSTM and GRU families' own row blocks
         calls.append(len(args[-1]))
         return real_family(*args)
 
-    monkeypatch.setattr(fused_lstm_family_rows, "run", counting_family)
+    monkeypatch.setattr(fused_family_rows, "run", counting_family)
     return calls, str(request.param)
 
 
@@ -189,13 +189,19 @@ def test_split_variants_equal_the_reference(split, mode, options, training, form
     assert calls and all(n > 1 for n in calls)
 
 
-@pytest.mark.parametrize("options", [dict(layer_norm=True, peephole=True), dict(proj_size=3, coupled_gates=True)],
-                         ids=["layer_norm", "proj"])
-def test_split_family_records_the_same_gates(split, monkeypatch, options):
-    """The LSTM family's row blocks (fused_lstm_family_rows): recorded gates, and gradients
+FAMILY_ROWS = [("LSTM", dict(layer_norm=True, peephole=True)), ("LSTM", dict(proj_size=3, coupled_gates=True)),
+               ("GRU", dict(layer_norm=True, cell_activation="softsign")),
+               ("GRU", dict(reset_after=False, gate_activation="hard_sigmoid"))]
+
+
+@pytest.mark.parametrize(("mode", "options"), FAMILY_ROWS, ids=["layer_norm", "proj", "gru-layer_norm", "gru-before"])
+def test_split_family_records_the_same_gates(split, monkeypatch, mode, options):
+    """The LSTM and GRU families' row blocks (fused_family_rows): recorded gates, and gradients
     through them, out and the final states, as one thread computes them."""
-    kw = dict(input_size=4, hidden_size=6, bidirectional=True, proj_size=options.pop("proj_size", 0))
-    ours = build("LSTM", kw, options, "fused", seed=3)
+    kw = dict(input_size=4, hidden_size=6, bidirectional=True)
+    if "proj_size" in options:
+        kw["proj_size"] = options.pop("proj_size")
+    ours = build(mode, kw, dict(options), "fused", seed=3)
     x = torch.randn(5, 9, 4, dtype=F64)
     calls, n = split
     results = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)
@@ -205,10 +211,12 @@ def test_split_family_records_the_same_gates(split, monkeypatch, options):
 
 
 @pytest.mark.parametrize("record", [False, True], ids=["out", "gates"])
-def test_split_family_inference_equals_unsplit(split, monkeypatch, record):
-    """The LSTM family's row blocks without autograd (inference_mode): out, the final states
-    and the recorded gates as one thread computes them."""
-    ours = build("LSTM", dict(input_size=4, hidden_size=8, num_layers=2), dict(layer_norm=True), "fused", seed=2)
+@pytest.mark.parametrize(("mode", "options"), [("LSTM", dict(layer_norm=True)), ("GRU", dict(layer_norm=True)),
+                                               ("GRU", dict(reset_after=False))], ids=["lstm", "gru", "gru-before"])
+def test_split_family_inference_equals_unsplit(split, monkeypatch, record, mode, options):
+    """The families' row blocks without autograd (inference_mode): out, the final states and
+    the recorded gates as one thread computes them."""
+    ours = build(mode, dict(input_size=4, hidden_size=8, num_layers=2), options, "fused", seed=2)
     x = torch.randn(5, 16, 4, dtype=F64)
     results = []
     for threads in (split[1], "1"):

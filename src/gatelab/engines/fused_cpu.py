@@ -32,9 +32,9 @@ one per thread of torch's pool (torch.set_num_threads, or GATELAB_THREADS), run 
 on torch's own OpenMP threads; each block calls OpenBLAS single-threaded and runs its own
 gate passes. The plain LSTM and GRU split each step's units between the threads instead
 where each thread gets enough of them (fused_units.unit_threads; fused_lstm_units,
-fused_gru_units), at any batch size; the LSTM family's row blocks run as one Function that
-splits the rows itself (fused_lstm_family_rows) rather than one nested Function per block
-(fused_parallel.run_blocks, which the other cells use). Otherwise one thread. OpenBLAS's own threads are not
+fused_gru_units), at any batch size; the LSTM and GRU families' row blocks run as one Function
+that splits the rows itself (fused_family_rows) rather than one nested Function per block
+(fused_parallel.run_blocks, which the plain cells use). Otherwise one thread. OpenBLAS's own threads are not
 used (GATELAB_BLAS_THREADS=N forces them): they busy-wait after each call and slowed the
 torch ops around the engine several-fold (fused_parallel, _kernels_blas.sync_threads).
 """
@@ -124,10 +124,11 @@ def run(spec, x, state, weights, batch_sizes=None, reverse=False, record=False,
     if units > 1 or len(blocks) == 1:  # the units split, or one thread
         return _run_rows(spec, x, state, weights, batch_sizes, reverse, record, masks, units)
     numba_loop()  # bind OpenBLAS once, before the threads
-    if spec.mode == "LSTM" and (masks is not None or not spec.is_plain):  # the family: one Function for all blocks
-        from gatelab.engines import fused_lstm_family_rows
+    if spec.mode in ("LSTM", "GRU") and (masks is not None or not spec.is_plain):  # a family: one Function
+        from gatelab.engines import fused_family_rows, fused_gru_family
 
-        return fused_lstm_family_rows.run(spec, x, state, weights, batch_sizes, reverse, record, masks, blocks)
+        family = fused_lstm_family if spec.mode == "LSTM" else fused_gru_family
+        return fused_family_rows.run(family, spec, x, state, weights, batch_sizes, reverse, record, masks, blocks)
 
     def run_block(xb, state_b, weights_b, sizes_b, masks_b):
         return _run_rows(spec, xb, state_b, weights_b, sizes_b, reverse, record, masks_b)

@@ -44,6 +44,8 @@ Backward, per step from the last (δh, δh̃ as above):
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from numba import njit
@@ -404,88 +406,94 @@ class GRUFamilyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, spec, masks,
                 steps, record, units, draws):
-        xs, h0s, w_ihs, w_hhs = arr(x), arr(h0), arr(w_ih), arr(w_hh)
-        ln = None if ln_ih_w is None else tuple(arr(v) for v in (ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b))
-        out, h_T, (saved, lnsaved) = _forward(spec, xs, h0s, w_ihs, w_hhs, arr(b_ih), arr(b_hh), ln, masks,
-                                              steps, keep=True, record=record, units=units, draws=draws)
+        xs, h0s = arr(x), arr(h0)
+        w_ihs, w_hhs, b_ihs, b_hhs, ln = weight_arrays(w_ih, w_hh, b_ih, b_hh, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b)
+        out, h_T, saved = _forward(spec, xs, h0s, w_ihs, w_hhs, b_ihs, b_hhs, ln, masks, steps, keep=True,
+                                   record=record, units=units, draws=draws)
         ctx.set_materialize_grads(False)
-        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, saved, lnsaved)
+        ctx.arrays = (xs, h0s, w_ihs, w_hhs, out, *saved)
         ctx.spec, ctx.masks, ctx.steps, ctx.has_bias, ctx.units = spec, masks, steps, b_ih is not None, units
         ctx.ln_ih_w = None if ln is None else ln[0]
-        outs = (tensor(out), tensor(h_T))
-        if record:
-            outs += tuple(tensor(a) for a in saved[:3])
-        return outs
+        return tuple(tensor(a) for a in (out, h_T, *(recorded(saved) if record else ())))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT, *d_gates):
-        xs, h0s, w_ihs, w_hhs, out, saved, (xhat, rs_x, lnh, hhat, rs_h) = ctx.arrays
-        ln = ctx.spec.layer_norm
-        steps = ctx.steps
-        has_d, d, has_zh, zh = ctx.masks
-        gk, ck = _kinds(ctx.spec)
-        T, B, _ = xs.shape
-        H = h0s.shape[1]
-        dt = xs.dtype
-        d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)
-        dh_state = workspace.zeros((B, H), dt) if d_hT is None else workspace.copy(arr(d_hT))
-        dgates = workspace.zeros((3, 1, B, H), dt)
-        if d_gates and any(g is not None for g in d_gates):
-            dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
-        packed = any(s.n < B for s in steps)
-        dxa = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
-        if not ctx.spec.reset_after:
-            return _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa)
-        dhw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
-        tmp = workspace.empty((B, H), dt)
-        alloc = workspace.zeros if packed else workspace.empty
-        dhw_raw = alloc((T, B, 3 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)
-        need = ctx.needs_input_grad
-        if ctx.units > 1:  # the threads also share the GEMMs after
-            from gatelab.engines import fused_gru_family_units
-
-            h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[3] else None
-            dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_family_units.backward(
-                ctx.units, steps_array(steps), gk, ck, ctx.masks, d_out, dh_state, saved, out, h0s, dgates, dxa,
-                dhw, xs, h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
-            grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None)
-            return tuple(None if g is None else tensor(g) for g in grads) + (None,) * 6
-        if numba_loop():
-            bp = packed_weights(w_hhs, False, len(steps), B)
-            backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
-                          out, h0s, dgates, dxa, dhw, w_hhs, bp, scratch(dt), tmp, ln, lnh, hhat, rs_h, dhw_raw)
-        else:
-            for t, n, tp, n_prev in reversed(steps):
-                backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,
-                              dgates, dxa, dhw, 0, H)
-                if ln:
-                    ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
-                mm((dhw_raw if ln else dhw)[t, :n], w_hhs, tmp[:n])
-                add_dropped(n, has_d, d, tmp, dh_state)
-        dln = (None,) * 4
-        if ln:  # dxa, dhw are δ of the normalised products (+ bias): through LN's backward
-            dln = (np.einsum("tbk,tbk->k", dxa, xhat), add_rows_sum(dxa),
-                   np.einsum("tbk,tbk->k", dhw, hhat), add_rows_sum(dhw))
-            dxa_raw, dhw_raw_all = _ln_all_backward(dxa, xhat, rs_x, ctx.ln_ih_w), dhw_raw
-        else:
-            dxa_raw, dhw_raw_all = dxa, dhw
-        dxa2, dhw2 = dxa_raw.reshape(T * B, 3 * H), dhw_raw_all.reshape(T * B, 3 * H)
-        dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
-        dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
-        dw_hh = None
-        if need[3]:
-            h_prev = previous_dropped(out, h0s, steps, d if has_d else None)  # (T, B, H)
-            dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), workspace.empty_like(w_hhs))
-        db_ih = add_rows_sum(dxa) if ctx.has_bias else None
-        db_hh = add_rows_sum(dhw) if ctx.has_bias else None
-        grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln)
+        grads = backward_arrays(ctx, d_out, (d_hT,), d_gates)
         return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 6
 
 
+def backward_arrays(ctx, d_out, d_states, d_gates) -> tuple:
+    """GRUFamilyFunction's backward: the gradients (arrays, None where not needed) of its 10
+    tensor inputs, for the gradients of its outputs (tensors or None; d_states: (δh_T,)).
+    ctx: the Function's context, or any object with the attributes its forward sets (arrays,
+    spec, masks, steps, has_bias, units, ln_ih_w) and needs_input_grad (block_forward's, one
+    per row block of fused_family_rows)."""
+    xs, h0s, w_ihs, w_hhs, out, saved, (xhat, rs_x, lnh, hhat, rs_h) = ctx.arrays
+    (d_hT,) = d_states
+    ln = ctx.spec.layer_norm
+    steps = ctx.steps
+    has_d, d, has_zh, zh = ctx.masks
+    gk, ck = _kinds(ctx.spec)
+    T, B, _ = xs.shape
+    H = h0s.shape[1]
+    dt = xs.dtype
+    d_out = workspace.zeros((T, B, H), dt) if d_out is None else arr(d_out)
+    dh_state = workspace.zeros((B, H), dt) if d_hT is None else workspace.copy(arr(d_hT))
+    dgates = workspace.zeros((3, 1, B, H), dt)
+    if d_gates and any(g is not None for g in d_gates):
+        dgates = np.stack([workspace.zeros((T, B, H), dt) if g is None else arr(g) for g in d_gates])
+    packed = any(s.n < B for s in steps)
+    dxa = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
+    if not ctx.spec.reset_after:
+        return _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa)
+    dhw = (workspace.zeros if packed else workspace.empty)((T, B, 3 * H), dt)
+    tmp = workspace.empty((B, H), dt)
+    alloc = workspace.zeros if packed else workspace.empty
+    dhw_raw = alloc((T, B, 3 * H), dt) if ln else workspace.zeros((1, 1, 1), dt)
+    need = ctx.needs_input_grad
+    if ctx.units > 1:  # the threads also share the GEMMs after
+        from gatelab.engines import fused_gru_family_units
+
+        h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[3] else None
+        dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_family_units.backward(
+            ctx.units, steps_array(steps), gk, ck, ctx.masks, d_out, dh_state, saved, out, h0s, dgates, dxa,
+            dhw, xs, h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
+        return dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+    if numba_loop():
+        bp = packed_weights(w_hhs, False, len(steps), B)
+        backward_loop(steps_array(steps), gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved,
+                      out, h0s, dgates, dxa, dhw, w_hhs, bp, scratch(dt), tmp, ln, lnh, hhat, rs_h, dhw_raw)
+    else:
+        for t, n, tp, n_prev in reversed(steps):
+            backward_step(t, n, tp, n_prev, gk, ck, has_zh, zh, d_out, dh_state, *saved, out, h0s,
+                          dgates, dxa, dhw, 0, H)
+            if ln:
+                ln_back_rows(n, dhw[t], hhat[t], rs_h[t], lnh[0], dhw_raw[t])
+            mm((dhw_raw if ln else dhw)[t, :n], w_hhs, tmp[:n])
+            add_dropped(n, has_d, d, tmp, dh_state)
+    dln = (None,) * 4
+    if ln:  # dxa, dhw are δ of the normalised products (+ bias): through LN's backward
+        dln = (np.einsum("tbk,tbk->k", dxa, xhat), add_rows_sum(dxa),
+               np.einsum("tbk,tbk->k", dhw, hhat), add_rows_sum(dhw))
+        dxa_raw, dhw_raw_all = _ln_all_backward(dxa, xhat, rs_x, ctx.ln_ih_w), dhw_raw
+    else:
+        dxa_raw, dhw_raw_all = dxa, dhw
+    dxa2, dhw2 = dxa_raw.reshape(T * B, 3 * H), dhw_raw_all.reshape(T * B, 3 * H)
+    dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
+    dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
+    dw_hh = None
+    if need[3]:
+        h_prev = previous_dropped(out, h0s, steps, d if has_d else None)  # (T, B, H)
+        dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), workspace.empty_like(w_hhs))
+    db_ih = add_rows_sum(dxa) if ctx.has_bias else None
+    db_hh = add_rows_sum(dhw) if ctx.has_bias else None
+    return dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln
+
+
 def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dgates, dxa):
-    """GRUFamilyFunction.backward for reset before: BPTT into dxa (T, B, 3H), which is also
-    the δ of both recurrent products and of b_hh; then the GEMMs over all steps."""
+    """backward_arrays for reset before: BPTT into dxa (T, B, 3H), which is also the δ of both
+    recurrent products and of b_hh; then the GEMMs over all steps."""
     steps = ctx.steps
     has_d, d, has_zh, zh = ctx.masks
     gk, ck = _kinds(ctx.spec)
@@ -517,31 +525,58 @@ def _backward_before(ctx, xs, h0s, w_ihs, w_hhs, out, saved, d_out, dh_state, dg
         h_prev *= gr  # U = r ⊙ d ⊙ H_prev
         mm(dxa2[:, 2 * H:].T, h_prev.reshape(T * B, H), dw_hh[2 * H:])  # δW_hn = δXA_n^T U
     db = add_rows_sum(dxa) if ctx.has_bias else None
-    grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
-    return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 10
+    return dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy(), None, None, None, None
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
+RECORDED = ("r", "z", "n")  # the gates a record returns, in GRUFamilyFunction's output order
+N_STATE = 1  # h: the Function's input after x, and its output after out
+
+
+def inputs_of(spec, x, state, weights) -> tuple:
+    """GRUFamilyFunction's 10 tensor inputs: x, h0, w_ih, w_hh, b_ih, b_hh and the four
+    layer-norm parameters (None where the spec has none)."""
+    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
+    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 4
+    return (x, *state, weights["weight_ih"], weights["weight_hh"], b_ih, b_hh, *ln)
+
+
+def weight_arrays(w_ih, w_hh, b_ih, b_hh, *ln) -> tuple:
+    """The weights as _forward takes them: (w_ih, w_hh, b_ih, b_hh, the layer-norm parameters
+    or None)."""
+    return arr(w_ih), arr(w_hh), arr(b_ih), arr(b_hh), None if ln[0] is None else tuple(arr(v) for v in ln)
+
+
+def recorded(saved) -> tuple:
+    """The recorded gates r z n (arrays) from _forward's saved ((r, z, n[, hn]), ...)."""
+    return tuple(saved[0][:3])
+
+
+def block_forward(spec, x, states, weights, masks, steps, keep, record):
+    """_forward of one row block on arrays (fused_family_rows): x (T, Bb, I), states (h0,) of
+    its rows, weights as weight_arrays gives them, masks its rows' (filled). Returns (what
+    backward_arrays reads of a context, out, (h_T,), saved)."""
+    T, B, _ = x.shape
+    (h0,) = states
+    mask_arrays = _masks(masks, T, B, h0.shape[1], x.dtype, 1)[0]
+    w_ih, w_hh, b_ih, b_hh, ln = weights
+    out, h_T, saved = _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, mask_arrays, steps, keep=keep,
+                               record=record)
+    ctx = SimpleNamespace(arrays=(x, h0, w_ih, w_hh, out, *saved) if saved else None, spec=spec, masks=mask_arrays,
+                          steps=steps, has_bias=b_ih is not None, units=1, ln_ih_w=None if ln is None else ln[0])
+    return ctx, out, (h_T,), saved
 
 
 def run(spec, x, state, weights, steps, record, masks, units=1):
     """One GRU-family layer-direction; see gatelab.engines for the contract. `units` > 1:
     each step's units split between that many threads (fused_gru_family_units)."""
-    (h0,) = state
     T, B, _ = x.shape
-    w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
-    b_ih, b_hh = (weights["bias_ih"], weights["bias_hh"]) if spec.bias else (None, None)
     mask_arrays, draws = _masks(masks, T, B, spec.hidden_size, np.dtype(str(x.dtype).removeprefix("torch.")), units)
-    ln = tuple(weights[k] for k in LN_NAMES) if spec.layer_norm else (None,) * 4
-    inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, *ln)
+    inputs = inputs_of(spec, x, state, weights)
     if needs_grad(*inputs):
         out, h_T, *rec = GRUFamilyFunction.apply(*inputs, spec, mask_arrays, steps, record, units, draws)
     else:
-        ln_arrays = tuple(arr(v) for v in ln) if spec.layer_norm else None
-        out, h_T, saved = _forward(spec, arr(x), arr(h0), arr(w_ih), arr(w_hh), arr(b_ih), arr(b_hh),
-                                   ln_arrays, mask_arrays, steps, keep=False, record=record, units=units,
-                                   draws=draws)
-        out, h_T = tensor(out), tensor(h_T)
-        rec = [tensor(a) for a in saved[0][:3]] if record else []
-    gates = dict(zip(("r", "z", "n"), rec)) if record else None
-    return out, (h_T,), gates
+        out, h_T, saved = _forward(spec, arr(x), arr(inputs[1]), *weight_arrays(*inputs[2:]), mask_arrays, steps,
+                                   keep=False, record=record, units=units, draws=draws)
+        out, h_T, *rec = (tensor(a) for a in (out, h_T, *(recorded(saved) if record else ())))
+    return out, (h_T,), dict(zip(RECORDED, rec)) if record else None

@@ -40,6 +40,8 @@ saved); backward takes the cell's LN inside the BPTT pass, the recurrent product
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 from numba import njit
@@ -713,15 +715,17 @@ class LSTMFamilyFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT, d_cT, *d_gates):
-        grads = backward_arrays(ctx, d_out, d_hT, d_cT, d_gates)
+        grads = backward_arrays(ctx, d_out, (d_hT, d_cT), d_gates)
         return tuple(None if g is None else tensor(np.ascontiguousarray(g)) for g in grads) + (None,) * 6
 
 
-def backward_arrays(ctx, d_out, d_hT, d_cT, d_gates) -> tuple:
+def backward_arrays(ctx, d_out, d_states, d_gates) -> tuple:
     """LSTMFamilyFunction's backward: the gradients (arrays, None where not needed) of its 15
-    tensor inputs, for the gradients of its outputs (tensors or None). ctx: the Function's
-    context, or any object with the attributes its forward sets (arrays, spec, masks, steps,
-    has_bias, units, ln_ih_w) and needs_input_grad (fused_lstm_family_rows: one per row block)."""
+    tensor inputs, for the gradients of its outputs (tensors or None; d_states: δh_T, δc_T).
+    ctx: the Function's context, or any object with the attributes its forward sets (arrays,
+    spec, masks, steps, has_bias, units, ln_ih_w) and needs_input_grad (block_forward's, one
+    per row block of fused_family_rows)."""
+    d_hT, d_cT = d_states
     xs, h0s, c0s, w_ihs, w_hhs, w_hrs, phs, out, (gates, cn_seq, c_seq, lnsaved) = ctx.arrays
     xhat, rs_x, lnh, lnc, hhat, stats = lnsaved
     steps, spec = ctx.steps, ctx.spec
@@ -827,6 +831,23 @@ def recorded(saved) -> tuple:
     """The recorded gates f i g o c (arrays) from _forward's saved ((i, f, g, o), c̃, c, ...)."""
     (gi, gf, gg, go), _, c_seq, _ = saved
     return gf, gi, gg, go, c_seq
+
+
+N_STATE = 2  # h, c: the Function's inputs after x, and its outputs after out
+
+
+def block_forward(spec, x, states, weights, masks, steps, keep, record):
+    """_forward of one row block on arrays (fused_family_rows): x (T, Bb, I), states (h0, c0)
+    of its rows, weights as weight_arrays gives them, masks its rows' (filled). Returns (what
+    backward_arrays reads of a context, out, (h_T, c_T), saved)."""
+    T, B, _ = x.shape
+    h0, c0 = states
+    mask_arrays = _masks(masks, T, B, c0.shape[1], h0.shape[1], x.dtype, 1)[0]
+    out, h_T, c_T, saved = _forward(spec, x, h0, c0, *weights, mask_arrays, steps, keep=keep, record=record)
+    w_ih, w_hh, bias, w_hr, w_ph, ln = weights
+    ctx = SimpleNamespace(arrays=(x, h0, c0, w_ih, w_hh, w_hr, w_ph, out, saved), spec=spec, masks=mask_arrays,
+                          steps=steps, has_bias=bias is not None, units=1, ln_ih_w=None if ln is None else ln[0])
+    return ctx, out, (h_T, c_T), saved
 
 
 def run(spec, x, state, weights, steps, record, masks, units=1):

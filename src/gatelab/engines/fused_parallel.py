@@ -22,8 +22,9 @@ detached inputs); its backward runs `torch.autograd.grad` of each block on its t
 then joins the gradients: x and the states by concatenating the blocks' rows, weights by
 summing the blocks' contributions. Outputs, states and gates are the blocks' rows
 concatenated, so results equal the unsplit run up to the order of the weight-gradient sums.
-The LSTM family (layer_norm, projections) splits its rows inside its own Function instead
-(fused_lstm_family_rows: the same blocks on the same threads, without a graph per block).
+The LSTM and GRU families (layer_norm, projections, reset_before, masks) split their rows
+inside one Function instead (fused_family_rows: the same blocks on the same threads, without
+a graph per block).
 
     threads()              torch.get_num_threads(), or GATELAB_THREADS
     row_blocks(B, k)       [(b0, b1), ...]: at most k blocks of at least MIN_ROWS rows
