@@ -84,3 +84,57 @@ def test_trainer_on_cuda(tmp_path, precision):
                      "--batch-size", "8", "--seq-len", "16", "--eval-chars", "500", "--quiet"]) == 0
     final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line][-1]
     assert final["final"] and np.isfinite(final["val_bpc"])
+
+
+CUDA_VARIANTS = [
+    ("LSTM", dict(peephole=True, layer_norm=True, forget_bias=1.0)),
+    ("LSTM", dict(coupled_gates=True, no_output_activation=True, gate_activation="hard_sigmoid")),
+    ("LSTM", dict(zoneout=(0.2, 0.3), recurrent_dropout=0.25, weight_drop=0.3, proj_size=3)),
+    ("LSTM", dict(no_forget_gate=True, no_candidate_activation=True, cell_activation="softsign")),
+    ("GRU", dict(layer_norm=True, zoneout=0.2, recurrent_dropout=0.3)),
+    ("GRU", dict(reset_after=False, gate_activation="hard_sigmoid", weight_drop=0.3)),
+]
+
+
+def variants_equal_across_devices(mode, options, packed, device, backend):
+    """A family module on `device` (`backend`) against the same module on the CPU (fused), the
+    same masks (drawn on the CPU): out, final states, recorded gates and every gradient, float64."""
+    from gatelab import nn as gnn
+
+    options = dict(options)
+    kw = dict(num_layers=2, bidirectional=True, dtype=torch.float64, proj_size=options.pop("proj_size", 0))
+    if mode == "GRU":
+        kw.pop("proj_size")
+    torch.manual_seed(0)
+    ref = getattr(gnn, mode)(5, 6, **kw, **options, backend="fused")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # layer-norm gains, peepholes: off their initial values
+    ours = getattr(gnn, mode)(5, 6, **kw, **options, device=device, backend=backend)
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    T, B, lengths = 7, 4, torch.tensor([7, 6, 3, 1])
+    x = torch.randn(T, B, 5, generator=g, dtype=torch.float64)
+    masks = ref.draw_masks(T, B)
+    results = []
+    for module, dev in ((ref, "cpu"), (ours, device)):
+        xd = x.to(dev).requires_grad_()
+        inp = pack_padded_sequence(xd, lengths) if packed else xd
+        out, state, gates = module(inp, masks=[{k: v.to(dev) for k, v in m.items()} for m in masks],
+                                   return_gates=True)
+        out = pad_packed_sequence(out)[0] if packed else out
+        state = state if mode == "LSTM" else (state,)
+        loss = out.square().sum() + sum(s.sum() for s in state) + sum((v * v).sum() for v in gates.values())
+        grads = torch.autograd.grad(loss, [xd, *module.parameters()])
+        results.append([t.detach().cpu() for t in (out, *state, *gates.values(), *grads)])
+    for mine, theirs in zip(results[1], results[0]):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize(("mode", "options"), CUDA_VARIANTS,
+                         ids=[f"{m}-{i}" for i, (m, _) in enumerate(CUDA_VARIANTS)])
+def test_variants_on_cuda_equal_the_cpu_engine(mode, options, packed):
+    """Issue 7's options on a GPU (backend "auto" takes the eager engine there) equal the fused
+    CPU engine's results with the same masks."""
+    variants_equal_across_devices(mode, options, packed, "cuda", "auto")
