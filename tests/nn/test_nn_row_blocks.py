@@ -180,10 +180,11 @@ VARIANTS = [
 @pytest.mark.parametrize(("mode", "options"), VARIANTS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(VARIANTS)])
 def test_split_variants_equal_the_reference(split, mode, options, training, form):
     """Masks are cut into the blocks' rows; the NumPy reference sees the whole batch."""
+    options = dict(options)  # the parameter is shared by every case: popping from it would change the next
     kw = dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     if "proj_size" in options:
         kw["proj_size"] = options.pop("proj_size")
-    module = build(mode, kw, dict(options), "fused", seed=5)
+    module = build(mode, kw, options, "fused", seed=5)
     check_against_reference(module, T=5, B=9, form=form, seed=6, training=training)
     calls, _ = split
     assert calls and all(n > 1 for n in calls)
@@ -198,10 +199,11 @@ FAMILY_ROWS = [("LSTM", dict(layer_norm=True, peephole=True)), ("LSTM", dict(pro
 def test_split_family_records_the_same_gates(split, monkeypatch, mode, options):
     """The LSTM and GRU families' row blocks (fused_family_rows): recorded gates, and gradients
     through them, out and the final states, as one thread computes them."""
+    options = dict(options)  # shared by every case (see test_split_variants_equal_the_reference)
     kw = dict(input_size=4, hidden_size=6, bidirectional=True)
     if "proj_size" in options:
         kw["proj_size"] = options.pop("proj_size")
-    ours = build(mode, kw, dict(options), "fused", seed=3)
+    ours = build(mode, kw, options, "fused", seed=3)
     x = torch.randn(5, 9, 4, dtype=F64)
     calls, n = split
     results = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)
