@@ -35,8 +35,11 @@ from gatelab.engines.fused_parallel import _block_masks, _on_threads, block_size
 _ARGS = 7  # FamilyRowsFunction's arguments before its tensor inputs
 
 
-def _blocks_forward(family, spec, x, states, weights, masks, batch_sizes, reverse, record, bounds, keep):
-    """Each block's family.block_forward on its own thread: per block (context, out, states, saved)."""
+def _blocks_forward(family, spec, inputs, masks, batch_sizes, reverse, record, bounds, keep):
+    """Each block's family.block_forward on its own thread, for the family Function's tensor
+    inputs (x, the states, the weights): per block (context, out, states, saved)."""
+    n = family.N_STATE
+    x, states, weights = arr(inputs[0]), tuple(arr(s) for s in inputs[1:1 + n]), family.weight_arrays(*inputs[1 + n:])
     T, B, _ = x.shape
 
     def block(j):
@@ -65,10 +68,7 @@ class FamilyRowsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, family, spec, masks, batch_sizes, reverse, record, bounds, *inputs):
-        n = family.N_STATE
-        parts = _blocks_forward(family, spec, arr(inputs[0]), tuple(arr(s) for s in inputs[1:1 + n]),
-                                family.weight_arrays(*inputs[1 + n:]), masks, batch_sizes, reverse, record, bounds,
-                                keep=True)
+        parts = _blocks_forward(family, spec, inputs, masks, batch_sizes, reverse, record, bounds, keep=True)
         ctx.family, ctx.blocks, ctx.bounds = family, [p[0] for p in parts], bounds
         ctx.set_materialize_grads(False)
         return _joined(family, parts, record)
@@ -114,8 +114,6 @@ def run(family, spec, x, state, weights, batch_sizes, reverse, record, masks, bo
         out, *rest = FamilyRowsFunction.apply(family, spec, masks, batch_sizes, reverse, record, tuple(bounds),
                                               *inputs)
     else:
-        parts = _blocks_forward(family, spec, arr(inputs[0]), tuple(arr(s) for s in inputs[1:1 + n]),
-                                family.weight_arrays(*inputs[1 + n:]), masks, batch_sizes, reverse, record, bounds,
-                                keep=False)
+        parts = _blocks_forward(family, spec, inputs, masks, batch_sizes, reverse, record, bounds, keep=False)
         out, *rest = _joined(family, parts, record)
     return out, tuple(rest[:n]), dict(zip(family.RECORDED, rest[n:])) if record else None
