@@ -147,6 +147,38 @@ def _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, 
 
 
 @njit(**JIT)
+def _forward_lean(t, n, tk, xa, hw, bias, flags, c_state, gi, gf, gg, go, cn_seq, m_state, u0, u1,
+                  coupled, no_f, no_i, no_g, no_o, no_y):
+    """forward_step for σ and tanh without peepholes, zoneout of c or layer norm (the
+    ablations by selects): in the plain cell's two loops (fused_lstm.forward_step), the gates
+    from their pre-activations, then c and m. A function of its own: inlined into
+    forward_step with the other passes, its loops ran slower."""
+    H = c_state.shape[1]
+    U = u1 - u0
+    G = hw.shape[1] // 4
+    k0 = u0 if G == H else 0
+    for b in range(n):
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views_at(
+            t, b, xa, hw, bias, k0, k0 + U, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
+        c_, m_ = c_state[b, u0:u1], m_state[b, u0:u1]  # (U,)
+        i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
+        cn_ = cn_seq[tk, b, u0:u1]  # (U,)
+        for j in range(U):
+            a_f, a_i = x_f[j] + h_f[j] + b_f[j], x_i[j] + h_i[j] + b_i[j]
+            a_g, a_o = x_g[j] + h_g[j] + b_g[j], x_o[j] + h_o[j] + b_o[j]
+            f = one(a_f) if no_f else sigmoid(a_f)
+            f_[j] = f
+            i_[j] = one(a_f) - f if coupled else (one(a_i) if no_i else sigmoid(a_i))
+            g_[j] = a_g if no_g else tanh(a_g)
+            o_[j] = one(a_o) if no_o else sigmoid(a_o)
+        for j in range(U):
+            cn = f_[j] * c_[j] + i_[j] * g_[j]
+            m_[j] = o_[j] * (cn if no_y else tanh(cn))
+            c_[j] = cn
+            cn_[j] = cn
+
+
+@njit(**JIT)
 def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
                  m_state, lnc, stats, u0, u1):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
@@ -170,12 +202,16 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     no_f, no_i, no_g, no_o, no_y = (flags[NO_F] != 0, flags[NO_I] != 0, flags[NO_G] != 0,
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
     has_zc, peep = flags[HAS_ZC] != 0, flags[PEEPHOLE] != 0
-    # the plain cell's activations and gates (the masks, peepholes, layer norm, forget_bias
-    # may add to it): computed as such, without the selects (6.5 against 7.5 µs a step for
-    # 16 rows x 64 units, one thread)
     std = gk == 0 and ck == 0
-    plain_maths = std and not (coupled or no_f or no_i or no_g or no_o or no_y)
     tk = ta if ta >= 0 else 0
+    if std and not (peep or has_zc or ln):  # the plain cell's passes, with the ablations' selects
+        _forward_lean(t, n, tk, xa, hw, bias, flags, c_state, gi, gf, gg, go, cn_seq, m_state, u0, u1,
+                      coupled, no_f, no_i, no_g, no_o, no_y)
+        return
+    # the plain cell's activations and gates (peepholes, zoneout of c may add to them):
+    # computed as such, without the selects (6.5 against 7.5 µs a step for 16 rows x 64
+    # units, one thread)
+    plain_maths = std and not (coupled or no_f or no_i or no_g or no_o or no_y)
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
@@ -206,15 +242,6 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
                 f_[j] = sigmoid(h_f[j])
                 i_[j] = sigmoid(h_i[j])
                 g_[j] = tanh(h_g[j])
-            if not (peep or has_zc or ln):
-                for j in range(U):
-                    cn = f_[j] * c_[j] + i_[j] * g_[j]
-                    o = sigmoid(h_o[j])
-                    m_[j] = o * tanh(cn)
-                    c_[j] = cn
-                    o_[j] = o
-                    cn_[j] = cn
-                continue
         elif std:  # σ and tanh with an ablation: each pass compiled for them alone
             _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, 0, 0, coupled, no_f, no_i, no_g)
         else:
@@ -420,6 +447,47 @@ def _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p
         da_g[j] = dag
 
 
+@njit(inline="always")
+def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, da_i, da_f, da_g, da_o, coupled, no_f, no_i,
+                    no_g, no_o, no_y):
+    """The two passes above in one loop, as the plain cell's (fused_lstm.backward_step), for
+    σ and tanh without peepholes, zoneout of c, layer norm or recorded gates: nothing but
+    the saved gates and c is read, and every δa is written once."""
+    for j in range(U):
+        i, f, g, o, cn = i_[j], f_[j], g_[j], o_[j], cn_[j]
+        zero = one(cn) - one(cn)
+        dmj = dm_[j] + dh_[j]
+        tc = tanh(cn)
+        y = cn if no_y else tc
+        dc = dc_[j] + dmj * o * (one(cn) if no_y else one(cn) - tc * tc)  # ∂L/∂c_t = δc̃
+        dc_[j] = dc * f
+        di = dc * g
+        df = dc * cp_[j] - (di if coupled else zero)
+        dg = dc * i
+        da_i[j] = zero if (coupled or no_i) else di * i * (one(i) - i)
+        da_f[j] = zero if no_f else df * f * (one(f) - f)
+        da_g[j] = dg if no_g else dg * (one(g) - g * g)
+        da_o[j] = zero if no_o else dmj * y * o * (one(o) - o)
+
+
+@njit(**JIT)
+def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, da, u0, u1,
+                   coupled, no_f, no_i, no_g, no_o, no_y):
+    """backward_step by _back_lean_pass (a function of its own: inlined into backward_step with
+    the other passes, the same loop ran 25 % slower)."""
+    H = dc_state.shape[1]
+    U = u1 - u0
+    for b in range(n):
+        i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
+        cn_ = cn_seq[t, b, u0:u1]
+        cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
+        dm_, dh_, dc_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1]  # (U,)
+        da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
+        da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
+        _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, da_i, da_f, da_g, da_o, coupled, no_f, no_i,
+                        no_g, no_o, no_y)
+
+
 @njit(**JIT)
 def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph,
                   flags, dgates, da, lnc, stats, dlnc, dchat, u0, u1):
@@ -441,6 +509,10 @@ def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
     has_zc, has_dg = flags[HAS_ZC] != 0, flags[HAS_DG] != 0
     std = gk == 0 and ck == 0
+    if std and not (ln or has_dg or has_zc or flags[PEEPHOLE] != 0):
+        _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, da, u0, u1,
+                       coupled, no_f, no_i, no_g, no_o, no_y)
+        return
     tz = t if has_zc else 0
     tg = t if dgates.shape[1] > 1 else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
