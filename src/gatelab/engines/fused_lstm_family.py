@@ -147,16 +147,18 @@ def _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, 
 
 
 @njit(**JIT)
-def _forward_lean(t, n, tk, xa, hw, bias, flags, c_state, gi, gf, gg, go, cn_seq, m_state, u0, u1,
-                  coupled, no_f, no_i, no_g, no_o, no_y):
-    """forward_step for σ and tanh without peepholes, zoneout of c or layer norm (the
-    ablations by selects): in the plain cell's two loops (fused_lstm.forward_step), the gates
-    from their pre-activations, then c and m. A function of its own: inlined into
-    forward_step with the other passes, its loops ran slower."""
+def _forward_lean(t, n, tk, xa, hw, bias, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
+                  coupled, no_f, no_i, no_g, no_o, no_y, has_zc):
+    """forward_step for σ and tanh without peepholes or layer norm (the ablations by
+    selects): in the plain cell's two loops (fused_lstm.forward_step), the gates from their
+    pre-activations, then c̃, m and (zoneout of c: zc (Tz, B, H) its mask at t) the carried c
+    into c_seq. A function of its own: inlined into forward_step with the other passes, its
+    loops ran slower."""
     H = c_state.shape[1]
     U = u1 - u0
     G = hw.shape[1] // 4
     k0 = u0 if G == H else 0
+    tz = t if has_zc else 0
     for b in range(n):
         x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views_at(
             t, b, xa, hw, bias, k0, k0 + U, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
@@ -171,11 +173,22 @@ def _forward_lean(t, n, tk, xa, hw, bias, flags, c_state, gi, gf, gg, go, cn_seq
             i_[j] = one(a_f) - f if coupled else (one(a_i) if no_i else sigmoid(a_i))
             g_[j] = a_g if no_g else tanh(a_g)
             o_[j] = one(a_o) if no_o else sigmoid(a_o)
-        for j in range(U):
-            cn = f_[j] * c_[j] + i_[j] * g_[j]
-            m_[j] = o_[j] * (cn if no_y else tanh(cn))
-            c_[j] = cn
-            cn_[j] = cn
+        if has_zc:  # c = z c_{t-1} + (1 - z) c̃, kept in c_seq for backward
+            z_, cs_ = zc[tz, b, u0:u1], c_seq[tk, b, u0:u1]  # (U,)
+            for j in range(U):
+                cp = c_[j]
+                cn = f_[j] * cp + i_[j] * g_[j]
+                m_[j] = o_[j] * (cn if no_y else tanh(cn))
+                c = z_[j] * cp + (one(cp) - z_[j]) * cn
+                c_[j] = c
+                cn_[j] = cn
+                cs_[j] = c
+        else:
+            for j in range(U):
+                cn = f_[j] * c_[j] + i_[j] * g_[j]
+                m_[j] = o_[j] * (cn if no_y else tanh(cn))
+                c_[j] = cn
+                cn_[j] = cn
 
 
 @njit(**JIT)
@@ -204,9 +217,9 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     has_zc, peep = flags[HAS_ZC] != 0, flags[PEEPHOLE] != 0
     std = gk == 0 and ck == 0
     tk = ta if ta >= 0 else 0
-    if std and not (peep or has_zc or ln):  # the plain cell's passes, with the ablations' selects
-        _forward_lean(t, n, tk, xa, hw, bias, flags, c_state, gi, gf, gg, go, cn_seq, m_state, u0, u1,
-                      coupled, no_f, no_i, no_g, no_o, no_y)
+    if std and not (peep or ln):  # the plain cell's passes, with the ablations' selects
+        _forward_lean(t, n, tk, xa, hw, bias, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
+                      coupled, no_f, no_i, no_g, no_o, no_y, has_zc)
         return
     # the plain cell's activations and gates (peepholes, zoneout of c may add to them):
     # computed as such, without the selects (6.5 against 7.5 µs a step for 16 rows x 64
@@ -448,19 +461,21 @@ def _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p
 
 
 @njit(inline="always")
-def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, da_i, da_f, da_g, da_o, coupled, no_f, no_i,
-                    no_g, no_o, no_y):
+def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, da_i, da_f, da_g, da_o, coupled, no_f, no_i,
+                    no_g, no_o, no_y, has_zc):
     """The two passes above in one loop, as the plain cell's (fused_lstm.backward_step), for
-    σ and tanh without peepholes, zoneout of c, layer norm or recorded gates: nothing but
-    the saved gates and c is read, and every δa is written once."""
+    σ and tanh without peepholes, layer norm or recorded gates: nothing but the saved gates,
+    c̃, c_{t-1} (and zoneout's mask z_) is read, and every δa is written once."""
     for j in range(U):
         i, f, g, o, cn = i_[j], f_[j], g_[j], o_[j], cn_[j]
         zero = one(cn) - one(cn)
         dmj = dm_[j] + dh_[j]
         tc = tanh(cn)
         y = cn if no_y else tc
-        dc = dc_[j] + dmj * o * (one(cn) if no_y else one(cn) - tc * tc)  # ∂L/∂c_t = δc̃
-        dc_[j] = dc * f
+        dct = dc_[j]  # ∂L/∂c_t
+        # δc̃: (1 - z) of δc_t, and m's share; z δc_t goes straight to c_{t-1}
+        dc = (dct * (one(cn) - z_[j]) if has_zc else dct) + dmj * o * (one(cn) if no_y else one(cn) - tc * tc)
+        dc_[j] = (dct * z_[j] if has_zc else zero) + dc * f
         di = dc * g
         df = dc * cp_[j] - (di if coupled else zero)
         dg = dc * i
@@ -471,12 +486,13 @@ def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, da_i, da_f, da_g
 
 
 @njit(**JIT)
-def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, da, u0, u1,
-                   coupled, no_f, no_i, no_g, no_o, no_y):
+def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, da, u0, u1,
+                   coupled, no_f, no_i, no_g, no_o, no_y, has_zc):
     """backward_step by _back_lean_pass (a function of its own: inlined into backward_step with
-    the other passes, the same loop ran 25 % slower)."""
+    the other passes, the same loop ran 25 % slower). zc (Tz, B, H): zoneout's mask of c."""
     H = dc_state.shape[1]
     U = u1 - u0
+    tz = t if has_zc else 0
     for b in range(n):
         i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
         cn_ = cn_seq[t, b, u0:u1]
@@ -484,8 +500,12 @@ def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c
         dm_, dh_, dc_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1]  # (U,)
         da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
         da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
-        _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, da_i, da_f, da_g, da_o, coupled, no_f, no_i,
-                        no_g, no_o, no_y)
+        if has_zc:
+            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, zc[tz, b, u0:u1], da_i, da_f, da_g, da_o,
+                            coupled, no_f, no_i, no_g, no_o, no_y, True)
+        else:
+            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, dc_, da_i, da_f, da_g, da_o,
+                            coupled, no_f, no_i, no_g, no_o, no_y, False)
 
 
 @njit(**JIT)
@@ -509,9 +529,9 @@ def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
     has_zc, has_dg = flags[HAS_ZC] != 0, flags[HAS_DG] != 0
     std = gk == 0 and ck == 0
-    if std and not (ln or has_dg or has_zc or flags[PEEPHOLE] != 0):
-        _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, da, u0, u1,
-                       coupled, no_f, no_i, no_g, no_o, no_y)
+    if std and not (ln or has_dg or flags[PEEPHOLE] != 0):
+        _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, da, u0, u1,
+                       coupled, no_f, no_i, no_g, no_o, no_y, has_zc)
         return
     tz = t if has_zc else 0
     tg = t if dgates.shape[1] > 1 else 0
