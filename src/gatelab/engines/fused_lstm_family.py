@@ -1,9 +1,14 @@
 """The fused LSTM family (issue 7): the variants and the stochastic masks, hand-written BPTT.
 
 The plain LSTM keeps its own kernels (fused_lstm); every other LSTM request runs here
-with one set of kernels whose variant switches are run-time flags (one compiled
-specialisation per dtype, whatever the variant). Definitions: gatelab.engines,
-"The LSTM family". σ the gate activation, φ the cell activation, per step t:
+with kernels whose variant switches are run-time flags (one compiled specialisation per
+dtype, whatever the variant). The gate passes come in two sets: with σ and tanh and
+without layer norm (every variant but those three options; no δ of recorded gates in
+backward) `_forward_lean` and `_backward_lean`, the plain cell's loops with the ablations
+as selects and peepholes and zoneout of c compiled in apart, each in a function of its
+own; the general passes (forward_step, backward_step) the rest. Definitions:
+gatelab.engines, "The LSTM family". σ the gate activation, φ the cell activation, per
+step t:
 
     a   = xa_t + (d ⊙ h_{t-1}) W_hh^T + b_ih + b_hh     d: recurrent_dropout mask, else 1
     a_f += p_f ⊙ c_{t-1},  a_i += p_i ⊙ c_{t-1}         peephole
@@ -146,55 +151,78 @@ def _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, 
         cs_[j] = c  # scratch without zoneout_c
 
 
-@njit(**JIT)
-def _forward_lean(t, n, tk, xa, hw, bias, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
-                  coupled, no_f, no_i, no_g, no_o, no_y, has_zc):
-    """forward_step for σ and tanh without peepholes or layer norm (the ablations by
-    selects): in the plain cell's two loops (fused_lstm.forward_step), the gates from their
-    pre-activations, then c̃, m and (zoneout of c: zc (Tz, B, H) its mask at t) the carried c
-    into c_seq. A function of its own: inlined into forward_step with the other passes, its
-    loops ran slower."""
+@njit(inline="always")
+def _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
+               coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
+    """_forward_lean's rows, peep a constant."""
     H = c_state.shape[1]
     U = u1 - u0
     G = hw.shape[1] // 4
     k0 = u0 if G == H else 0
     tz = t if has_zc else 0
+    p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
         x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views_at(
             t, b, xa, hw, bias, k0, k0 + U, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
         c_, m_ = c_state[b, u0:u1], m_state[b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
-        cn_ = cn_seq[tk, b, u0:u1]  # (U,)
+        cn_, z_, cs_ = cn_seq[tk, b, u0:u1], zc[tz, b, u0:u1], c_seq[tk if has_zc else 0, b, u0:u1]  # (U,)
         # every activation computed, then selected: a call inside a branch keeps LLVM from
         # vectorising the loop (written `one if no_f else sigmoid(a_f)`, no_output_activation's
         # step took ~9 µs more at (100,32,128,256))
         for j in range(U):
             a_f, a_i = x_f[j] + h_f[j] + b_f[j], x_i[j] + h_i[j] + b_i[j]
             a_g, a_o = x_g[j] + h_g[j] + b_g[j], x_o[j] + h_o[j] + b_o[j]
+            if peep:  # f and i read c_{t-1}; o reads c̃, below: its pre-activation waits in o_
+                a_f += p_f[j] * c_[j]
+                a_i += p_i[j] * c_[j]
             sf, si, tg, so = sigmoid(a_f), sigmoid(a_i), tanh(a_g), sigmoid(a_o)
             f = one(a_f) if no_f else sf
             f_[j] = f
             i_[j] = one(a_f) - f if coupled else (one(a_i) if no_i else si)
             g_[j] = a_g if no_g else tg
-            o_[j] = one(a_o) if no_o else so
-        if has_zc:  # c = z c_{t-1} + (1 - z) c̃, kept in c_seq for backward
-            z_, cs_ = zc[tz, b, u0:u1], c_seq[tk, b, u0:u1]  # (U,)
-            for j in range(U):
-                cp = c_[j]
-                cn = f_[j] * cp + i_[j] * g_[j]
-                tc = tanh(cn)
-                m_[j] = o_[j] * (cn if no_y else tc)
+            o_[j] = a_o if peep else (one(a_o) if no_o else so)
+        for j in range(U):
+            cp = c_[j]
+            cn = f_[j] * cp + i_[j] * g_[j]
+            tc = tanh(cn)
+            o = o_[j]
+            if peep:
+                so = sigmoid(o + p_o[j] * cn)
+                o = one(cn) if no_o else so
+                o_[j] = o
+            m_[j] = o * (cn if no_y else tc)
+            cn_[j] = cn
+            if has_zc:  # c = z c_{t-1} + (1 - z) c̃, kept in c_seq for backward
                 c = z_[j] * cp + (one(cp) - z_[j]) * cn
                 c_[j] = c
-                cn_[j] = cn
                 cs_[j] = c
-        else:
-            for j in range(U):
-                cn = f_[j] * c_[j] + i_[j] * g_[j]
-                tc = tanh(cn)
-                m_[j] = o_[j] * (cn if no_y else tc)
+            else:
                 c_[j] = cn
-                cn_[j] = cn
+
+
+@njit(**JIT)
+def _forward_lean(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
+                  coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
+    """forward_step for σ and tanh without layer norm (the ablations by selects): in the plain
+    cell's two loops (fused_lstm.forward_step), the gates from their pre-activations (with
+    peepholes ph (3, H), f and i reading c_{t-1}), then c̃, o with its peephole, m and
+    (zoneout of c: zc (Tz, B, H) its mask at t) the carried c into c_seq. A function of its
+    own: inlined into forward_step with the other passes, its loops ran slower. has_zc and
+    peep are constants in each of the loops' copies (a branch on them would stay in the loop)."""
+    if peep:
+        if has_zc:
+            _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                       u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, True)
+        else:
+            _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                       u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, False, True)
+    elif has_zc:
+        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                   u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, False)
+    else:
+        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                   u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, False, False)
 
 
 @njit(**JIT)
@@ -223,13 +251,13 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     has_zc, peep = flags[HAS_ZC] != 0, flags[PEEPHOLE] != 0
     std = gk == 0 and ck == 0
     tk = ta if ta >= 0 else 0
-    if std and not (peep or ln):  # the plain cell's passes, with the ablations' selects
-        _forward_lean(t, n, tk, xa, hw, bias, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
-                      coupled, no_f, no_i, no_g, no_o, no_y, has_zc)
+    if std and not ln:  # the plain cell's passes, with the ablations' selects
+        _forward_lean(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0,
+                      u1, coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep)
         return
-    # the plain cell's activations and gates (peepholes, zoneout of c may add to them):
-    # computed as such, without the selects (6.5 against 7.5 µs a step for 16 rows x 64
-    # units, one thread)
+    # layer norm, or other activations, from here. With layer norm and σ, tanh: the plain
+    # cell's activations and gates computed as such, without the selects (6.5 against 7.5 µs
+    # a step for 16 rows x 64 units, one thread)
     plain_maths = std and not (coupled or no_f or no_i or no_g or no_o or no_y)
     tz = t if has_zc else 0
     tc = tk if has_zc else 0
@@ -256,7 +284,7 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
             h_o[j] = x_o[j] + h_o[j] + b_o[j]
         # f i g first, then the rest (one loop with every array ran slower); without keep
         # i_ f_ g_ o_ are scratch rows (ta < 0: index 0 of (1, B, H))
-        if plain_maths:  # σ and tanh, every gate, peepholes and zoneout of c aside
+        if plain_maths:  # σ and tanh, every gate
             for j in range(U):
                 f_[j] = sigmoid(h_f[j])
                 i_[j] = sigmoid(h_i[j])
@@ -265,10 +293,7 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
             _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, 0, 0, coupled, no_f, no_i, no_g)
         else:
             _fig_pass(U, h_f, h_i, h_g, f_, i_, g_, gk, ck, coupled, no_f, no_i, no_g)
-        if std and not ln:
-            _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, 0, 0, no_o, no_y, False)
-        else:
-            _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, no_y, ln)
+        _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, no_y, ln)
         if ln:  # y = φ(LN(c̃)) over the row's H units; m = o ⊙ y
             mu = _sum(cn_) / H
             rs = 1.0 / np.sqrt(_sum_sq(cn_, mu) / H + LN_EPS)
@@ -467,11 +492,11 @@ def _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p
 
 
 @njit(inline="always")
-def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, da_i, da_f, da_g, da_o, coupled, no_f, no_i,
-                    no_g, no_o, no_y, has_zc):
+def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o, coupled,
+                    no_f, no_i, no_g, no_o, no_y, has_zc, peep):
     """The two passes above in one loop, as the plain cell's (fused_lstm.backward_step), for
-    σ and tanh without peepholes, layer norm or recorded gates: nothing but the saved gates,
-    c̃, c_{t-1} (and zoneout's mask z_) is read, and every δa is written once."""
+    σ and tanh without layer norm or recorded gates: nothing but the saved gates, c̃,
+    c_{t-1} (zoneout's mask z_, the peepholes p_) is read, and every δa is written once."""
     for j in range(U):
         i, f, g, o, cn = i_[j], f_[j], g_[j], o_[j], cn_[j]
         zero = one(cn) - one(cn)
@@ -479,39 +504,57 @@ def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, da_i, da_f, 
         tc = tanh(cn)
         y = cn if no_y else tc
         dct = dc_[j]  # ∂L/∂c_t
-        # δc̃: (1 - z) of δc_t, and m's share; z δc_t goes straight to c_{t-1}
+        dao = zero if no_o else dmj * y * o * (one(o) - o)
+        # δc̃: (1 - z) of δc_t, m's share (and o's, through its peephole); z δc_t goes
+        # straight to c_{t-1}
         dc = (dct * (one(cn) - z_[j]) if has_zc else dct) + dmj * o * (one(cn) if no_y else one(cn) - tc * tc)
-        dc_[j] = (dct * z_[j] if has_zc else zero) + dc * f
+        if peep:
+            dc += dao * p_o[j]
         di = dc * g
         df = dc * cp_[j] - (di if coupled else zero)
         dg = dc * i
-        da_i[j] = zero if (coupled or no_i) else di * i * (one(i) - i)
-        da_f[j] = zero if no_f else df * f * (one(f) - f)
+        dai = zero if (coupled or no_i) else di * i * (one(i) - i)
+        daf = zero if no_f else df * f * (one(f) - f)
+        dcp = (dct * z_[j] if has_zc else zero) + dc * f
+        if peep:
+            dcp += daf * p_f[j] + dai * p_i[j]
+        dc_[j] = dcp
+        da_i[j] = dai
+        da_f[j] = daf
         da_g[j] = dg if no_g else dg * (one(g) - g * g)
-        da_o[j] = zero if no_o else dmj * y * o * (one(o) - o)
+        da_o[j] = dao
 
 
 @njit(**JIT)
-def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, da, u0, u1,
-                   coupled, no_f, no_i, no_g, no_o, no_y, has_zc):
+def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, da, u0, u1,
+                   coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
     """backward_step by _back_lean_pass (a function of its own: inlined into backward_step with
-    the other passes, the same loop ran 25 % slower). zc (Tz, B, H): zoneout's mask of c."""
+    the other passes, the same loop ran 25 % slower). zc (Tz, B, H): zoneout's mask of c;
+    ph (3, H) the peepholes. has_zc and peep are constants in each copy of the pass."""
     H = dc_state.shape[1]
     U = u1 - u0
     tz = t if has_zc else 0
+    p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
         i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
         cn_ = cn_seq[t, b, u0:u1]
         cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
-        dm_, dh_, dc_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1]  # (U,)
+        dm_, dh_, dc_, z_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
         da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
-        if has_zc:
-            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, zc[tz, b, u0:u1], da_i, da_f, da_g, da_o,
-                            coupled, no_f, no_i, no_g, no_o, no_y, True)
+        if peep:
+            if has_zc:
+                _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g,
+                                da_o, coupled, no_f, no_i, no_g, no_o, no_y, True, True)
+            else:
+                _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g,
+                                da_o, coupled, no_f, no_i, no_g, no_o, no_y, False, True)
+        elif has_zc:
+            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o,
+                            coupled, no_f, no_i, no_g, no_o, no_y, True, False)
         else:
-            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, dc_, da_i, da_f, da_g, da_o,
-                            coupled, no_f, no_i, no_g, no_o, no_y, False)
+            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o,
+                            coupled, no_f, no_i, no_g, no_o, no_y, False, False)
 
 
 @njit(**JIT)
@@ -535,9 +578,9 @@ def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_
                                     flags[NO_O] != 0, flags[NO_Y] != 0)
     has_zc, has_dg = flags[HAS_ZC] != 0, flags[HAS_DG] != 0
     std = gk == 0 and ck == 0
-    if std and not (ln or has_dg or flags[PEEPHOLE] != 0):
-        _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, da, u0, u1,
-                       coupled, no_f, no_i, no_g, no_o, no_y, has_zc)
+    if std and not (ln or has_dg):
+        _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_seq, c0, zc, ph, da, u0, u1,
+                       coupled, no_f, no_i, no_g, no_o, no_y, has_zc, flags[PEEPHOLE] != 0)
         return
     tz = t if has_zc else 0
     tg = t if dgates.shape[1] > 1 else 0
@@ -566,16 +609,10 @@ def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_
             dchat[H] = _sum(dch_) / H  # stored and read back: the means in x's dtype
             dchat[H + 1] = _sum_centered(dch_, cn_, mu, rs) / H
         m1, m2 = dchat[H], dchat[H + 1]
-        if std and not (ln or has_dg):  # σ and tanh, the common case (see _fig_pass)
-            _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
-                            0, 0, no_o, no_y, False, False)
-            _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
-                             0, 0, coupled, no_f, no_i, no_g, False)
-        else:
-            _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
-                            gk, ck, no_o, no_y, has_dg, ln)
-            _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
-                             gk, ck, coupled, no_f, no_i, no_g, has_dg)
+        _back_cell_pass(U, o_, cn_, dc_, dgc, z_, dm_, dh_, dgo, lnc, dchat, p_o, da_o, da_i, mu, rs, m1, m2,
+                        gk, ck, no_o, no_y, has_dg, ln)
+        _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p_f, p_i,
+                         gk, ck, coupled, no_f, no_i, no_g, has_dg)
 
 
 @njit(**JIT)
