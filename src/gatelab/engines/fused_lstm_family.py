@@ -154,7 +154,7 @@ def _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, 
 @njit(inline="always")
 def _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
                coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
-    """_forward_lean's rows, peep a constant."""
+    """_forward_lean's rows; has_zc and peep come as constants."""
     H = c_state.shape[1]
     U = u1 - u0
     G = hw.shape[1] // 4
