@@ -1,9 +1,9 @@
 """The GRU family's time loops with each step's units split between threads.
 
 As fused_gru_units for the plain GRU, for the family variants whose step is per unit once
-the product is formed: the activations by name, zoneout_h (a Deferred mask, engines.masks, filled here, each
-thread its units of each step) and recurrent_dropout, with
-torch.nn's "reset after" form. Not split: layer_norm (a sum over all units per step) and
+the product is formed: the activations by name, zoneout_h (a Deferred mask, engines.masks,
+filled here, each thread its units of each step) and recurrent_dropout, with torch.nn's
+"reset after" form. Not split: layer_norm (a sum over all units per step) and
 reset_after=False (its second product reads r ⊙ h over all units, so it would need a second
 meeting per step); those run on row blocks. With recurrent_dropout each thread forms
 d ⊙ h_{t-1} over all units itself before its GEMM.

@@ -210,13 +210,12 @@ def _forward_lean(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go
     (zoneout of c: zc (Tz, B, H) its mask at t) the carried c into c_seq. A function of its
     own: inlined into forward_step with the other passes, its loops ran slower. has_zc and
     peep are constants in each of the loops' copies (a branch on them would stay in the loop)."""
-    if peep:
-        if has_zc:
-            _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
-                       u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, True)
-        else:
-            _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
-                       u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, False, True)
+    if peep and has_zc:
+        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                   u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, True)
+    elif peep:
+        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+                   u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, False, True)
     elif has_zc:
         _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
                    u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, False)
@@ -542,13 +541,12 @@ def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c
         dm_, dh_, dc_, z_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
         da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
-        if peep:
-            if has_zc:
-                _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g,
-                                da_o, coupled, no_f, no_i, no_g, no_o, no_y, True, True)
-            else:
-                _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g,
-                                da_o, coupled, no_f, no_i, no_g, no_o, no_y, False, True)
+        if peep and has_zc:
+            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o,
+                            coupled, no_f, no_i, no_g, no_o, no_y, True, True)
+        elif peep:
+            _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o,
+                            coupled, no_f, no_i, no_g, no_o, no_y, False, True)
         elif has_zc:
             _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o,
                             coupled, no_f, no_i, no_g, no_o, no_y, True, False)
@@ -936,9 +934,8 @@ def backward_arrays(ctx, d_out, d_states, d_gates) -> tuple:
                np.einsum("nk,nk->k", da2, hhat.reshape(T * B, 4 * H)), db.copy(),
                dlnc[0].astype(dt), dlnc[1].astype(dt))
     db_ih = db if ctx.has_bias else None
-    grads = (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
-             dw_hr, dph, *dln)
-    return grads
+    return (dx, dh_state, dc_state, dw_ih, dw_hh, db_ih, None if db_ih is None else db_ih.copy(),
+            dw_hr, dph, *dln)
 
 
 LN_NAMES = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
