@@ -491,6 +491,19 @@ def _back_gates_pass(U, i_, f_, g_, cp_, da_i, da_f, da_g, dc_, dgf, dgi, dgg, p
 
 
 @njit(inline="always")
+def _back_views(t, b, tp, n_prev, gi, gf, gg, go, cn_seq, c_seq, c0, dm, dh, dc_state, zc, tz, da, u0, u1):
+    """Row b's views (U,) of what a BPTT pass reads and writes at step t, units [u0, u1):
+    i f g o c̃, c_{t-1} (c_seq[tp] for rows < n_prev, else c0), δm δh δc, zoneout's z (at tz),
+    δa_i δa_f δa_g δa_o (da keeps its full layout)."""
+    H = dc_state.shape[1]
+    return (gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1], cn_seq[t, b, u0:u1],
+            c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1],
+            dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1],
+            da[t, b, u0:u1], da[t, b, H + u0:H + u1], da[t, b, 2 * H + u0:2 * H + u1],
+            da[t, b, 3 * H + u0:3 * H + u1])
+
+
+@njit(inline="always")
 def _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o, coupled,
                     no_f, no_i, no_g, no_o, no_y, has_zc, peep):
     """The two passes above in one loop, as the plain cell's (fused_lstm.backward_step), for
@@ -530,17 +543,12 @@ def _backward_lean(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c
     """backward_step by _back_lean_pass (a function of its own: inlined into backward_step with
     the other passes, the same loop ran 25 % slower). zc (Tz, B, H): zoneout's mask of c;
     ph (3, H) the peepholes. has_zc and peep are constants in each copy of the pass."""
-    H = dc_state.shape[1]
     U = u1 - u0
     tz = t if has_zc else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
-        i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
-        cn_ = cn_seq[t, b, u0:u1]
-        cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
-        dm_, dh_, dc_, z_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
-        da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
-        da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
+        i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, da_i, da_f, da_g, da_o = _back_views(
+            t, b, tp, n_prev, gi, gf, gg, go, cn_seq, c_seq, c0, dm, dh, dc_state, zc, tz, da, u0, u1)
         if peep and has_zc:
             _back_lean_pass(U, i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, p_f, p_i, p_o, da_i, da_f, da_g, da_o,
                             coupled, no_f, no_i, no_g, no_o, no_y, True, True)
@@ -584,14 +592,10 @@ def backward_step(t, n, tp, n_prev, dm, dh, dc_state, gi, gf, gg, go, cn_seq, c_
     tg = t if dgates.shape[1] > 1 else 0
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
-        i_, f_, g_, o_ = gi[t, b, u0:u1], gf[t, b, u0:u1], gg[t, b, u0:u1], go[t, b, u0:u1]  # (U,)
-        cn_ = cn_seq[t, b, u0:u1]
-        cp_ = c_seq[tp, b, u0:u1] if b < n_prev else c0[b, u0:u1]  # (U,) c_{t-1}
-        dm_, dh_, dc_, z_ = dm[b, u0:u1], dh[b, u0:u1], dc_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
+        i_, f_, g_, o_, cn_, cp_, dm_, dh_, dc_, z_, da_i, da_f, da_g, da_o = _back_views(
+            t, b, tp, n_prev, gi, gf, gg, go, cn_seq, c_seq, c0, dm, dh, dc_state, zc, tz, da, u0, u1)
         dgf, dgi, dgg = dgates[0, tg, b, u0:u1], dgates[1, tg, b, u0:u1], dgates[2, tg, b, u0:u1]
         dgo, dgc = dgates[3, tg, b, u0:u1], dgates[4, tg, b, u0:u1]
-        da_i, da_f = da[t, b, u0:u1], da[t, b, H + u0:H + u1]
-        da_g, da_o = da[t, b, 2 * H + u0:2 * H + u1], da[t, b, 3 * H + u0:3 * H + u1]
         mu, rs = stats[0, t, b], stats[1, t, b]  # (zeros without layer_norm)
         if ln:  # δ through y = φ(LN(c̃)): dchat = δĉ, and the row means LN's backward needs
             dch_ = dchat[:H]
