@@ -266,13 +266,17 @@ def test_an_error_in_a_block_reaches_the_caller(monkeypatch, gomp):
 @pytest.fixture(params=[2, 3])
 def units_split(request, monkeypatch):
     """Force each step's units onto `param` threads for any step size (fused_lstm_units,
-    fused_gru_units, fused_lstm_family_units, fused_gru_family_units)."""
+    fused_gru_units, fused_lstm_family_units, fused_gru_family_units), their input
+    projections in chunks of max(2, 20 // B) steps for any batch (fused_units.chunk_steps:
+    B = 5, 7, 12 chunked, the last chunk short at T = 6 or 9; B <= 3 all steps at once)."""
     from gatelab.engines import (fused_gru_family_units, fused_gru_units, fused_lstm_family_units, fused_lstm_units,
                                  fused_units)
 
     monkeypatch.setenv("GATELAB_THREADS", str(request.param))
     monkeypatch.setattr(fused_units, "MIN_STEP_MACS", 0)
     monkeypatch.setattr(fused_units, "MIN_UNITS", 1)
+    monkeypatch.setattr(fused_units, "CHUNK_ROWS", 20)
+    monkeypatch.setattr(fused_units, "MIN_CHUNK_BATCH", 1)
     calls = []
     real = fused_parallel.team
 
@@ -313,6 +317,42 @@ def test_units_split_records_the_same_gates(units_split, monkeypatch, mode):
     assert calls and all(c == int(n) for c in calls)  # the second run did split its units
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_rows", [8, 12, 20, 100], ids=["2-step", "3-step", "5-step", "all"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize(("dtype", "tol"), [(F64, 1e-10), (torch.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_units_split_projects_its_inputs_in_chunks(units_split, monkeypatch, mode, dtype, tol, packed, chunk_rows):
+    """Each thread forms its input projection a chunk of steps at a time inside the loop
+    (fused_units.project_chunk): chunks of 2, 3 and 5 steps over T = 21 (the last one
+    short; float32: at least 4 chunks, so that W_ih runs packed), or all 21 at once, both
+    directions, rows that end or start inside a chunk (packed), against torch.nn."""
+    from gatelab.engines import fused_gru_units, fused_lstm_units, fused_units
+
+    monkeypatch.setattr(fused_units, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(fused_units, "MIN_CHUNK_BATCH", 1)
+    chunks = []
+    module = fused_lstm_units if mode == "LSTM" else fused_gru_units
+
+    def counting(S, B):
+        chunks.append(fused_units.chunk_steps(S, B))
+        return chunks[-1]
+
+    monkeypatch.setattr(module, "chunk_steps", counting)
+    ref, ours = _pair(mode, dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=True)
+    x, lengths, h0 = _inputs(ours, mode, 21, 4, dtype, packed, seed=chunk_rows)
+    results = [_outputs_and_grads(module, x, lengths, h0, mode) for module in (ref, ours)]
+    assert chunks and set(chunks) == {min(21, chunk_rows // 4)}
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+def test_chunk_steps():
+    from gatelab.engines.fused_units import chunk_steps
+
+    assert [chunk_steps(100, B) for B in (1, 7, 8, 16, 32, 64, 256)] == [100, 100, 8, 4, 2, 2, 2]
+    assert chunk_steps(3, 8) == 3 and chunk_steps(1, 64) == 1
 
 
 def test_units_split_with_a_smaller_team(monkeypatch):
@@ -381,7 +421,8 @@ def test_units_split_variant_records_the_same_gates(units_split, monkeypatch, mo
 def test_units_split_leaves_unused_gates_out_of_the_products(units_split, monkeypatch, options):
     """A gate the variant never reads (removed, or i with coupled gates) is left out of every
     product of the units split. float32, so that the step products run packed (T >= 4,
-    B >= 2): against the float64 results of the same weights, the split is as close as one
+    B >= 2), and the input projections too (units_split's chunks of 4 steps, at least 4 of
+    them): against the float64 results of the same weights, the split is as close as one
     thread, which forms all four blocks (float32 rounding alone: ~1e-5 on these sums); its
     rows' gradients are exactly zero. (float64 against the reference: UNIT_VARIANTS.)"""
     torch.manual_seed(4)
@@ -389,7 +430,7 @@ def test_units_split_leaves_unused_gates_out_of_the_products(units_split, monkey
     ours = build("LSTM", kw, options, "fused", seed=4, dtype=torch.float32)
     twin = build("LSTM", kw, options, "fused", seed=4)
     twin.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    x = torch.randn(9, 5, 6)
+    x = torch.randn(17, 5, 6)
     calls, n = units_split
     want = _gates_at_thread_counts(twin, x.double(), ("1",), monkeypatch)[0]
     one, split = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)

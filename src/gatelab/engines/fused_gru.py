@@ -36,12 +36,14 @@ from gatelab.engines import workspace
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out, u0, u1):
+def forward_step(t, n, ta, tx, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out, u0, u1):
     """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H).
 
-    xa (T, B, 3G) x W_ih^T; hw (B, 3G) h_{t-1} W_hh^T; bias (3G,) b_ih + [b_hr, b_hz, 0];
-    b_hn (G,): gate blocks r z n of width G = H (unit u at column gH + u), or G = u1 - u0
-    when they hold units [u0, u1) only (one thread's own buffers, fused_gru_units);
+    xa (Tx, B, 3G) x W_ih^T, this step's at row tx (t, or t's place in a units-split
+    thread's chunk: fused_units.project_chunk); hw (B, 3G) h_{t-1} W_hh^T; bias (3G,)
+    b_ih + [b_hr, b_hz, 0]; b_hn (G,): gate blocks r z n of width G = H (unit u at column
+    gH + u), or G = u1 - u0 when they hold units [u0, u1) only (one thread's own buffers,
+    fused_gru_units);
     h_state (B, H) h_{t-1} in, h_t out; gr gz gn hn_seq (Ta, B, H) written at ta;
     out (T, B, H) written at t.
     """
@@ -51,7 +53,7 @@ def forward_step(t, n, ta, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq, out,
     k0 = u0 if G == H else 0  # my units' first column in each block
     k1 = k0 + U
     for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
-        x_r, x_z, x_n = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1], xa[t, b, 2 * G + k0:2 * G + k1]  # (U,)
+        x_r, x_z, x_n = xa[tx, b, k0:k1], xa[tx, b, G + k0:G + k1], xa[tx, b, 2 * G + k0:2 * G + k1]  # (U,)
         h_r, h_z, h_n = hw[b, k0:k1], hw[b, G + k0:G + k1], hw[b, 2 * G + k0:2 * G + k1]  # (U,)
         b_r, b_z, b_n = bias[k0:k1], bias[G + k0:G + k1], bias[2 * G + k0:2 * G + k1]  # (U,)
         b_hn_ = b_hn[k0:k1]  # (U,)
@@ -126,7 +128,7 @@ def forward_loop(steps, full, xa, w_hh, bp_hh, tmp, bias, b_hn, h_state, hw, gr,
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H) x (3H, H)^T
-        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq,
+        forward_step(t, n, t if full else 0, t, xa, hw, bias, b_hn, h_state, gr, gz, gn, hn_seq,
                      out, 0, h_state.shape[1])
 
 
@@ -176,7 +178,7 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, steps, keep, record, units=1):
         return out, h_state, (saved if full else None)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh.T, hw[:n])  # (n, H) x (H, 3H)
-        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, h_state, *saved, out, 0, H)
+        forward_step(t, n, t if full else 0, t, xa, hw, bias, b_hn, h_state, *saved, out, 0, H)
     return out, h_state, (saved if full else None)
 
 

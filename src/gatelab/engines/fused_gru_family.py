@@ -63,11 +63,12 @@ from gatelab.engines.masks import as_arrays
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, gz, gn, hn_seq, out, u0, u1):
+def forward_step(t, n, ta, tx, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, gz, gn, hn_seq, out, u0,
+                 u1):
     """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H): h_state (B, H)
     h_{t-1} in, h_t out; out[t]; gates r z n and hn written at ta. zh (T|1, B, H) zoneout
-    mask, read when has_zh. xa, hw, bias and b_hn hold gate blocks r z n of width G = H,
-    or G = u1 - u0 in one thread's own buffers, as in fused_gru.forward_step."""
+    mask, read when has_zh. xa (its row tx), hw, bias and b_hn hold gate blocks r z n of
+    width G = H, or G = u1 - u0 in one thread's own buffers, as in fused_gru.forward_step."""
     H = h_state.shape[1]
     U = u1 - u0
     G = hw.shape[1] // 3  # gate block width of xa, hw, bias and b_hn
@@ -75,7 +76,7 @@ def forward_step(t, n, ta, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr, 
     k1 = k0 + U
     tz = t if has_zh else 0
     for b in range(n):  # 1-D row views from u0 keep the inner loop simple enough to vectorise
-        x_r, x_z, x_n = xa[t, b, k0:k1], xa[t, b, G + k0:G + k1], xa[t, b, 2 * G + k0:2 * G + k1]
+        x_r, x_z, x_n = xa[tx, b, k0:k1], xa[tx, b, G + k0:G + k1], xa[tx, b, 2 * G + k0:2 * G + k1]
         h_r, h_z, h_n = hw[b, k0:k1], hw[b, G + k0:G + k1], hw[b, 2 * G + k0:2 * G + k1]
         b_r, b_z, b_n = bias[k0:k1], bias[G + k0:G + k1], bias[2 * G + k0:2 * G + k1]
         b_hn_ = b_hn[k0:k1]
@@ -151,7 +152,7 @@ def forward_loop(steps, full, xa, w_hh, bp_hh, tmp, bias, b_hn, gk, ck, has_d, d
         if ln:
             tk = t if full else 0
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
-        forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr,
+        forward_step(t, n, t if full else 0, t, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state, gr,
                      gz, gn, hn_seq, out, 0, h_state.shape[1])
 
 
@@ -395,7 +396,7 @@ def _forward(spec, x, h0, w_ih, w_hh, b_ih, b_hh, ln, masks, steps, keep, record
             if ln is not None:
                 tk = t if full else 0
                 ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], rs_h[tk])
-            forward_step(t, n, t if full else 0, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state,
+            forward_step(t, n, t if full else 0, t, xa, hw, bias, b_hn, gk, ck, has_zh, zh, h_state,
                          *saved, out, 0, H)
     return out, h_state, ((saved, (xhat, rs_x, lnh, hhat, rs_h)) if full else None)
 

@@ -24,40 +24,40 @@ from numba import njit
 
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
-from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_rng import fill_steps
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import recurrent_product
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows, units)
+from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, my_columns, my_rows, packed_inputs, project_chunk, units)
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, gk, ck, has_d, d,
-                  hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, draws, counter):
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, bp_ih, gk, ck,
+                  has_d, d, hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, gr, gz, gn, hn_seq, out, draws, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (3U, I), w_hh_mine (3U, H), bias_mine (3U,): my rows r z n;
     b_hn_mine (U,); bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
-    xa_mine (T, B, 3U), hw_mine (B, 3U), hd_mine (B, H): my own buffers;
+    bp_ih: w_ih_mine packed (fused_units.packed_inputs); xa_mine (C, B, 3U) the input
+    projection of C steps at a time (fused_units.chunk_steps, project_chunk), hw_mine
+    (B, 3U), hd_mine (B, H): my own buffers;
     hbuf (2, B, H) the running h, double-buffered as in fused_gru_units; draws (2, 3): row 1
     (1, seed, below) when zoneout's mask is to be filled here (each step's my units, just
     before the step reads them; engines.masks.as_arrays); counter: shared new_counter(); the
     rest as in fused_gru_family.forward_loop."""
     B, H = hbuf.shape[1], hbuf.shape[2]
-    T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
-    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
+        lo = project_chunk(s, steps, x2, w_ih_mine, bp_ih, xa_mine, tmp)  # (C*B, I) x (3U, I)^T, a chunk's first step
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         if draws[1, 0]:
             fill_steps(draws[1, 1], draws[1, 2], zh, t, u0, u1)
         recurrent_product(n, has_d, d, src, hd_mine, w_hh_mine, bp_hh, hw_mine, tmp)  # (n, H) x (3U, H)^T
         copy_units(src, dst, 0, B, u0, u1)  # h_{t-1} of my units (rows not in this step keep it)
-        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, dst,
+        forward_step(t, n, t if full else 0, t - lo, xa_mine, hw_mine, bias_mine, b_hn_mine, gk, ck, has_zh, zh, dst,
                      gr, gz, gn, hn_seq, out, u0, u1)
         if not arrive_and_wait(counter, s, k):  # h_t complete
             return  # another thread failed: the caller raises its error
@@ -99,20 +99,22 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
+    C = chunk_steps(len(steps), B)
+
     def make(j, size):
         u0, u1 = units(j, size, H)
         rows = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
-        # b_hn of my units, hd_mine (B, H), hw_mine (B, 3U), xa_mine (T, B, 3U)
-        return (rows, b_hn[u0:u1].copy(), np.empty((B, H), dt), np.empty((B, 3 * (u1 - u0)), dt),
-                workspace.empty((T, B, 3 * (u1 - u0)), dt))
+        # b_hn of my units, w_ih_mine packed, hd_mine (B, H), hw_mine (B, 3U), xa_mine (C, B, 3U)
+        return (rows, b_hn[u0:u1].copy(), packed_inputs(rows[0], C, len(steps), B), np.empty((B, H), dt),
+                np.empty((B, 3 * (u1 - u0)), dt), workspace.empty((C, B, 3 * (u1 - u0)), dt))
 
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
-        rows, b_hn_mine, hd_mine, hw_mine, xa_mine = mine(j, size)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, b_hn_mine, gk, ck, has_d, d, hd_mine,
-                      has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, draws, counter)
+        rows, b_hn_mine, bp_ih, hd_mine, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, b_hn_mine, bp_ih, gk, ck, has_d, d,
+                      hd_mine, has_zh, zh, hbuf, hw_mine, xa_mine, *saved, out, draws, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]

@@ -22,39 +22,39 @@ import numpy as np
 from numba import njit
 
 from gatelab.engines._kernels import JIT
-from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows, units)
+from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, my_columns, my_rows, packed_inputs, project_chunk, units)
 from gatelab.engines import workspace
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, hbuf,
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, b_hn_mine, bp_ih, hbuf,
                   hw_mine, xa_mine, gr, gz, gn, hn_seq, out, counter):
     """Thread j of k runs its input projection and the whole forward time loop for units
     [u0, u1) = units(j, k, H), U = u1 - u0.
 
     x2 (T*B, I); w_ih_mine (3U, I), w_hh_mine (3U, H): my rows r z n, contiguous copies;
     bp_hh, tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch;
-    bias_mine (3U,), b_hn_mine (U,); xa_mine (T, B, 3U) and hw_mine (B, 3U) my products;
+    bias_mine (3U,), b_hn_mine (U,); bp_ih: w_ih_mine packed (fused_units.packed_inputs);
+    xa_mine (C, B, 3U) the input projection of C steps at a time (fused_units.chunk_steps,
+    project_chunk) and hw_mine (B, 3U) my products;
     hbuf (2, B, H) the running h, double-buffered (fused_units.double_buffer; after S steps
     the state is hbuf[S % 2]); counter: _kernels_sync.new_counter(), shared; the rest as
     in fused_gru.forward_loop.
     """
     B, H = hbuf.shape[1], hbuf.shape[2]
-    T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
-    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (3U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
+        lo = project_chunk(s, steps, x2, w_ih_mine, bp_ih, xa_mine, tmp)  # (C*B, I) x (3U, I)^T, a chunk's first step
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (3U, H)^T
         copy_units(src, dst, 0, B, u0, u1)  # h_{t-1} of my units (rows not in this step keep it)
-        forward_step(t, n, t if full else 0, xa_mine, hw_mine, bias_mine, b_hn_mine, dst, gr, gz, gn,
+        forward_step(t, n, t if full else 0, t - lo, xa_mine, hw_mine, bias_mine, b_hn_mine, dst, gr, gz, gn,
                      hn_seq, out, u0, u1)
         if not arrive_and_wait(counter, s, k):  # h_t complete
             return  # another thread failed: the caller raises its error
@@ -88,19 +88,22 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
+    C = chunk_steps(len(steps), B)
+
     def make(j, size):
         u0, u1 = units(j, size, H)
         rows = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
-        # b_hn of my units, hw_mine (B, 3U), xa_mine (T, B, 3U)
-        return rows, b_hn[u0:u1].copy(), np.empty((B, 3 * (u1 - u0)), dt), workspace.empty((T, B, 3 * (u1 - u0)), dt)
+        # b_hn of my units, w_ih_mine packed, hw_mine (B, 3U), xa_mine (C, B, 3U)
+        return (rows, b_hn[u0:u1].copy(), packed_inputs(rows[0], C, len(steps), B), np.empty((B, 3 * (u1 - u0)), dt),
+                workspace.empty((C, B, 3 * (u1 - u0)), dt))
 
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
-        rows, b_hn_mine, hw_mine, xa_mine = mine(j, size)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, b_hn_mine, hbuf, hw_mine, xa_mine, *saved,
-                      out, counter)
+        rows, b_hn_mine, bp_ih, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, b_hn_mine, bp_ih, hbuf, hw_mine, xa_mine,
+                      *saved, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]

@@ -58,11 +58,12 @@ def gate_views_at(t, b, xa, hw, bias, k0, k1, G, pi, pf, pg, po):
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state, u0, u1):
+def forward_step(t, n, ta, tx, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, m_state, u0, u1):
     """One step's gate pass for rows [:n] and units [u0, u1) (all: 0, H); writes gates and
     c at ta (not at all when ta < 0: inference without a record), m at t.
 
-    xa (T, B, 4G) input projection; hw (B, 4G) h_{t-1} W_hh^T; bias (4G,) b_ih + b_hh:
+    xa (Tx, B, 4G) input projection, this step's at row tx (t, or t's place in a units-split
+    thread's chunk: fused_units.project_chunk); hw (B, 4G) h_{t-1} W_hh^T; bias (4G,) b_ih + b_hh:
     gate blocks i f g o of width G = H (unit u at column gH + u), or G = u1 - u0 when they
     hold units [u0, u1) only (unit u at column gG + u - u0: one thread's own buffers);
     c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
@@ -78,7 +79,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
     k1 = k0 + U
     if not keep:  # inference without a record: c and m only
         for b in range(n):
-            x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(t, b, xa, hw, bias, k0, k1, G)
+            x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(tx, b, xa, hw, bias, k0, k1, G)
             c_, ms_, m_ = c_state[b, u0:u1], m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
             for j in range(U):
                 i = sigmoid(x_i[j] + h_i[j] + b_i[j])
@@ -92,7 +93,7 @@ def forward_step(t, n, ta, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_seq, 
                 m_[j] = m
         return
     for b in range(n):  # the same, keeping the gates and c for backward or the record
-        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(t, b, xa, hw, bias, k0, k1, G)
+        x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views(tx, b, xa, hw, bias, k0, k1, G)
         c_, ms_, m_ = c_state[b, u0:u1], m_seq[tm, b, u0:u1], m_state[b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[ta, b, u0:u1], gf[ta, b, u0:u1], gg[ta, b, u0:u1], go[ta, b, u0:u1]  # (U,)
         cs_ = c_seq[ta, b, u0:u1]  # (U,)
@@ -171,7 +172,7 @@ def forward_loop(steps, full, proj, xa, w_hh, bp_hh, tmp, bias, w_hr, h_state, c
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
         step_gemm(h_state[:n], w_hh, bp_hh, hw[:n], True, 0.0, tmp)  # (n, H_out) x (4H, H_out)^T
-        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
+        forward_step(t, n, t if full else -1, t, xa, hw, bias, c_state, gi, gf, gg, go, c_seq,
                      m_seq, m_state, 0, c_state.shape[1])
         if proj:
             gemm(m_state[:n], w_hr, h_state[:n], True, 0.0)  # (n, H) x (H, H_out)
@@ -240,7 +241,7 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, w_hr, steps, keep, record, units=1):
     w_hr_t = None if w_hr is None else w_hr.T  # (H, H_out)
     for t, n, _, _ in steps:
         mm(h_state[:n], w_hh.T, hw[:n])  # (n, H_out) x (H_out, 4H)
-        forward_step(t, n, t if full else -1, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state, 0, H)
+        forward_step(t, n, t if full else -1, t, xa, hw, bias, c_state, *gates, c_seq, m_seq, m_state, 0, H)
         if w_hr is not None:
             mm(m_state[:n], w_hr_t, h_state[:n])  # (n, H) x (H, H_out)
             out[t, :n] = h_state[:n]

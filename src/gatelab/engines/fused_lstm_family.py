@@ -152,8 +152,8 @@ def _cell_pass(U, c_, h_o, p_o, z_, f_, i_, g_, m_, o_, cn_, cs_, gk, ck, no_o, 
 
 
 @njit(inline="always")
-def _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
-               coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
+def _lean_rows(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0,
+               u1, coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
     """_forward_lean's rows; has_zc and peep come as constants."""
     H = c_state.shape[1]
     U = u1 - u0
@@ -163,7 +163,7 @@ def _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, c
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
         x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views_at(
-            t, b, xa, hw, bias, k0, k0 + U, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
+            tx, b, xa, hw, bias, k0, k0 + U, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
         c_, m_ = c_state[b, u0:u1], m_state[b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
         cn_, z_, cs_ = cn_seq[tk, b, u0:u1], zc[tz, b, u0:u1], c_seq[tk if has_zc else 0, b, u0:u1]  # (U,)
@@ -202,8 +202,8 @@ def _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, c
 
 
 @njit(**JIT)
-def _forward_lean(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0, u1,
-                  coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
+def _forward_lean(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0,
+                  u1, coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep):
     """forward_step for σ and tanh without layer norm (the ablations by selects): in the plain
     cell's two loops (fused_lstm.forward_step), the gates from their pre-activations (with
     peepholes ph (3, H), f and i reading c_{t-1}), then c̃, o with its peephole, m and
@@ -211,25 +211,26 @@ def _forward_lean(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go
     own: inlined into forward_step with the other passes, its loops ran slower. has_zc and
     peep are constants in each of the loops' copies (a branch on them would stay in the loop)."""
     if peep and has_zc:
-        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+        _lean_rows(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
                    u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, True)
     elif peep:
-        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+        _lean_rows(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
                    u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, False, True)
     elif has_zc:
-        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+        _lean_rows(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
                    u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, True, False)
     else:
-        _lean_rows(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
+        _lean_rows(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state,
                    u0, u1, coupled, no_f, no_i, no_g, no_o, no_y, False, False)
 
 
 @njit(**JIT)
-def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
+def forward_step(t, n, ta, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq,
                  m_state, lnc, stats, u0, u1):
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
-    ta (not at all when ta < 0). xa (T, B, 4H); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a;
+    ta (not at all when ta < 0). xa (Tx, B, 4H), this step's at row tx (t, or t's place in
+    a units-split thread's chunk: fused_units.project_chunk); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a;
     bias (4H,); ph (3, H) p_f|p_i|p_o (zeros without peephole); flags: flags_of(...);
     zc (Tz, B, H) zoneout_c mask (read at t when flags[HAS_ZC]). layer_norm (flags[LN]):
     lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B) receives μ and 1/√(σ² + ε) of c̃
@@ -251,7 +252,7 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     std = gk == 0 and ck == 0
     tk = ta if ta >= 0 else 0
     if std and not ln:  # the plain cell's passes, with the ablations' selects
-        _forward_lean(t, n, tk, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0,
+        _forward_lean(t, n, tk, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go, cn_seq, c_seq, m_state, u0,
                       u1, coupled, no_f, no_i, no_g, no_o, no_y, has_zc, peep)
         return
     # layer norm, or other activations, from here. With layer norm and σ, tanh: the plain
@@ -263,7 +264,7 @@ def forward_step(t, n, ta, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg, go,
     p_f, p_i, p_o = ph[0, u0:u1], ph[1, u0:u1], ph[2, u0:u1]  # (U,)
     for b in range(n):
         x_i, x_f, x_g, x_o, h_i, h_f, h_g, h_o, b_i, b_f, b_g, b_o = gate_views_at(
-            t, b, xa, hw, bias, k0, k1, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
+            tx, b, xa, hw, bias, k0, k1, G, flags[POS], flags[POS + 1], flags[POS + 2], flags[POS + 3])
         c_, m_, z_ = c_state[b, u0:u1], m_state[b, u0:u1], zc[tz, b, u0:u1]  # (U,)
         i_, f_, g_, o_ = gi[tk, b, u0:u1], gf[tk, b, u0:u1], gg[tk, b, u0:u1], go[tk, b, u0:u1]
         cn_, cs_ = cn_seq[tk, b, u0:u1], c_seq[tc, b, u0:u1]  # (U,)
@@ -632,7 +633,7 @@ def forward_loop(steps, full, proj, xa, w_hh, bp_hh, tmp, bias, w_hr, ph, flags,
         recurrent_product(n, has_d, d, h_state, hd, w_hh, bp_hh, hw, tmp)  # (n, H_out) x (4H, H_out)^T
         if ln:
             ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
-        forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
+        forward_step(t, n, t if full else -1, t, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
                      go, cn_seq, c_seq, m_state, lnc, stats, 0, c_state.shape[1])
         if proj:
             gemm(m_state[:n], w_hr, h_new[:n], True, 0.0)  # (n, H) x (H, H_out)
@@ -797,7 +798,7 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, bias, w_hr, ph, ln, masks, steps, keep
             tk = t if full else 0
             if ln is not None:
                 ln_rows(n, hw, lnh[0], lnh[1], hhat[tk], stats[2, tk])
-            forward_step(t, n, t if full else -1, xa, hw, bias, ph, flags, zc, c_state, *gates,
+            forward_step(t, n, t if full else -1, t, xa, hw, bias, ph, flags, zc, c_state, *gates,
                          cn_seq, c_seq, m_state, lnc, stats, 0, H)
             if proj:
                 mm(m_state[:n], w_hr.T, h_new[:n])

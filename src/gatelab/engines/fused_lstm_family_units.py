@@ -35,25 +35,27 @@ from numba import njit
 
 from gatelab.engines import workspace
 from gatelab.engines._kernels import JIT
-from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import NR, step_gemm
 from gatelab.engines._kernels_rng import fill_steps
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step, backward_tail, forward_step,
                                               recurrent_product, unused_gates, zone_h)
 from gatelab.engines.fused_parallel import team
-from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, kept_order, my_columns, my_rows, span_packs, spans)
+from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, kept_order, my_columns, my_rows, packed_inputs,
+                                         project_chunk, span_packs, spans)
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, ph, flags, has_d, d,
-                  hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq, m_state,
-                  out, lnc, stats, draws, counter):
+def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, bp_ih, ph, flags, has_d,
+                  d, hd_mine, has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, gi, gf, gg, go, cn_seq, c_seq,
+                  m_state, out, lnc, stats, draws, counter):
     """Thread j of k: its input projection and the whole forward time loop for units
     [u0, u1). w_ih_mine (4U, I), w_hh_mine (4U, H), bias_mine (4U,): my rows i f g o (bp_hh,
-    tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch);
-    xa_mine (T, B, 4U), hw_mine (B, 4U), hd_mine (B, H): my own buffers; hbuf (2, B, H) the
+    tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch; bp_ih: w_ih_mine
+    packed, fused_units.packed_inputs); xa_mine (C, B, 4U) the input projection of C steps at
+    a time (fused_units.chunk_steps, project_chunk), hw_mine (B, 4U), hd_mine (B, H): my own
+    buffers; hbuf (2, B, H) the
     running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
     new_counter(); K: the gate blocks the products form, the first K of my rows (the rest, of
     gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); draws (3, 3):
@@ -61,17 +63,16 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
     filled here (each step's my units, just before the step reads them;
     engines.masks.as_arrays); the rest as in fused_lstm_family.forward_loop (no projection)."""
     B, H = c_state.shape
-    T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
     KU = K * (u1 - u0)  # the columns formed
-    xa2 = xa_mine.reshape(T * B, xa_mine.shape[2])
-    if K == 4:
-        gemm(x2, w_ih_mine, xa2, True, 0.0)  # (T*B, I) x (4U, I)^T
-    else:
-        gemm(x2, w_ih_mine[:KU], xa2[:, :KU], True, 0.0)  # (T*B, I) x (KU, I)^T
-        xa2[:, KU:] = 0.0
+    if K < 4:
+        xa_mine[:, :, KU:] = 0.0
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
+        if K == 4:  # (C*B, I) x (4U, I)^T at a chunk's first step
+            lo = project_chunk(s, steps, x2, w_ih_mine, bp_ih, xa_mine, tmp)
+        else:  # the first KU rows' panels: (C*B, I) x (KU, I)^T
+            lo = project_chunk(s, steps, x2, w_ih_mine[:KU], bp_ih[:(KU + NR - 1) // NR], xa_mine, tmp)
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         if draws[1, 0]:  # zoneout_h, zoneout_c left to the threads (engines.masks.as_arrays)
             fill_steps(draws[1, 1], draws[1, 2], zh, t, u0, u1)
@@ -84,7 +85,7 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
                               hw_mine[:, :KU], tmp)
         # without zoneout of h, h = m: the gate pass writes it into the new state itself (a
         # separate pass copying m there took ~16 µs a step in the team at (100,32,128,256))
-        forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
+        forward_step(t, n, t if full else -1, t - lo, xa_mine, hw_mine, bias_mine, ph, flags, zc, c_state, gi, gf, gg,
                      go, cn_seq, c_seq, m_state if has_zh else dst, lnc, stats, u0, u1)
         if has_zh:
             zone_h(t, n, has_zh, zh, m_state, src, dst, out, u0, u1)
@@ -154,6 +155,8 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
         flags = flags.copy()
         flags[POS:POS + 4] = [order.index(g) for g in range(4)]
 
+    C = chunk_steps(len(steps), B)
+
     def make(j, size):
         rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B, order)  # rows i f g o of my units (in order)
         G_U = rows[0].shape[0]  # 4U
@@ -162,17 +165,18 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
             KU = K * G_U // 4
             rows[4][KU:] = 0.0  # bias_mine
             hw_mine[:, KU:] = 0.0
-        # hd_mine (B, H), hw_mine (B, 4U), xa_mine (T, B, 4U)
-        return rows, np.empty((B, H), dt), hw_mine, workspace.empty((T, B, G_U), dt)
+        # w_ih_mine packed, hd_mine (B, H), hw_mine (B, 4U), xa_mine (C, B, 4U)
+        bp_ih = packed_inputs(rows[0], C, len(steps), B)
+        return rows, bp_ih, np.empty((B, H), dt), hw_mine, workspace.empty((C, B, G_U), dt)
 
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
-        rows, hd_mine, hw_mine, xa_mine = mine(j, size)
-        forward_units(j, size, steps, full, K, x.reshape(T * B, I), *rows, ph, flags, has_d, d, hd_mine, has_zh, zh,
-                      zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc, stats, draws,
-                      counter)
+        rows, bp_ih, hd_mine, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, K, x.reshape(T * B, I), *rows, bp_ih, ph, flags, has_d, d, hd_mine,
+                      has_zh, zh, zc, hbuf, c_state, hw_mine, xa_mine, *gates, cn_seq, c_seq, m_state, out, lnc,
+                      stats, draws, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]

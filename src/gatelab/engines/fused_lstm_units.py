@@ -35,40 +35,40 @@ import numpy as np
 from numba import njit
 
 from gatelab.engines._kernels import JIT
-from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import step_gemm
 from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
-from gatelab.engines.fused_units import (aborting, ahead, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows)
+from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
+                                         grads_of_my_rows, my_columns, my_rows, packed_inputs, project_chunk)
 from gatelab.engines import workspace
 
 
 
 @njit(**JIT)
-def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, hbuf, c_state, hw_mine,
-                  xa_mine, gi, gf, gg, go, c_seq, out, counter):
+def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_mine, bp_ih, hbuf, c_state,
+                  hw_mine, xa_mine, gi, gf, gg, go, c_seq, out, counter):
     """Thread j of k runs its input projection and the whole forward time loop for units
     [u0, u1) = units(j, k, H), U = u1 - u0.
 
     x2 (T*B, I) the input; w_ih_mine (4U, I) and w_hh_mine (4U, H): the rows i f g o of my
     units of W_ih and W_hh, as contiguous copies; bp_hh, tmp: w_hh_mine packed for
-    _kernels_gemm.step_gemm and its scratch; bias_mine (4U,);
-    xa_mine (T, B, 4U) and hw_mine (B, 4U) this thread's own products; hbuf (2, B, H): the
+    _kernels_gemm.step_gemm and its scratch; bias_mine (4U,); bp_ih: w_ih_mine packed
+    (fused_units.packed_inputs); xa_mine (C, B, 4U): the input projection of C steps at a
+    time (fused_units.chunk_steps, project_chunk), hw_mine (B, 4U): this thread's own
+    products; hbuf (2, B, H): the
     running h, double-buffered (both start as h0; after S steps the state is hbuf[S % 2]);
     counter: _kernels_sync.new_counter(), shared; the rest as in fused_lstm.forward_loop (no
     projection: out is m).
     """
     B, H = c_state.shape
-    T = xa_mine.shape[0]
     u0, u1 = j * H // k, (j + 1) * H // k
-    gemm(x2, w_ih_mine, xa_mine.reshape(T * B, xa_mine.shape[2]), True, 0.0)  # (T*B, I) x (4U, I)^T
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
+        lo = project_chunk(s, steps, x2, w_ih_mine, bp_ih, xa_mine, tmp)  # (C*B, I) x (4U, I)^T, a chunk's first step
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         step_gemm(src[:n], w_hh_mine, bp_hh, hw_mine[:n], True, 0.0, tmp)  # (n, H) x (4U, H)^T
-        forward_step(t, n, t if full else -1, xa_mine, hw_mine, bias_mine, c_state, gi, gf, gg, go, c_seq,
+        forward_step(t, n, t if full else -1, t - lo, xa_mine, hw_mine, bias_mine, c_state, gi, gf, gg, go, c_seq,
                      out, dst, u0, u1)
         copy_units(src, dst, n, B, u0, u1)  # rows not in this step keep their state
         if not arrive_and_wait(counter, s, k):
@@ -104,18 +104,22 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
     hbuf = double_buffer(h_state)  # (2, B, H)
     counter = new_counter()
 
+    C = chunk_steps(len(steps), B)
+
     def make(j, size):
         rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
         G_U = rows[0].shape[0]  # 4U
-        return rows, np.empty((B, G_U), dt), workspace.empty((T, B, G_U), dt)  # hw_mine (B, 4U), xa_mine (T, B, 4U)
+        # w_ih_mine packed, hw_mine (B, 4U), xa_mine (C, B, 4U)
+        bp_ih = packed_inputs(rows[0], C, len(steps), B)
+        return rows, bp_ih, np.empty((B, G_U), dt), workspace.empty((C, B, G_U), dt)
 
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
-        rows, hw_mine, xa_mine = mine(j, size)
-        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, hbuf, c_state, hw_mine, xa_mine, *gates,
-                      c_seq, out, counter)
+        rows, bp_ih, hw_mine, xa_mine = mine(j, size)
+        forward_units(j, size, steps, full, x.reshape(T * B, I), *rows, bp_ih, hbuf, c_state, hw_mine, xa_mine,
+                      *gates, c_seq, out, counter)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     h_state[:] = hbuf[steps.shape[0] % 2]
