@@ -104,6 +104,44 @@ def previous(seq: np.ndarray, init: np.ndarray, steps: tuple[Step, ...]) -> np.n
     return out
 
 
+class Previous(NamedTuple):
+    """H_prev (T*B, K), the state each row started its step from, in two parts: rows
+    [main_at, main_at + len(main)) are `main`, rows [init_at, init_at + len(init)) are `init`
+    (the initial state; no rows when `main` is all of H_prev). See previous_rows."""
+
+    main: np.ndarray  # (R, K)
+    main_at: int
+    init: np.ndarray  # (R0, K)
+    init_at: int
+
+
+def previous_rows(seq: np.ndarray, init: np.ndarray, steps: tuple[Step, ...], d: np.ndarray | None = None
+                  ) -> Previous:
+    """previous_dropped(seq, init, steps, d) as the Previous that δW_hh = δA^T H_prev reads
+    (times_previous, fused_units.grads_of_my_rows). Without packing or a mask, H_prev is the
+    outputs shifted by one step and the initial state: views, no copy (the copy took
+    0.7-2.6 ms a call at (128,64,256,256), on the calling thread before the team)."""
+    T, B, K = seq.shape
+    if d is None and steps and all(s.n == B for s in steps):
+        seq2, init2 = seq.reshape(T * B, K), init.reshape(B, K)
+        if steps[0].t == 0:  # forward: step t starts from out[t-1], step 0 from init
+            return Previous(seq2[:(T - 1) * B], B, init2, 0)
+        return Previous(seq2[B:], 0, init2, (T - 1) * B)  # reverse: from out[t+1], step T-1 from init
+    return Previous(previous_dropped(seq, init, steps, d).reshape(T * B, K), 0, np.empty((0, K), seq.dtype), 0)
+
+
+def times_previous(d2: np.ndarray, prev: Previous, out: np.ndarray) -> np.ndarray:
+    """out = d2^T H_prev: d2 (T*B, G) δ of the recurrent product, H_prev as prev's parts."""
+    parts = [(part, at) for part, at in ((prev.main, prev.main_at), (prev.init, prev.init_at)) if len(part)]
+    if not parts:  # T = 0
+        out[:] = 0.0
+    for i, (part, at) in enumerate(parts):  # (G, R) x (R, K); the second into pooled scratch
+        product = mm(d2[at:at + len(part)].T, part, out if i == 0 else workspace.empty_like(out))
+        if i > 0:
+            out += product
+    return out
+
+
 def previous_dropped(seq: np.ndarray, init: np.ndarray, steps: tuple[Step, ...], d: np.ndarray | None) -> np.ndarray:
     """previous(seq, init, steps) times the recurrent-dropout mask d (B, K) when given:
     d ⊙ h_{t-1} for every step, what the recurrent product read (padded rows stay zero)."""

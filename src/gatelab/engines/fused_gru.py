@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous_rows, steps_array, tensor, times_previous)
 from gatelab.engines import workspace
 
 
@@ -219,7 +219,7 @@ class GRUFunction(torch.autograd.Function):
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_gru_units
 
-            h_prev = previous(out, h0s, steps) if need[3] else None  # (T, B, H)
+            h_prev = previous_rows(out, h0s, steps) if need[3] else None
             dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_units.backward(
                 ctx.units, steps_array(steps), d_out, dh_state, saved, out, h0s, dgates, dxa, dhw, xs,
                 h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
@@ -237,8 +237,8 @@ class GRUFunction(torch.autograd.Function):
             dxa2, dhw2 = dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H)  # (T*B, 3H)
             dx = mm(dxa2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
             dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
-            h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
-            dw_hh = mm(dhw2.T, h_prev, workspace.empty_like(w_hhs)) if need[3] else None
+            dw_hh = (times_previous(dhw2, previous_rows(out, h0s, steps), workspace.empty_like(w_hhs))
+                     if need[3] else None)
             db_ih = add_rows_sum(dxa) if ctx.has_bias else None  # (3H,)
             db_hh = add_rows_sum(dhw) if ctx.has_bias else None  # (3H,)
         grads = (dx, dh_state, dw_ih, dw_hh, db_ih, db_hh)

@@ -54,7 +54,8 @@ from torch.autograd.function import once_differentiable
 from gatelab.engines._kernels import JIT, one
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous_dropped, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous_dropped, previous_rows, steps_array, tensor,
+    times_previous)
 from gatelab.engines.fused_lstm_family import (
     CELL_KINDS, GATE_KINDS, _cell, _cell_grad, _gate, _gate_grad, _ln_all, _ln_all_backward, dropped,
     ln_back_rows, ln_rows, recurrent_product)
@@ -456,7 +457,7 @@ def backward_arrays(ctx, d_out, d_states, d_gates) -> tuple:
     if ctx.units > 1:  # the threads also share the GEMMs after
         from gatelab.engines import fused_gru_family_units
 
-        h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[3] else None
+        h_prev = previous_rows(out, h0s, steps, d if has_d else None) if need[3] else None  # d ⊙ H_prev
         dx, dw_ih, dw_hh, db_ih, db_hh = fused_gru_family_units.backward(
             ctx.units, steps_array(steps), gk, ck, ctx.masks, d_out, dh_state, saved, out, h0s, dgates, dxa,
             dhw, xs, h_prev, w_ihs, w_hhs, (need[0], need[2], need[3], ctx.has_bias))
@@ -485,8 +486,8 @@ def backward_arrays(ctx, d_out, d_states, d_gates) -> tuple:
     dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
     dw_hh = None
     if need[3]:
-        h_prev = previous_dropped(out, h0s, steps, d if has_d else None)  # (T, B, H)
-        dw_hh = mm(dhw2.T, h_prev.reshape(T * B, H), workspace.empty_like(w_hhs))
+        h_prev = previous_rows(out, h0s, steps, d if has_d else None)  # d ⊙ H_prev (T*B, H)
+        dw_hh = times_previous(dhw2, h_prev, workspace.empty_like(w_hhs))
     db_ih = add_rows_sum(dxa) if ctx.has_bias else None
     db_hh = add_rows_sum(dhw) if ctx.has_bias else None
     return dx, dh_state, dw_ih, dw_hh, db_ih, db_hh, *dln

@@ -123,15 +123,14 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
 def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh,
              need):
     """backward_units, then the gradients over all steps (fused_units.grads_of_my_rows), on a
-    team of up to k threads. h_prev (T, B, H): d ⊙ h_{t-1}, or None when δW_hh is not
-    needed; need: (δx, δW_ih, δW_hh, δb). dh_state is updated in place. Returns (δx, δW_ih,
-    δW_hh, δb_ih, δb_hh), None where not needed."""
+    team of up to k threads. h_prev: d ⊙ h_{t-1} as fused_common.previous_rows gives it,
+    or None when δW_hh is not needed; need: (δx, δW_ih, δW_hh, δb). dh_state is updated in
+    place. Returns (δx, δW_ih, δW_hh, δb_ih, δb_hh), None where not needed."""
     T, B, I = x.shape
     H = dh_state.shape[1]
     has_d, d, has_zh, zh = masks
     counter = new_counter()
     results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
-    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
     def make(j, size):
         u0, u1 = units(j, size, H)
@@ -144,7 +143,7 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
                        dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
-                         x.reshape(T * B, I), hp2, w_ih, results)
+                         x.reshape(T * B, I), h_prev, w_ih, results)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return (results.get("dx"), results.get("dw_ih"), results.get("dw_hh"), results.get("db_ih"),

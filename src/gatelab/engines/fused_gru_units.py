@@ -111,14 +111,14 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, h_state, saved, out):
 
 def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_prev, w_ih, w_hh, need):
     """backward_units, then the gradients over all steps (fused_units.grads_of_my_rows), on a
-    team of up to k threads. need: (δx, δW_ih, δW_hh, δb) wanted; h_prev (T, B, H) or None.
+    team of up to k threads. need: (δx, δW_ih, δW_hh, δb) wanted; h_prev: a
+    fused_common.Previous (previous_rows) or None.
     dh_state is updated in place. Returns (δx, δW_ih, δW_hh, δb_ih, δb_hh), None where not
     needed."""
     T, B, I = x.shape
     H = dh_state.shape[1]
     counter = new_counter()
     results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
-    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
     mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
 
@@ -126,7 +126,7 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
     def member(j, size):
         backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
-                         x.reshape(T * B, I), hp2, w_ih, results)
+                         x.reshape(T * B, I), h_prev, w_ih, results)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return tuple(results.get(name) for name in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))

@@ -34,7 +34,7 @@ from gatelab.engines._kernels import JIT, one, sigmoid, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous_rows, steps_array, tensor, times_previous)
 from gatelab.engines import workspace
 
 
@@ -309,7 +309,7 @@ class LSTMFunction(torch.autograd.Function):
         if ctx.units > 1:  # the threads also share the GEMMs after
             from gatelab.engines import fused_lstm_units
 
-            h_prev = previous(out, h0s, steps) if need[4] else None  # (T, B, H)
+            h_prev = previous_rows(out, h0s, steps) if need[4] else None
             dx, dw_ih, dw_hh, db = fused_lstm_units.backward(
                 ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, c_seq, c0s, dgates, da,
                 xs, h_prev, w_ihs, w_hhs, (need[0], need[3], need[4], ctx.has_bias))
@@ -325,8 +325,8 @@ class LSTMFunction(torch.autograd.Function):
             da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
             dx = mm(da2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
             dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
-            h_prev = previous(out, h0s, steps).reshape(T * B, P)  # (T*B, H_out)
-            dw_hh = mm(da2.T, h_prev, workspace.empty_like(w_hhs)) if need[4] else None
+            dw_hh = (times_previous(da2, previous_rows(out, h0s, steps), workspace.empty_like(w_hhs))
+                     if need[4] else None)
             db = add_rows_sum(da) if ctx.has_bias else None  # (4H,)
         dw_hr = None
         if w_hrs is not None and need[7]:

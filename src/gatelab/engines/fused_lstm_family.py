@@ -58,7 +58,7 @@ from gatelab.engines._kernels_blas import gemm
 from gatelab.engines._kernels_gemm import packed_weights, scratch, step_gemm
 from gatelab.engines.fused_lstm import gate_views_at
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_dropped, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, previous_rows, steps_array, tensor, times_previous)
 from gatelab.engines import workspace
 from gatelab.engines.masks import as_arrays
 
@@ -815,7 +815,7 @@ def _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need):
     """(δx, δW_ih, δW_hh, δb) over all steps, as GEMMs on the calling thread; δb is also the δ
     of the layer-norm biases (ctx.spec.layer_norm: δA is then taken back through the input's LN)."""
     T, B, _ = xs.shape
-    H, P = da.shape[2] // 4, h0s.shape[1]
+    H = da.shape[2] // 4
     dt = xs.dtype
     ln = ctx.spec.layer_norm
     lnsaved = ctx.arrays[-1][-1]
@@ -826,8 +826,8 @@ def _weight_grads(ctx, da, dhw, xs, w_ihs, w_hhs, out, h0s, has_d, d, need):
     dw_ih = mm(dxa2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[3] else None
     dw_hh = None
     if need[4]:
-        h_prev = previous_dropped(out, h0s, ctx.steps, d if has_d else None)  # (T, B, H_out)
-        dw_hh = mm(dhw2.T, h_prev.reshape(T * B, P), workspace.empty_like(w_hhs))
+        h_prev = previous_rows(out, h0s, ctx.steps, d if has_d else None)  # d ⊙ H_prev (T*B, H_out)
+        dw_hh = times_previous(dhw2, h_prev, workspace.empty_like(w_hhs))
     db = add_rows_sum(da) if (ctx.has_bias or ln) else None  # (4H,)
     return dx, dw_ih, dw_hh, db
 
@@ -897,7 +897,7 @@ def backward_arrays(ctx, d_out, d_states, d_gates) -> tuple:
     if ctx.units > 1:  # the threads also share the GEMMs after
         from gatelab.engines import fused_lstm_family_units
 
-        h_prev = previous_dropped(out, h0s, steps, d if has_d else None) if need[4] else None  # (T, B, H)
+        h_prev = previous_rows(out, h0s, steps, d if has_d else None) if need[4] else None  # d ⊙ H_prev
         dx, dw_ih, dw_hh, db = fused_lstm_family_units.backward(
             ctx.units, steps_array(steps), d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0s, ph, flags,
             (has_d, d, has_zh, zh, zc), dgates, da, xs, h_prev, w_ihs, w_hhs,

@@ -185,9 +185,10 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
 def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, flags, masks, dgates, da, x,
              h_prev, w_ih, w_hh, need, work):
     """backward_units, then the gradients over all steps (each thread its own rows, as
-    fused_lstm_units.backward), on a team of up to k threads. h_prev (T, B, H): d ⊙ h_{t-1}
-    (None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb); work: (dht, dzone,
-    zeros_h, lnc, stats, dlnc, dchat) of fused_lstm_family's backward. Returns (δx, δW_ih, δW_hh, δb)."""
+    fused_lstm_units.backward), on a team of up to k threads. h_prev: d ⊙ h_{t-1} as
+    fused_common.previous_rows gives it (None when δW_hh is not needed); need: (δx, δW_ih,
+    δW_hh, δb); work: (dht, dzone, zeros_h, lnc, stats, dlnc, dchat) of fused_lstm_family's
+    backward. Returns (δx, δW_ih, δW_hh, δb)."""
     T, B, I = x.shape
     H = dc_state.shape[1]
     has_d, d, has_zh, zh, zc = masks
@@ -195,7 +196,6 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
     counter = new_counter()
     out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
-    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
     unused = unused_gates(flags)  # their δa is zero: the products leave their columns out
     kept = spans(4, H, unused)
@@ -211,7 +211,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
                        has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, zeros_h, lnc, stats, dlnc,
                        dchat, counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out, unused)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out, unused)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

@@ -129,9 +129,10 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
              need):
     """backward_units, then the gradients over all steps, on a team of up to k threads.
 
-    x (T, B, I); h_prev (T, B, H) the state each step started from (None when δW_hh is not
-    needed); need: (δx, δW_ih, δW_hh, δb) wanted. Each thread forms its share of the rows of
-    δW_ih, δW_hh and δb (a contiguous range of the 4H, once every column of δA is complete)
+    x (T, B, I); h_prev: the state each step started from, a fused_common.Previous
+    (previous_rows; None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb) wanted.
+    Each thread forms its share of the rows of δW_ih, δW_hh and δb (a contiguous range of
+    the 4H, once every column of δA is complete)
     and of δx's T*B rows (fused_units.grads_of_my_rows). dh_state and dc_state are updated
     in place. Returns (δx, δW_ih, δW_hh, δb), None where not needed.
     """
@@ -140,7 +141,6 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     counter = new_counter()
     out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
-    hp2 = None if h_prev is None else h_prev.reshape(T * B, H)  # (T*B, H)
 
     mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
 
@@ -148,7 +148,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     def member(j, size):
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, *mine(j, size),
                        counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), hp2, w_ih, out)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from gatelab.engines._kernels import JIT, one, tanh
 from gatelab.engines._kernels_blas import gemm
 from gatelab.engines.fused_common import (
-    add_rows_sum, arr, mm, needs_grad, numba_loop, previous, steps_array, tensor)
+    add_rows_sum, arr, mm, needs_grad, numba_loop, previous_rows, steps_array, tensor, times_previous)
 from gatelab.engines import workspace
 
 
@@ -144,8 +144,8 @@ class RNNFunction(torch.autograd.Function):
         da2 = da.reshape(T * B, H)  # (T*B, H)
         dx = mm(da2, w_ihs, workspace.empty((T * B, xs.shape[2]), dt)).reshape(xs.shape) if need[0] else None
         dw_ih = mm(da2.T, xs.reshape(T * B, xs.shape[2]), workspace.empty_like(w_ihs)) if need[2] else None
-        h_prev = previous(out, h0s, steps).reshape(T * B, H)  # (T*B, H)
-        dw_hh = mm(da2.T, h_prev, workspace.empty_like(w_hhs)) if need[3] else None
+        dw_hh = (times_previous(da2, previous_rows(out, h0s, steps), workspace.empty_like(w_hhs))
+                 if need[3] else None)
         db = add_rows_sum(da) if ctx.has_bias else None  # (H,)
         grads = (dx, dh_state, dw_ih, dw_hh, db, None if db is None else db.copy())
         return tuple(None if g is None else tensor(g) for g in grads) + (None, None, None)

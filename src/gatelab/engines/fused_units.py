@@ -279,7 +279,7 @@ def gradient_buffers(need, x, w_ih, w_hh, biases):
     return out
 
 
-def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out, unused=()):
+def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=()):
     """The gradients over all steps, thread j of size's share: rows [j GH/size,
     (j+1) GH/size) of δW_ih, δW_hh and δb (one GEMM each, whichever gates they fall in:
     every column of δA is complete once the backward loops have met) and as many of δx's
@@ -287,10 +287,10 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out, unused=
     rows are zero-filled, the rest split evenly, and δx's products leave them out.
 
     d_in, d_rec (T*B, G*H): δ of the input and of the recurrent products (the same array
-    for the LSTM); x2 (T*B, I); h_prev2 (T*B, H) the state each step started from (None
-    when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...). Measured at
+    for the LSTM); x2 (T*B, I); h_prev: fused_common.Previous, the state each step started
+    from (None when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...). Measured at
     (T*B, H, I) = (3200, 256, 128), 2 threads: 14.3 ms against 15.1 for four GEMMs each,
-    one per gate block of the thread's own units (OpenBLAS packs h_prev2 for each).
+    one per gate block of the thread's own units (OpenBLAS packs H_prev for each).
     In numba, without the GIL: through NumPy's matmul the two threads handed the GIL to
     each other around every product (at (1,16,64,128) ~100 µs a thread for ~40 µs of GEMMs).
     """
@@ -298,7 +298,8 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out, unused=
     none2 = np.empty((0, 0), dt)
     none1 = np.empty(0, dt)
     dx = out.get("dx")
-    args = (d_in, d_rec, x2, none2 if h_prev2 is None else h_prev2, w_ih, out.get("dw_ih", none2),
+    prev = (none2, 0, none2, 0) if h_prev is None else h_prev
+    args = (d_in, d_rec, x2, *prev, w_ih, out.get("dw_ih", none2),
             out.get("dw_hh", none2), out.get("db_ih", none1), out.get("db_hh", none1),
             none2 if dx is None else dx.reshape(d_in.shape[0], -1))
     if not unused:
@@ -310,14 +311,19 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev2, w_ih, out, unused=
 
 
 @njit(**JIT)
-def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2):
+def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2):
     """grads_of_my_rows' products: rows [r0, r1) of δW_ih = δA_in^T X, δW_hh = δA_rec^T
     H_prev, δb_ih = Σ_rows δA_in, δb_hh = Σ_rows δA_rec and rows [q0, q1) of δX = δA_in W_ih,
-    each skipped where its array is empty."""
+    each skipped where its array is empty. H_prev's rows: hp from row hp_at, h0 from h0_at
+    (fused_common.Previous)."""
     if dw_ih.shape[0] > 0:
         gemm_tn(d_in[:, r0:r1], x2, dw_ih[r0:r1], 0.0)  # (rows, T*B) x (T*B, I)
-    if dw_hh.shape[0] > 0:
-        gemm_tn(d_rec[:, r0:r1], h_prev2, dw_hh[r0:r1], 0.0)  # (rows, T*B) x (T*B, H)
+    if dw_hh.shape[0] > 0:  # (rows, T*B) x (T*B, H), in H_prev's two parts
+        R0, R = h0.shape[0], hp.shape[0]
+        if R0 > 0:
+            gemm_tn(d_rec[h0_at:h0_at + R0, r0:r1], h0, dw_hh[r0:r1], 0.0)
+        if R > 0:
+            gemm_tn(d_rec[hp_at:hp_at + R, r0:r1], hp, dw_hh[r0:r1], 1.0 if R0 > 0 else 0.0)
     if db_ih.shape[0] > 0 or db_hh.shape[0] > 0:
         ones = np.ones((1, d_in.shape[0]), d_in.dtype)  # Σ over steps and rows, as GEMV
         if db_ih.shape[0] > 0:
@@ -329,13 +335,14 @@ def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh,
 
 
 @njit(**JIT)
-def _grads_of_spans(rows, zero, q0, q1, kept, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2):
+def _grads_of_spans(rows, zero, q0, q1, kept, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, dw_ih, dw_hh, db_ih,
+                    db_hh, dx2):
     """_grads_of_rows for the row ranges `rows` (R, 2); the ranges `zero` (Z, 2) of δW_ih, δW_hh
     and the biases set to zero (rows of unused gates); δX = Σ_spans δA_in[:, span] W_ih[span]
     over the kept spans (S, 2)."""
     for r in range(rows.shape[0]):
-        _grads_of_rows(rows[r, 0], rows[r, 1], 0, 0, d_in, d_rec, x2, h_prev2, w_ih, dw_ih, dw_hh, db_ih,
-                       db_hh, dx2)
+        _grads_of_rows(rows[r, 0], rows[r, 1], 0, 0, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, dw_ih, dw_hh,
+                       db_ih, db_hh, dx2)
     for z in range(zero.shape[0]):
         a, b = zero[z, 0], zero[z, 1]
         for v in (dw_ih, dw_hh):
