@@ -4,7 +4,8 @@ As fused_lstm_units for the LSTM (the reasons and the measurements are there): t
 of k owns units [u0, u1), a contiguous copy of its rows r z n of W_ih and W_hh, its input
 projection and gate pass, and the whole batch.
 
-    forward:  hw_mine = h_{t-1} W_mine^T; h_{t-1} of my units copied to the other half of
+    forward:  (a chunk's first step: my units' xa for its C steps, fused_units.project_chunk)
+              hw_mine = h_{t-1} W_mine^T; h_{t-1} of my units copied to the other half of
               a double buffer, the gate pass turns it into h_t there; barrier
     backward: BPTT pass for my units (fused_gru.backward_step with u0, u1) -> δxa, δhw of
               my units; barrier; δh_{t-1}[:, my units] += δhw[t] (all 3H) W_hh[:, my units]

@@ -8,7 +8,8 @@ about 1/k of the matrix, which stays in its own L2 cache) and runs the gate pass
 units; the threads then meet at a barrier (`_kernels_sync`), after which everyone's h_t is
 complete and the next step can start.
 
-    forward:  hw_mine = h_{t-1} W_mine^T     (W_mine: my units' rows i f g o of W_hh, 4U x H)
+    forward:  (a chunk's first step: my units' xa for its C steps, fused_units.project_chunk)
+              hw_mine = h_{t-1} W_mine^T     (W_mine: my units' rows i f g o of W_hh, 4U x H)
               gate pass for my units (fused_lstm.forward_step with u0, u1)
               h_t of my units -> the other half of a double buffer; barrier
     backward: BPTT pass for my units (fused_lstm.backward_step with u0, u1) -> δa[t] of my

@@ -5,8 +5,9 @@ Thread j of k owns units [u0, u1) of a layer-direction: the rows gH + u0 .. gH +
 each gate block g of W_ih, W_hh and the biases (G gates: 4 for the LSTM, 3 for the GRU),
 the columns of those rows in the per-step products, and its units of every state. The
 time loops meet at a spin barrier (_kernels_sync); everything here runs in Python
-around them: which rows are mine, releasing the others when a thread fails, and the
-gradients over all steps, each thread forming its own rows.
+around them (which rows are mine, releasing the others when a thread fails, the
+gradients over all steps, each thread forming its own rows), but for project_chunk, the
+input projection of the next few steps that each thread's forward loop forms inside it.
 """
 
 from __future__ import annotations
