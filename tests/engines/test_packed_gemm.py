@@ -73,3 +73,20 @@ def test_short_loops_and_single_rows_keep_openblas():
     assert packed_weights(w, True, 100, 32).shape == (3, 24, 16)
     assert packed_weights(w, True, 3, 32).shape[0] == 0  # packing would not pay for 3 steps
     assert packed_weights(w, True, 100, 1).shape[0] == 0  # a batch of one: OpenBLAS's GEMV
+
+
+@pytest.mark.parametrize(("a_shape", "c_shape"), [((9, 24), (8, 40)), ((9, 23), (9, 40)), ((9, 24), (9, 49))],
+                         ids=["c-rows", "a-cols", "c-cols"])
+def test_products_refuse_shapes_that_do_not_match(a_shape, c_shape):
+    """The kernels take M from a and write c for it: a slice that does not match raises
+    instead of writing past c (packed, OpenBLAS through step_gemm, and gemm_tn)."""
+    assert _kernels_blas.bind()
+    w = np.ones((40, 24), np.float32)  # op(B) = w^T: K = 24, N = 40
+    a, c = np.ones(a_shape, np.float32), np.zeros(c_shape, np.float32)
+    with pytest.raises(ValueError, match="packed_gemm: .* do not match"):
+        packed_gemm(a, packed_weights(w, True, 100, 32), c, False, scratch(np.float32))
+    with pytest.raises(ValueError, match="gemm: .* do not match"):
+        _step(a, w, np.empty((0, 1, 16), np.float32), c, True, 0.0, scratch(np.float32))
+    with pytest.raises(ValueError, match="gemm_tn: .* do not match"):
+        _kernels_blas.gemm_tn_check(np.ones((a_shape[0], 40), np.float32), np.ones((9, 24), np.float32),
+                                    np.zeros((41, 24), np.float32), 0.0)

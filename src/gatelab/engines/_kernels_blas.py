@@ -187,6 +187,9 @@ def _gemm_impl(a, b, c, trans_b, beta):
     def impl(a, b, c, trans_b, beta):
         M, K = a.shape
         N = c.shape[1]
+        if c.shape[0] != M or (b.shape[1] if trans_b else b.shape[0]) != K or (
+                b.shape[0] if trans_b else b.shape[1]) != N:
+            raise ValueError("gemm: c (M, N) = a (M, K) @ op(b) (K, N) with shapes that do not match")
         if M == 0:
             return
         if M == 1:  # one row: GEMV, several times faster than OpenBLAS's GEMM with M = 1
@@ -221,6 +224,8 @@ def _gemm_tn_impl(a, b, c, beta):
     def impl(a, b, c, beta):
         K, M = a.shape
         N = c.shape[1]
+        if b.shape[0] != K or c.shape[0] != M or b.shape[1] != N:
+            raise ValueError("gemm_tn: c (M, N) = a (K, M)^T @ b (K, N) with shapes that do not match")
         if M == 0 or N == 0:
             return
         fn(_ROW_MAJOR, _TRANS, _NO_TRANS, M, N, K, 1.0,

@@ -182,6 +182,8 @@ def packed_gemm(a, bp, c, accumulate, tmp):
     with unit column stride; tmp (6, 16) float32 scratch for the last, partial panel."""
     M, K = a.shape
     N = c.shape[1]
+    if c.shape[0] != M or bp.shape[1] != K or N > bp.shape[0] * NR:
+        raise ValueError("packed_gemm: c (M, N) = a (M, K) @ B (K, N) with shapes that do not match")
     if M == 0:
         return
     lda, ldc = a.strides[0] // 4, c.strides[0] // 4
