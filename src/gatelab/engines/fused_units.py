@@ -280,7 +280,7 @@ def gradient_buffers(need, x, w_ih, w_hh, biases):
     return out
 
 
-def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=()):
+def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(), shared=0):
     """The gradients over all steps, thread j of size's share: rows [j GH/size,
     (j+1) GH/size) of δW_ih, δW_hh and δb (one GEMM each, whichever gates they fall in:
     every column of δA is complete once the backward loops have met) and as many of δx's
@@ -288,8 +288,10 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(
     rows are zero-filled, the rest split evenly, and δx's products leave them out.
 
     d_in, d_rec (T*B, G*H): δ of the input and of the recurrent products (the same array
-    for the LSTM); x2 (T*B, I); h_prev: fused_common.Previous, the state each step started
-    from (None when δW_hh is not wanted); w_ih (G*H, I); out: gradient_buffers(...). Measured at
+    for the LSTM); shared: how many first columns of d_rec equal d_in's (the GRU's r and z,
+    2H: their δb_hh is δb_ih's, not summed again); x2 (T*B, I); h_prev:
+    fused_common.Previous, the state each step started from (None when δW_hh is not
+    wanted); w_ih (G*H, I); out: gradient_buffers(...). Measured at
     (T*B, H, I) = (3200, 256, 128), 2 threads: 14.3 ms against 15.1 for four GEMMs each,
     one per gate block of the thread's own units (OpenBLAS packs H_prev for each).
     In numba, without the GIL: through NumPy's matmul the two threads handed the GIL to
@@ -304,7 +306,7 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(
             out.get("dw_hh", none2), out.get("db_ih", none1), out.get("db_hh", none1),
             none2 if dx is None else dx.reshape(d_in.shape[0], -1))
     if not unused:
-        _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), *args)
+        _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), *args, shared)
         return
     kept = spans(G, H, unused)
     _grads_of_spans(my_share(j, size, kept), gaps(G * H, kept) if j == 0 else np.empty((0, 2), np.int64),
@@ -312,11 +314,12 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(
 
 
 @njit(**JIT)
-def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2):
+def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, dw_ih, dw_hh, db_ih, db_hh, dx2,
+                   shared=0):
     """grads_of_my_rows' products: rows [r0, r1) of δW_ih = δA_in^T X, δW_hh = δA_rec^T
-    H_prev, δb_ih = Σ_rows δA_in, δb_hh = Σ_rows δA_rec and rows [q0, q1) of δX = δA_in W_ih,
-    each skipped where its array is empty. H_prev's rows: hp from row hp_at, h0 from h0_at
-    (fused_common.Previous)."""
+    H_prev, δb_ih = Σ_rows δA_in, δb_hh = Σ_rows δA_rec (copied from δb_ih below row
+    `shared`) and rows [q0, q1) of δX = δA_in W_ih, each skipped where its array is empty.
+    H_prev's rows: hp from row hp_at, h0 from h0_at (fused_common.Previous)."""
     if dw_ih.shape[0] > 0:
         gemm_tn(d_in[:, r0:r1], x2, dw_ih[r0:r1], 0.0)  # (rows, T*B) x (T*B, I)
     if dw_hh.shape[0] > 0:  # (rows, T*B) x (T*B, H), in H_prev's two parts
@@ -329,8 +332,11 @@ def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, 
         ones = np.ones((1, d_in.shape[0]), d_in.dtype)  # Σ over steps and rows, as GEMV
         if db_ih.shape[0] > 0:
             gemm(ones, d_in[:, r0:r1], db_ih[r0:r1].reshape((1, r1 - r0)), False, 0.0)
-        if db_hh.shape[0] > 0:
-            gemm(ones, d_rec[:, r0:r1], db_hh[r0:r1].reshape((1, r1 - r0)), False, 0.0)
+        if db_hh.shape[0] > 0:  # the GEMVs stream δA from memory: 1.7 ms of the GRU's step at (128,64,256,256)
+            a = min(max(shared, r0), r1) if db_ih.shape[0] > 0 else r0  # rows [r0, a) equal δb_ih's
+            db_hh[r0:a] = db_ih[r0:a]
+            if a < r1:
+                gemm(ones, d_rec[:, a:r1], db_hh[a:r1].reshape((1, r1 - a)), False, 0.0)
     if dx2.shape[0] > 0:
         gemm(d_in[q0:q1], w_ih, dx2[q0:q1], False, 0.0)  # (rows, G*H) x (G*H, I)
 
