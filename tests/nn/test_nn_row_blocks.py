@@ -268,7 +268,8 @@ def units_split(request, monkeypatch):
     """Force each step's units onto `param` threads for any step size (fused_lstm_units,
     fused_gru_units, fused_lstm_family_units, fused_gru_family_units), their input
     projections in chunks of max(2, 20 // B) steps for any batch (fused_units.chunk_steps:
-    B = 5, 7, 12 chunked, the last chunk short at T = 6 or 9; B <= 3 all steps at once)."""
+    B = 5, 7, 12 chunked, the last chunk short where the chunk does not divide T; B <= 3 all
+    steps at once)."""
     from gatelab.engines import (fused_gru_family_units, fused_gru_units, fused_lstm_family_units, fused_lstm_units,
                                  fused_units)
 
@@ -333,13 +334,13 @@ def test_units_split_projects_its_inputs_in_chunks(units_split, monkeypatch, mod
     monkeypatch.setattr(fused_units, "CHUNK_ROWS", chunk_rows)
     monkeypatch.setattr(fused_units, "MIN_CHUNK_BATCH", 1)
     chunks = []
-    module = fused_lstm_units if mode == "LSTM" else fused_gru_units
+    loops = fused_lstm_units if mode == "LSTM" else fused_gru_units
 
     def counting(S, B):
         chunks.append(fused_units.chunk_steps(S, B))
         return chunks[-1]
 
-    monkeypatch.setattr(module, "chunk_steps", counting)
+    monkeypatch.setattr(loops, "chunk_steps", counting)
     ref, ours = _pair(mode, dtype, input_size=5, hidden_size=7, num_layers=2, bidirectional=True)
     x, lengths, h0 = _inputs(ours, mode, 21, 4, dtype, packed, seed=chunk_rows)
     results = [_outputs_and_grads(module, x, lengths, h0, mode) for module in (ref, ours)]

@@ -132,13 +132,9 @@ def previous_rows(seq: np.ndarray, init: np.ndarray, steps: tuple[Step, ...], d:
 
 def times_previous(d2: np.ndarray, prev: Previous, out: np.ndarray) -> np.ndarray:
     """out = d2^T H_prev: d2 (T*B, G) δ of the recurrent product, H_prev as prev's parts."""
-    parts = [(part, at) for part, at in ((prev.main, prev.main_at), (prev.init, prev.init_at)) if len(part)]
-    if not parts:  # T = 0
-        out[:] = 0.0
-    for i, (part, at) in enumerate(parts):  # (G, R) x (R, K); the second into pooled scratch
-        product = mm(d2[at:at + len(part)].T, part, out if i == 0 else workspace.empty_like(out))
-        if i > 0:
-            out += product
+    mm(d2[prev.main_at:prev.main_at + len(prev.main)].T, prev.main, out)  # (G, R) x (R, K); zeros when R = 0
+    if len(prev.init):  # the initial state's rows, through pooled scratch
+        out += mm(d2[prev.init_at:prev.init_at + len(prev.init)].T, prev.init, workspace.empty_like(out))
     return out
 
 

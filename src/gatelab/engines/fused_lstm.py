@@ -63,9 +63,9 @@ def forward_step(t, n, ta, tx, xa, hw, bias, c_state, gi, gf, gg, go, c_seq, m_s
     c at ta (not at all when ta < 0: inference without a record), m at t.
 
     xa (Tx, B, 4G) input projection, this step's at row tx (t, or t's place in a units-split
-    thread's chunk: fused_units.project_chunk); hw (B, 4G) h_{t-1} W_hh^T; bias (4G,) b_ih + b_hh:
-    gate blocks i f g o of width G = H (unit u at column gH + u), or G = u1 - u0 when they
-    hold units [u0, u1) only (unit u at column gG + u - u0: one thread's own buffers);
+    thread's chunk: fused_units.project_chunk); hw (B, 4G) h_{t-1} W_hh^T; bias (4G,)
+    b_ih + b_hh: gate blocks i f g o of width G = H (unit u at column gH + u), or G = u1 - u0
+    when they hold units [u0, u1) only (unit u at column gG + u - u0: one thread's own buffers);
     c_state (B, H) c_{t-1} in, c_t out; gi gf gg go (Ta, B, H) gates; c_seq (Ta, B, H);
     m_seq (Tm, B, H) and m_state (B, H) receive m_t = o ⊙ tanh(c_t) (m_seq at index t
     when Tm > 1, else 0).

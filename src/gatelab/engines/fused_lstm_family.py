@@ -230,8 +230,8 @@ def forward_step(t, n, ta, tx, xa, hw, bias, ph, flags, zc, c_state, gi, gf, gg,
     """One step's gate pass for rows [:n]: c_state (B, H) c_{t-1} in, c_t out; m_state
     (B, H) receives m = o ⊙ y. Gates, c̃ (and with zoneout_c the carried c) are written at
     ta (not at all when ta < 0). xa (Tx, B, 4H), this step's at row tx (t, or t's place in
-    a units-split thread's chunk: fused_units.project_chunk); hw (B, 4H) h_{t-1} W_hh^T, overwritten with a;
-    bias (4H,); ph (3, H) p_f|p_i|p_o (zeros without peephole); flags: flags_of(...);
+    a units-split thread's chunk: fused_units.project_chunk); hw (B, 4H) h_{t-1} W_hh^T,
+    overwritten with a; bias (4H,); ph (3, H) p_f|p_i|p_o (zeros without peephole); flags: flags_of(...);
     zc (Tz, B, H) zoneout_c mask (read at t when flags[HAS_ZC]). layer_norm (flags[LN]):
     lnc (2, H) rows ln_c weight|bias; stats (3, Ta, B) receives μ and 1/√(σ² + ε) of c̃
     (rows 0, 1) at ta; y = φ(LN(c̃)).

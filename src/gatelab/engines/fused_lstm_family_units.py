@@ -55,8 +55,8 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
     tmp: w_hh_mine packed for _kernels_gemm.step_gemm and its scratch; bp_ih: w_ih_mine
     packed, fused_units.packed_inputs); xa_mine (C, B, 4U) the input projection of C steps at
     a time (fused_units.chunk_steps, project_chunk), hw_mine (B, 4U), hd_mine (B, H): my own
-    buffers; hbuf (2, B, H) the
-    running h, double-buffered (after S steps the state is hbuf[S % 2]); counter: shared
+    buffers; hbuf (2, B, H) the running h, double-buffered (after S steps the state is
+    hbuf[S % 2]); counter: shared
     new_counter(); K: the gate blocks the products form, the first K of my rows (the rest, of
     gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); draws (3, 3):
     rows recurrent_dropout, zoneout_h, zoneout_c, (1, seed, below) when that mask is to be
@@ -69,10 +69,8 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
         xa_mine[:, :, KU:] = 0.0
     for s in range(steps.shape[0]):
         t, n = steps[s, 0], steps[s, 1]
-        if K == 4:  # (C*B, I) x (4U, I)^T at a chunk's first step
-            lo = project_chunk(s, steps, x2, w_ih_mine, bp_ih, xa_mine, tmp)
-        else:  # the first KU rows' panels: (C*B, I) x (KU, I)^T
-            lo = project_chunk(s, steps, x2, w_ih_mine[:KU], bp_ih[:(KU + NR - 1) // NR], xa_mine, tmp)
+        # (C*B, I) x (KU, I)^T at a chunk's first step, over the first KU rows' panels
+        lo = project_chunk(s, steps, x2, w_ih_mine[:KU], bp_ih[:(KU + NR - 1) // NR], xa_mine, tmp)
         src, dst = hbuf[s % 2], hbuf[(s + 1) % 2]
         if draws[1, 0]:  # zoneout_h, zoneout_c left to the threads (engines.masks.as_arrays)
             fill_steps(draws[1, 1], draws[1, 2], zh, t, u0, u1)

@@ -57,10 +57,9 @@ def forward_units(j, k, steps, full, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bias_
     _kernels_gemm.step_gemm and its scratch; bias_mine (4U,); bp_ih: w_ih_mine packed
     (fused_units.packed_inputs); xa_mine (C, B, 4U): the input projection of C steps at a
     time (fused_units.chunk_steps, project_chunk), hw_mine (B, 4U): this thread's own
-    products; hbuf (2, B, H): the
-    running h, double-buffered (both start as h0; after S steps the state is hbuf[S % 2]);
-    counter: _kernels_sync.new_counter(), shared; the rest as in fused_lstm.forward_loop (no
-    projection: out is m).
+    products; hbuf (2, B, H): the running h, double-buffered (both start as h0; after S
+    steps the state is hbuf[S % 2]); counter: _kernels_sync.new_counter(), shared; the rest
+    as in fused_lstm.forward_loop (no projection: out is m).
     """
     B, H = c_state.shape
     u0, u1 = j * H // k, (j + 1) * H // k
@@ -133,9 +132,9 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     x (T, B, I); h_prev: the state each step started from, a fused_common.Previous
     (previous_rows; None when δW_hh is not needed); need: (δx, δW_ih, δW_hh, δb) wanted.
     Each thread forms its share of the rows of δW_ih, δW_hh and δb (a contiguous range of
-    the 4H, once every column of δA is complete)
-    and of δx's T*B rows (fused_units.grads_of_my_rows). dh_state and dc_state are updated
-    in place. Returns (δx, δW_ih, δW_hh, δb), None where not needed.
+    the 4H, once every column of δA is complete) and of δx's T*B rows
+    (fused_units.grads_of_my_rows). dh_state and dc_state are updated in place. Returns
+    (δx, δW_ih, δW_hh, δb), None where not needed.
     """
     T, B, I = x.shape
     H = dc_state.shape[1]

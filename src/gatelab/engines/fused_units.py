@@ -20,7 +20,7 @@ from numba import njit
 from gatelab.engines import _kernels_sync
 from gatelab.engines._kernels import JIT
 from gatelab.engines._kernels_blas import gemm, gemm_tn
-from gatelab.engines._kernels_gemm import _pack, pack_buffer, scratch, step_gemm
+from gatelab.engines._kernels_gemm import NR, _pack, pack_buffer, scratch, step_gemm
 from gatelab.engines._kernels_sync import abort
 from gatelab.engines.fused_common import numba_loop
 from gatelab.engines import workspace
@@ -154,7 +154,7 @@ def packed_inputs(w_ih_mine, C, S, B):
     """w_ih_mine (GU, I) packed for the chunks' products (step_gemm), or an empty array when
     all S steps are projected at once (C == S: one OpenBLAS GEMM, which packs as it goes)."""
     if C >= S:
-        return np.empty((0, 1, 16), w_ih_mine.dtype)
+        return np.empty((0, 1, NR), w_ih_mine.dtype)
     bp = pack_buffer(w_ih_mine.shape, w_ih_mine.dtype, True, -(-S // C), C * B)  # for ⌈S/C⌉ products
     if bp.shape[0] > 0:
         _pack(w_ih_mine, True, bp)
