@@ -8,7 +8,7 @@ import pytest
 from numba import njit
 
 from gatelab.engines import _kernels_blas
-from gatelab.engines._kernels_gemm import packed_gemm, packed_weights, scratch, step_gemm
+from gatelab.engines._kernels_gemm import _pack_panels, packed_gemm, packed_weights, scratch, step_gemm
 
 
 @njit
@@ -49,6 +49,21 @@ def _check(M, K, N, trans_b):
     packed_gemm(a, bp, c, True, scratch(np.float32))  # accumulate: c = 2 (a @ B)
     np.testing.assert_allclose(c, 2 * ref, rtol=0, atol=2 * tol)
     assert (out[:, :4] == 7.0).all() and (out[:, 4 + N:] == 7.0).all()  # nothing written outside c
+
+
+@pytest.mark.parametrize("trans_b", [True, False], ids=["w^T", "w"])
+@pytest.mark.parametrize("N", [16, 40, 100])
+def test_panels_packed_in_shares_equal_one_pack(N, trans_b):
+    """Threads packing one buffer each its share of the panels (fused_units.pack_my_panels)
+    leave what one pack leaves, the cut last panel's zeros included, over what was there."""
+    rng = np.random.default_rng(N)
+    w = rng.standard_normal((N, 24) if trans_b else (24, N)).astype(np.float32)
+    whole = packed_weights(w, trans_b, 100, 32)
+    P = whole.shape[0]
+    shared = np.full_like(whole, np.nan)
+    for p0, p1 in [(0, P // 3), (P // 3, P - 1), (P - 1, P)]:
+        _pack_panels(w, trans_b, shared, p0, p1)
+    np.testing.assert_array_equal(shared, whole)
 
 
 def test_step_gemm_uses_openblas_for_float64_and_when_turned_off(monkeypatch):

@@ -349,6 +349,45 @@ def test_units_split_projects_its_inputs_in_chunks(units_split, monkeypatch, mod
         torch.testing.assert_close(b, a, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize(("mode", "options"), [("LSTM", {}), ("GRU", {}), ("LSTM", dict(peephole=True)),
+                                               ("GRU", dict(gate_activation="hard_sigmoid"))])
+def test_units_split_multiplies_dx_by_w_ih_packed(units_split, monkeypatch, mode, options):
+    """δX = δA W_ih runs on the packed kernel (float32): each thread packs its share of W_ih's
+    panels before its backward loop and then reads all of them, in blocks of DX_ROWS = 48 of
+    its rows (T*B = 252 here: 126 or 84 rows a thread, so several blocks and a short one).
+    Against one thread, which multiplies through OpenBLAS (outputs, gates and every
+    gradient, float32's 1e-5), and the plain cells against torch.nn too."""
+    from gatelab.engines import (fused_gru_family_units, fused_gru_units, fused_lstm_family_units, fused_lstm_units,
+                                 fused_units)
+
+    packs = []
+
+    def recording(*args):
+        bp = fused_units.dx_panels(*args)
+        packs.append(bp.shape)
+        return bp
+
+    for module in (fused_lstm_units, fused_gru_units, fused_lstm_family_units, fused_gru_family_units):
+        monkeypatch.setattr(module, "dx_panels", recording)
+    torch.manual_seed(6)
+    kw = dict(input_size=37, hidden_size=20)
+    ours = build(mode, kw, options, "fused", seed=6, dtype=torch.float32)
+    x = torch.randn(21, 12, 37)
+    calls, n = units_split
+    one, split = _gates_at_thread_counts(ours, x, ("1", n), monkeypatch)
+    assert calls and all(c == int(n) for c in calls)  # the second run did split its units
+    G = 4 if mode == "LSTM" else 3
+    assert packs and all(p == (3, G * 20, 16) for p in packs)  # W_ih (G*H, 37) packed: 3 panels, the last cut
+    for a, b in zip(one, split):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    if not options:
+        ref = getattr(torch.nn, mode)(37, 20)
+        ref.load_state_dict(ours.state_dict())
+        x, lengths, h0 = _inputs(ours, mode, 21, 12, torch.float32, False, seed=6)
+        for a, b in zip(*(_outputs_and_grads(module, x, lengths, h0, mode) for module in (ref, ours))):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_chunk_steps():
     from gatelab.engines.fused_units import chunk_steps
 

@@ -223,10 +223,16 @@ def packed_gemm(a, bp, c, accumulate, tmp):
 def _pack(w, trans_b, bp):
     """bp[p, k, j] = B[k, 16p + j], B = w^T (trans_b) or w; zero past N. Each loop reads w
     along its rows (57 µs for 512 x 256, one core)."""
+    _pack_panels(w, trans_b, bp, 0, bp.shape[0])
+
+
+@njit(**JIT)
+def _pack_panels(w, trans_b, bp, p0, p1):
+    """_pack for panels [p0, p1) only (threads packing one bp, each its share)."""
     N = w.shape[0] if trans_b else w.shape[1]
     K = w.shape[1] if trans_b else w.shape[0]
-    bp[:] = 0.0
-    for p in range(bp.shape[0]):
+    bp[p0:p1] = 0.0
+    for p in range(p0, p1):
         if trans_b:
             for j in range(min(NR, N - p * NR)):
                 w_n = w[p * NR + j]

@@ -31,7 +31,8 @@ from gatelab.engines.fused_gru_family import backward_step, forward_step
 from gatelab.engines.fused_lstm_family import recurrent_product
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows, packed_inputs, project_chunk, units)
+                                         dx_panels, grads_of_my_rows, my_columns, my_rows, pack_my_panels,
+                                         packed_inputs, project_chunk, units)
 
 
 @njit(**JIT)
@@ -136,14 +137,17 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
         u0, u1 = units(j, size, H)
         return (*my_columns(H, j, size, w_hh, steps, B), np.empty((B, u1 - u0), dh_state.dtype))  # tmp_mine (B, U)
 
+    bp_dx = dx_panels(need[0], w_ih, steps, B)  # W_ih packed for δX, each thread its share of the panels
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
+        pack_my_panels(j, size, w_ih, bp_dx)
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
                        dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
-                         x.reshape(T * B, I), h_prev, w_ih, results, shared=2 * H)  # δa_r, δa_z in both
+                         x.reshape(T * B, I), h_prev, w_ih, results, shared=2 * H,  # δa_r, δa_z in both
+                         bp_ih=bp_dx)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return (results.get("dx"), results.get("dw_ih"), results.get("dw_hh"), results.get("db_ih"),

@@ -28,7 +28,8 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_gru import backward_step, forward_step
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows, packed_inputs, project_chunk, units)
+                                         dx_panels, grads_of_my_rows, my_columns, my_rows, pack_my_panels,
+                                         packed_inputs, project_chunk, units)
 from gatelab.engines import workspace
 
 
@@ -121,13 +122,16 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
     counter = new_counter()
     results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
 
+    bp_dx = dx_panels(need[0], w_ih, steps, B)  # W_ih packed for δX, each thread its share of the panels
     mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
 
     @aborting(counter)
     def member(j, size):
+        pack_my_panels(j, size, w_ih, bp_dx)
         backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
-                         x.reshape(T * B, I), h_prev, w_ih, results, shared=2 * H)  # δa_r, δa_z in both
+                         x.reshape(T * B, I), h_prev, w_ih, results, shared=2 * H,  # δa_r, δa_z in both
+                         bp_ih=bp_dx)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return tuple(results.get(name) for name in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))

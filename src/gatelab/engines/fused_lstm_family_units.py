@@ -42,8 +42,8 @@ from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step
                                               recurrent_product, unused_gates, zone_h)
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, kept_order, my_columns, my_rows, packed_inputs,
-                                         project_chunk, span_packs, spans)
+                                         dx_panels, grads_of_my_rows, kept_order, my_columns, my_rows, pack_my_panels,
+                                         packed_inputs, project_chunk, span_packs, spans)
 
 
 @njit(**JIT)
@@ -202,14 +202,16 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
         w_mine, bp, tmp = my_columns(H, j, size, w_hh, steps, B)
         return (w_mine, bp, tmp, kept, *(span_packs(w_mine, kept, steps, B) if unused else (bp, bp)))
 
+    bp_dx = dx_panels(need[0] and not unused, w_ih, steps, B)  # W_ih packed for δX (OpenBLAS for spans)
     mine = ahead(k, make)
 
     @aborting(counter)
     def member(j, size):
+        pack_my_panels(j, size, w_ih, bp_dx)
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
                        has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, zeros_h, lnc, stats, dlnc,
                        dchat, counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out, unused)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out, unused, bp_ih=bp_dx)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

@@ -41,7 +41,8 @@ from gatelab.engines._kernels_sync import arrive_and_wait, new_counter
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_lstm import backward_step, forward_step
 from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
-                                         grads_of_my_rows, my_columns, my_rows, packed_inputs, project_chunk)
+                                         dx_panels, grads_of_my_rows, my_columns, my_rows, pack_my_panels,
+                                         packed_inputs, project_chunk)
 from gatelab.engines import workspace
 
 
@@ -142,13 +143,15 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     out = gradient_buffers(need, x, w_ih, w_hh, ("db_ih",))
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
 
+    bp_dx = dx_panels(need[0], w_ih, steps, B)  # W_ih packed for δX, each thread its share of the panels
     mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
 
     @aborting(counter)
     def member(j, size):
+        pack_my_panels(j, size, w_ih, bp_dx)
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, *mine(j, size),
                        counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out, bp_ih=bp_dx)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")
