@@ -4,7 +4,8 @@ A time loop multiplies the same weight matrix by a new h_{t-1} at every step. Op
 re-packs that matrix on every call, and for the few rows of a step that is a fifth of the
 product's time: at (M, K, N) = (32, 256, 512) a call costs ≈ 25 µs + 2.74 µs a row
 (measured for M = 8 … 256), 112 µs in all. Here the weights are packed once per layer
-call, in panels of 16 columns, and each step runs a register-tiled kernel over them:
+call, in panels of 16 columns, and each step runs a register-tiled kernel over them (so do
+the units split's chunks of the input projection and δX = δA W_ih, fused_units):
 C[6 rows, 16 columns] in twelve 8-lane accumulators, per k one 16-float load of the panel,
 six broadcasts of A and twelve fused multiply-adds (the BLIS/OpenBLAS "6x16" shape for
 AVX2). The kernel is LLVM IR written through numba (vector types and llvm.fma), so it
