@@ -102,11 +102,11 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, b_hn, gk, ck, masks, h_state, s
 
     C = chunk_steps(len(steps), B)
 
-    def make(j, size):
+    def make(j, size, later):
         u0, u1 = units(j, size, H)
-        rows = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B)  # rows r z n of my units
+        rows = my_rows(3, H, j, size, w_ih, w_hh, bias, steps, B, later=later)  # rows r z n of my units
         # b_hn of my units, w_ih_mine packed, hd_mine (B, H), hw_mine (B, 3U), xa_mine (C, B, 3U)
-        return (rows, b_hn[u0:u1].copy(), packed_inputs(rows[0], C, len(steps), B), np.empty((B, H), dt),
+        return (rows, b_hn[u0:u1].copy(), packed_inputs(rows[0], C, len(steps), B, later), np.empty((B, H), dt),
                 np.empty((B, 3 * (u1 - u0)), dt), workspace.empty((C, B, 3 * (u1 - u0)), dt))
 
     mine = ahead(k, make)
@@ -133,9 +133,9 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
     counter = new_counter()
     results = gradient_buffers(need, x, w_ih, w_hh, ("db_ih", "db_hh"))
 
-    def make(j, size):
+    def make(j, size, later):
         u0, u1 = units(j, size, H)
-        return (*my_columns(H, j, size, w_hh, steps, B), np.empty((B, u1 - u0), dh_state.dtype))  # tmp_mine (B, U)
+        return (*my_columns(H, j, size, w_hh, steps, B, later), np.empty((B, u1 - u0), dh_state.dtype))  # tmp_mine
 
     bp_dx = dx_panels(need[0], w_ih, steps, B)  # W_ih packed for δX, each thread its share of the panels
     mine = ahead(k, make)

@@ -43,7 +43,7 @@ from gatelab.engines.fused_lstm_family import (POS, backward_head, backward_step
 from gatelab.engines.fused_parallel import team
 from gatelab.engines.fused_units import (aborting, ahead, chunk_steps, copy_units, double_buffer, gradient_buffers,
                                          dx_panels, grads_of_my_rows, kept_order, my_columns, my_rows, pack_my_panels,
-                                         packed_inputs, project_chunk, span_packs, spans)
+                                         now_or_later, packed_inputs, project_chunk, span_packs, spans)
 
 
 @njit(**JIT)
@@ -155,16 +155,16 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, ph, flags, masks, h_state, c_st
 
     C = chunk_steps(len(steps), B)
 
-    def make(j, size):
-        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B, order)  # rows i f g o of my units (in order)
+    def make(j, size, later):
+        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B, order, later)  # rows i f g o of my units (in order)
         G_U = rows[0].shape[0]  # 4U
         hw_mine = np.empty((B, G_U), dt)
         if unused:
             KU = K * G_U // 4
-            rows[4][KU:] = 0.0  # bias_mine
+            now_or_later(later, rows[4][KU:].fill, 0.0)  # bias_mine, after its copy
             hw_mine[:, KU:] = 0.0
         # w_ih_mine packed, hd_mine (B, H), hw_mine (B, 4U), xa_mine (C, B, 4U)
-        bp_ih = packed_inputs(rows[0], C, len(steps), B)
+        bp_ih = packed_inputs(rows[0], C, len(steps), B, later)
         return rows, bp_ih, np.empty((B, H), dt), hw_mine, workspace.empty((C, B, G_U), dt)
 
     mine = ahead(k, make)
@@ -198,9 +198,9 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
     unused = unused_gates(flags)  # their δa is zero: the products leave their columns out
     kept = spans(4, H, unused)
 
-    def make(j, size):
-        w_mine, bp, tmp = my_columns(H, j, size, w_hh, steps, B)
-        return (w_mine, bp, tmp, kept, *(span_packs(w_mine, kept, steps, B) if unused else (bp, bp)))
+    def make(j, size, later):
+        w_mine, bp, tmp = my_columns(H, j, size, w_hh, steps, B, later)
+        return (w_mine, bp, tmp, kept, *(span_packs(w_mine, kept, steps, B, later) if unused else (bp, bp)))
 
     bp_dx = dx_panels(need[0] and not unused, w_ih, steps, B)  # W_ih packed for δX (OpenBLAS for spans)
     mine = ahead(k, make)

@@ -107,11 +107,11 @@ def forward(k, steps, full, x, w_ih, w_hh, bias, h_state, c_state, gates, c_seq,
 
     C = chunk_steps(len(steps), B)
 
-    def make(j, size):
-        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B)  # rows i f g o of my units
+    def make(j, size, later):
+        rows = my_rows(4, H, j, size, w_ih, w_hh, bias, steps, B, later=later)  # rows i f g o of my units
         G_U = rows[0].shape[0]  # 4U
         # w_ih_mine packed, hw_mine (B, 4U), xa_mine (C, B, 4U)
-        bp_ih = packed_inputs(rows[0], C, len(steps), B)
+        bp_ih = packed_inputs(rows[0], C, len(steps), B, later)
         return rows, bp_ih, np.empty((B, G_U), dt), workspace.empty((C, B, G_U), dt)
 
     mine = ahead(k, make)
@@ -144,7 +144,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
     da2 = da.reshape(T * B, 4 * H)  # (T*B, 4H)
 
     bp_dx = dx_panels(need[0], w_ih, steps, B)  # W_ih packed for δX, each thread its share of the panels
-    mine = ahead(k, lambda j, size: my_columns(H, j, size, w_hh, steps, B))
+    mine = ahead(k, lambda j, size, later: my_columns(H, j, size, w_hh, steps, B, later))
 
     @aborting(counter)
     def member(j, size):

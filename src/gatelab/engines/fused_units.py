@@ -105,21 +105,50 @@ def gaps(total, spans_) -> np.ndarray:
 
 
 def ahead(k, make):
-    """make(j, size) for every thread j of a team of k, made now, before the team starts,
-    on the calling thread. Made by the team's threads themselves, their Python took turns
-    at the GIL: at (50,16,64,128) the time loops started 184 and 200 µs after the team did;
-    now ~60 µs of making before it and 19 and 74 µs after (the second thread's wake-up).
-    Returns mine(j, size): thread j's, or made then for a team that came out smaller."""
-    made = [make(j, k) for j in range(k)]
-    return lambda j, size: made[j] if size == k else make(j, size)
+    """make(j, size, later) for every thread j of a team of k, made now, before the team
+    starts, on the calling thread; but the copies and packs into what it made, which make
+    leaves in `later` (now_or_later), thread j runs itself when it takes its share.
+
+    Made by the team's threads themselves, their Python took turns at the GIL: at
+    (50,16,64,128) the time loops started 184 and 200 µs after the team did; made before it,
+    ~60 µs of making and 19 and 74 µs after (the second thread's wake-up). The copies and
+    packs (numba, without the GIL; the allocations stay here: the workspace pool is not
+    thread-safe) then ran on the calling thread for every thread, ~0.1 ms of a training call
+    at (50,16,64,128) and ~2 ms at (256,32,512,512); in the threads, each its own, a training
+    step (interleaved in one process with the copies made before the team) ran 1.011x
+    faster for the LSTM at (50,16,64,128), 1.010x at (100,1,128,256), 1.007x at
+    (100,32,128,256), 1.006x at (256,32,512,512); the GRU 1.008x, 1.007x at (100,32,128,256),
+    1.005x at (128,64,256,256); with zoneout (and the LSTM's peepholes) 1.008-1.010x.
+    Returns mine(j, size): thread j's, its `later` run first (so call it on thread j), or made
+    and filled then for a team that came out smaller."""
+    later = [[] for _ in range(k)]
+    made = [make(j, k, later[j]) for j in range(k)]
+
+    def mine(j, size):
+        if size != k:
+            return make(j, size, None)
+        for fill in later[j]:
+            fill()
+        return made[j]
+
+    return mine
 
 
-def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B, order=None):
+def now_or_later(later, fill, *args):
+    """fill(*args) now when later is None, else appended to later (ahead's list of a thread's
+    copies and packs, run in order on that thread)."""
+    if later is None:
+        fill(*args)
+    else:
+        later.append(functools.partial(fill, *args))
+
+
+def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B, order=None, later=None):
     """Thread j of size's rows of the weights, the arguments its forward_units takes:
     (w_ih_mine (G*U, I), w_hh_mine (G*U, H), w_hh_mine packed for step_gemm, step_gemm's
     scratch, bias_mine (G*U,)); contiguous copies, copied and packed in numba (both threads'
-    at H = 256, B = 1: 57–71 µs, 88 with NumPy's fancy indexing). order: the gate blocks'
-    order (gate_rows)."""
+    at H = 256, B = 1: 57–71 µs, 88 with NumPy's fancy indexing), now or `later`
+    (now_or_later). order: the gate blocks' order (gate_rows)."""
     rows = gate_rows(G, H, *units(j, size, H), order)  # (G*U,) gate block by gate block
     dt = w_hh.dtype
     # pooled: fresh arrays may page-fault (both threads' rows at H = 512, made 30 times in a
@@ -127,7 +156,7 @@ def my_rows(G, H, j, size, w_ih, w_hh, bias, steps, B, order=None):
     w_ih_mine, w_hh_mine = workspace.empty((len(rows), w_ih.shape[1]), dt), workspace.empty((len(rows), H), dt)
     bias_mine = np.empty(len(rows), dt)
     bp = pack_buffer(w_hh_mine.shape, dt, True, len(steps), B)
-    _take_rows(rows, w_ih, w_hh, bias, w_ih_mine, w_hh_mine, bias_mine, bp)
+    now_or_later(later, _take_rows, rows, w_ih, w_hh, bias, w_ih_mine, w_hh_mine, bias_mine, bp)
     return w_ih_mine, w_hh_mine, bp, scratch(dt), bias_mine
 
 
@@ -151,14 +180,15 @@ def chunk_steps(S, B) -> int:
     return max(1, min(S, max(2, CHUNK_ROWS // B)))
 
 
-def packed_inputs(w_ih_mine, C, S, B):
-    """w_ih_mine (GU, I) packed for the chunks' products (step_gemm), or an empty array when
-    all S steps are projected at once (C == S: one OpenBLAS GEMM, which packs as it goes)."""
+def packed_inputs(w_ih_mine, C, S, B, later=None):
+    """w_ih_mine (GU, I) packed for the chunks' products (step_gemm), now or `later`
+    (now_or_later: after w_ih_mine's own copy), or an empty array when all S steps are
+    projected at once (C == S: one OpenBLAS GEMM, which packs as it goes)."""
     if C >= S:
         return np.empty((0, 1, NR), w_ih_mine.dtype)
     bp = pack_buffer(w_ih_mine.shape, w_ih_mine.dtype, True, -(-S // C), C * B)  # for ⌈S/C⌉ products
     if bp.shape[0] > 0:
-        _pack(w_ih_mine, True, bp)
+        now_or_later(later, _pack, w_ih_mine, True, bp)
     return bp
 
 
@@ -182,24 +212,25 @@ def project_chunk(s, steps, x2, w_ih_mine, bp_ih, xa, tmp):
     return lo
 
 
-def my_columns(H, j, size, w_hh, steps, B):
+def my_columns(H, j, size, w_hh, steps, B, later=None):
     """Thread j of size's columns of W_hh for δh_{t-1}[:, mine] = δa W_hh[:, mine], the
     arguments its backward_units takes: (w_mine (G*H, U), a contiguous copy streamed at
-    every step; it packed for step_gemm; step_gemm's scratch), copied and packed in numba."""
+    every step; it packed for step_gemm; step_gemm's scratch), copied and packed in numba,
+    now or `later` (now_or_later)."""
     u0, u1 = units(j, size, H)
     w_mine = workspace.empty((w_hh.shape[0], u1 - u0), w_hh.dtype)  # pooled, as in my_rows
     bp = pack_buffer(w_mine.shape, w_hh.dtype, False, len(steps), B)
-    _take_columns(w_hh, u0, u1, w_mine, bp)
+    now_or_later(later, _take_columns, w_hh, u0, u1, w_mine, bp)
     return w_mine, bp, scratch(w_hh.dtype)
 
 
-def span_packs(w_mine, spans_, steps, B):
+def span_packs(w_mine, spans_, steps, B, later=None):
     """w_mine's rows in each of (at most two) spans packed on their own for step_gemm: (bp0,
-    bp1), bp1 empty when there is one span."""
+    bp1), bp1 empty when there is one span; now or `later` (after w_mine's own copy)."""
     packs = [pack_buffer((b - a, w_mine.shape[1]), w_mine.dtype, False, len(steps), B) for a, b in spans_]
     for (a, b), bp in zip(spans_, packs):
         if bp.shape[0] > 0:
-            _pack(w_mine[a:b], False, bp)
+            now_or_later(later, _pack, w_mine[a:b], False, bp)
     while len(packs) < 2:
         packs.append(np.empty((0, 1, packs[0].shape[2]), w_mine.dtype))
     return tuple(packs)
