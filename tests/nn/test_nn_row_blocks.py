@@ -331,8 +331,7 @@ def test_units_split_projects_its_inputs_in_chunks(units_split, monkeypatch, mod
     directions, rows that end or start inside a chunk (packed), against torch.nn."""
     from gatelab.engines import fused_gru_units, fused_lstm_units, fused_units
 
-    monkeypatch.setattr(fused_units, "CHUNK_ROWS", chunk_rows)
-    monkeypatch.setattr(fused_units, "MIN_CHUNK_BATCH", 1)
+    monkeypatch.setattr(fused_units, "CHUNK_ROWS", chunk_rows)  # (units_split sets MIN_CHUNK_BATCH = 1)
     chunks = []
     loops = fused_lstm_units if mode == "LSTM" else fused_gru_units
 

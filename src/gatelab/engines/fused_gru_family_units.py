@@ -146,8 +146,7 @@ def backward(k, steps, gk, ck, masks, d_out, dh_state, saved, out, h0, dgates, d
         backward_units(j, size, steps, gk, ck, has_d, d, has_zh, zh, d_out, dh_state, *saved, out, h0, dgates, dxa,
                        dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
-                         x.reshape(T * B, I), h_prev, w_ih, results, shared=2 * H,  # δa_r, δa_z in both
-                         bp_ih=bp_dx)
+                         x.reshape(T * B, I), h_prev, w_ih, bp_dx, results, shared=2 * H)  # δa_r, δa_z in both
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return (results.get("dx"), results.get("dw_ih"), results.get("dw_hh"), results.get("db_ih"),

@@ -130,8 +130,7 @@ def backward(k, steps, d_out, dh_state, saved, out, h0, dgates, dxa, dhw, x, h_p
         pack_my_panels(j, size, w_ih, bp_dx)
         backward_units(j, size, steps, d_out, dh_state, *saved, out, h0, dgates, dxa, dhw, *mine(j, size), counter)
         grads_of_my_rows(j, size, H, 3, dxa.reshape(T * B, 3 * H), dhw.reshape(T * B, 3 * H),
-                         x.reshape(T * B, I), h_prev, w_ih, results, shared=2 * H,  # δa_r, δa_z in both
-                         bp_ih=bp_dx)
+                         x.reshape(T * B, I), h_prev, w_ih, bp_dx, results, shared=2 * H)  # δa_r, δa_z in both
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return tuple(results.get(name) for name in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))

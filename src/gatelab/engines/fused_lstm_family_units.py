@@ -56,9 +56,9 @@ def forward_units(j, k, steps, full, K, x2, w_ih_mine, w_hh_mine, bp_hh, tmp, bi
     packed, fused_units.packed_inputs); xa_mine (C, B, 4U) the input projection of C steps at
     a time (fused_units.chunk_steps, project_chunk), hw_mine (B, 4U), hd_mine (B, H): my own
     buffers; hbuf (2, B, H) the running h, double-buffered (after S steps the state is
-    hbuf[S % 2]); counter: shared
-    new_counter(); K: the gate blocks the products form, the first K of my rows (the rest, of
-    gates the variant never reads, are zero in xa_mine, hw_mine and bias_mine); draws (3, 3):
+    hbuf[S % 2]); counter: shared new_counter(); K: the gate blocks the products form, the
+    first K of my rows (the rest, of gates the variant never reads, are zero in xa_mine,
+    hw_mine and bias_mine); draws (3, 3):
     rows recurrent_dropout, zoneout_h, zoneout_c, (1, seed, below) when that mask is to be
     filled here (each step's my units, just before the step reads them;
     engines.masks.as_arrays); the rest as in fused_lstm_family.forward_loop (no projection)."""
@@ -211,7 +211,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, cn_seq, c_seq, c0, ph, 
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, cn_seq, c_seq, c0, zc, ph, flags,
                        has_d, d, has_zh, zh, dgates, da, *mine(j, size), dht, dzone, zeros_h, lnc, stats, dlnc,
                        dchat, counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out, unused, bp_ih=bp_dx)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, bp_dx, out, unused)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

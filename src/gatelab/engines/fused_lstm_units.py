@@ -151,7 +151,7 @@ def backward(k, steps, d_out, dh_state, dc_state, gates, c_seq, c0, dgates, da, 
         pack_my_panels(j, size, w_ih, bp_dx)
         backward_units(j, size, steps, d_out, dh_state, dc_state, *gates, c_seq, c0, dgates, da, *mine(j, size),
                        counter)
-        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, out, bp_ih=bp_dx)
+        grads_of_my_rows(j, size, H, 4, da2, da2, x.reshape(T * B, I), h_prev, w_ih, bp_dx, out)
 
     team(member, k, torch_modes=False)  # numba and NumPy only
     return out.get("dx"), out.get("dw_ih"), out.get("dw_hh"), out.get("db_ih")

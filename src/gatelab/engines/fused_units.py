@@ -334,7 +334,7 @@ def pack_my_panels(j, size, w_ih, bp):
         _pack_panels(w_ih, False, bp, *units(j, size, bp.shape[0]))
 
 
-def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(), shared=0, bp_ih=None):
+def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, bp_ih, out, unused=(), shared=0):
     """The gradients over all steps, thread j of size's share: rows [j GH/size,
     (j+1) GH/size) of δW_ih, δW_hh and δb (one GEMM each, whichever gates they fall in:
     every column of δA is complete once the backward loops have met) and as many of δx's
@@ -345,8 +345,8 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(
     for the LSTM); shared: how many first columns of d_rec equal d_in's (the GRU's r and z,
     2H: their δb_hh is δb_ih's, not summed again); x2 (T*B, I); h_prev:
     fused_common.Previous, the state each step started from (None when δW_hh is not
-    wanted); w_ih (G*H, I); out: gradient_buffers(...); bp_ih: W_ih packed for δX
-    (dx_panels, every panel packed by now), None or empty for OpenBLAS. Measured at
+    wanted); w_ih (G*H, I); bp_ih: W_ih packed for δX (dx_panels, every panel packed by now;
+    empty: OpenBLAS); out: gradient_buffers(...). Measured at
     (T*B, H, I) = (3200, 256, 128), 2 threads: 14.3 ms against 15.1 for four GEMMs each,
     one per gate block of the thread's own units (OpenBLAS packs H_prev for each).
     In numba, without the GIL: through NumPy's matmul the two threads handed the GIL to
@@ -361,8 +361,7 @@ def grads_of_my_rows(j, size, H, G, d_in, d_rec, x2, h_prev, w_ih, out, unused=(
             out.get("dw_hh", none2), out.get("db_ih", none1), out.get("db_hh", none1),
             none2 if dx is None else dx.reshape(d_in.shape[0], -1))
     if not unused:
-        bp = np.empty((0, 1, NR), dt) if bp_ih is None else bp_ih
-        _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), *args, bp, scratch(dt), shared)
+        _grads_of_rows(*units(j, size, G * H), *units(j, size, d_in.shape[0]), *args, bp_ih, scratch(dt), shared)
         return
     kept = spans(G, H, unused)
     _grads_of_spans(my_share(j, size, kept), gaps(G * H, kept) if j == 0 else np.empty((0, 2), np.int64),
@@ -394,12 +393,13 @@ def _grads_of_rows(r0, r1, q0, q1, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, 
             db_hh[r0:a] = db_ih[r0:a]
             if a < r1:
                 gemm(ones, d_rec[:, a:r1], db_hh[a:r1].reshape((1, r1 - a)), False, 0.0)
-    if dx2.shape[0] > 0 and bp_ih.shape[0] > 0:  # blocks of DX_ROWS rows, each in L2 while the panels pass
-        for q in range(q0, q1, DX_ROWS):
-            e = min(q + DX_ROWS, q1)
-            packed_gemm(d_in[q:e], bp_ih, dx2[q:e], False, tmp)  # (rows, G*H) x (G*H, I)
-    elif dx2.shape[0] > 0:
-        gemm(d_in[q0:q1], w_ih, dx2[q0:q1], False, 0.0)  # (rows, G*H) x (G*H, I)
+    if dx2.shape[0] > 0:  # (rows, G*H) x (G*H, I)
+        if bp_ih.shape[0] == 0:
+            gemm(d_in[q0:q1], w_ih, dx2[q0:q1], False, 0.0)
+        else:  # blocks of DX_ROWS rows, each in L2 while the panels pass
+            for q in range(q0, q1, DX_ROWS):
+                e = min(q + DX_ROWS, q1)
+                packed_gemm(d_in[q:e], bp_ih, dx2[q:e], False, tmp)
 
 
 @njit(**JIT)
