@@ -87,8 +87,8 @@ def v3_own_exp_3d(xa, hw, c, out_c, out_m):
 def v4_shipped(xa, hw, c, out_c, out_m, scratch, ta=0):
     out_c[:] = c
     bias = scratch["bias"]
-    fused_lstm.forward_step(0, c.shape[0], ta, xa[None], hw, bias, out_c, *scratch["gates"],
-                            scratch["c_seq"], scratch["m_seq"], out_m)  # m_seq must not alias
+    fused_lstm.forward_step(0, c.shape[0], ta, 0, xa[None], hw, bias, out_c, *scratch["gates"],
+                            scratch["c_seq"], scratch["m_seq"], out_m, 0, c.shape[1])  # m_seq must not alias
 
 
 def median_time(f, repeats):
