@@ -99,8 +99,8 @@ def _take(nbytes: int) -> np.ndarray | None:
 
 def empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array starting on a cache line (see the module docstring)."""
-    dtype = np.dtype(dtype)
-    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+    shape = shape if isinstance(shape, tuple) else tuple(shape) if isinstance(shape, list) else (shape,)
     nbytes = math.prod(shape) * dtype.itemsize  # (np.prod costs ~5 µs a call; this runs ~20 times a call)
     buf = _take(nbytes + LINE) if nbytes >= MIN_BYTES else None
     if buf is None:
@@ -108,12 +108,12 @@ def empty(shape, dtype) -> np.ndarray:
         start = -_address(buf) % LINE  # (pooled buffers keep theirs)
     else:
         start = _starts[id(buf)]
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
+    return np.ndarray(shape, dtype, buf, start)  # a view of buf: it holds a reference to it
 
 
 @njit(**JIT)
 def _address(a):
-    """a's address (0.2 µs; NumPy's a.ctypes.data costs 1.4)."""
+    """a's address (1.1 µs from Python, numba's dispatch; NumPy's a.ctypes.data costs 1.4)."""
     return a.ctypes.data
 
 
