@@ -1,7 +1,8 @@
 """Workbench for the fused CPU engine (in the spirit of llm.c's dev/): a NumPy reference
 of one LSTM step's gate pass, numbered kernel versions checked against it, and timings
-of each version, of the per-step GEMM done several ways, and of the time loop driven
-from Python or from numba.
+of each version, of the per-step GEMM done several ways (the shipped one packs W_hh once
+and runs gatelab's own kernel, _kernels_gemm), and of the time loop driven from Python or
+from numba.
 
     .venv/bin/python benchmarks/workbench.py [--B 32 --H 256 --T 100] [--repeats 51]
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from gatelab.engines import _kernels_blas, fused_common, fused_lstm
+from gatelab.engines import _kernels_blas, _kernels_gemm, fused_common, fused_lstm
 from gatelab.engines._kernels import JIT, sigmoid, tanh
 
 
@@ -143,7 +144,12 @@ def gemms(B, H, repeats):
             "torch.addmm(out, h, W^T, out=out)": lambda: torch.addmm(tout, th, tw.t(), out=tout)}
     if bound:
         ways["numba -> cblas, NT"] = lambda: _kernels_blas.gemm_check(h, w, out, True, 0.0)
-        ways["numba -> cblas, NN (shipped)"] = lambda: _kernels_blas.gemm_check(h, wt, out, False, 0.0)
+        ways["numba -> cblas, NN"] = lambda: _kernels_blas.gemm_check(h, wt, out, False, 0.0)
+        bp = _kernels_gemm.packed_weights(w, True, 1 << 20, B)  # packed once, as a time loop does
+        if bp.shape[0] > 0:
+            tmp = _kernels_gemm.scratch(np.float32)
+            ways["numba, W packed once, AVX2 6x16 kernel (shipped)"] = lambda: _kernels_gemm.step_gemm(
+                h, w, bp, out, True, 0.0, tmp)
     flops = 2 * B * H * 4 * H
     print(f"\nPer-step GEMM h (B={B}, H={H}) x W_hh^T (H, 4H), float32, one thread")
     print("| way | µs | GFLOP/s |\n|---|---|---|")

@@ -20,5 +20,5 @@ def test_workbench_runs_and_its_kernels_match_the_reference():
                            "--T", "2", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for row in ("4 numba own exp, rows (shipped, training: gates kept)", "4 the same, inference (no gate stores)",
-                "numba -> cblas, NN (shipped)", "| numba |"):
+                "numba, W packed once, AVX2 6x16 kernel (shipped)", "| numba |"):
         assert row in done.stdout, f"workbench output lacks {row!r}:\n{done.stdout}"
