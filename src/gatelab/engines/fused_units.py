@@ -408,9 +408,10 @@ def _grads_of_spans(rows, zero, q0, q1, kept, d_in, d_rec, x2, hp, hp_at, h0, h0
     """_grads_of_rows for the row ranges `rows` (R, 2); the ranges `zero` (Z, 2) of δW_ih, δW_hh
     and the biases set to zero (rows of unused gates); δX = Σ_spans δA_in[:, span] W_ih[span]
     over the kept spans (S, 2)."""
+    no_pack, no_tmp = np.empty((0, 1, NR), dx2.dtype), np.empty((0, 0), dx2.dtype)  # δX is formed below
     for r in range(rows.shape[0]):
         _grads_of_rows(rows[r, 0], rows[r, 1], 0, 0, d_in, d_rec, x2, hp, hp_at, h0, h0_at, w_ih, dw_ih, dw_hh,
-                       db_ih, db_hh, dx2, np.empty((0, 1, NR), dx2.dtype), np.empty((0, 0), dx2.dtype))
+                       db_ih, db_hh, dx2, no_pack, no_tmp)
     for z in range(zero.shape[0]):
         a, b = zero[z, 0], zero[z, 1]
         for v in (dw_ih, dw_hh):
