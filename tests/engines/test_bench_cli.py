@@ -26,8 +26,27 @@ def test_bench_quick_writes_json(tmp_path, capsys):
         (c, k) for c in ("LSTM", "GRU") for k in ("inference", "training")}
     for r in rows:
         assert len(r["times_s"]["torch"]) == len(r["times_s"]["gatelab"]) == report["repeats"]
-        assert r["speedup"] > 0 and r["gflops"] > 0 and "gates_overhead" in r
+        assert r["speedup"] > 0 and r["gflops"] > 0
+        assert r["speedup"] == r["median_s"]["torch"] / r["median_s"]["gatelab"]
+        assert r["gates_overhead"] == r["median_s"]["gatelab+gates"] / r["median_s"]["gatelab again"] - 1
         assert f"{r['speedup']:8.2f}" in printed
+
+
+@pytest.mark.parametrize("kind", ["inference", "training"])
+def test_bench_times_gates_against_gatelab_after_gatelab(kind):
+    """The round-robin order: torch, gatelab (after torch's call), gatelab+gates, and the
+    plain gatelab call again (after gatelab+gates'), the return_gates overhead's baseline:
+    both calls of that ratio follow a gatelab call, not torch's."""
+    import torch
+
+    import gatelab.nn as gnn
+    from gatelab.bench import _contenders
+
+    runs = _contenders(torch, gnn, "LSTM", (3, 2, 4, 5), kind, "auto", torch.float64, gates=True)
+    assert list(runs) == ["torch", "gatelab", "gatelab+gates", "gatelab again"]
+    assert runs["gatelab again"] is runs["gatelab"]
+    assert list(_contenders(torch, gnn, "GRU", (3, 2, 4, 5), kind, "auto", torch.float64, gates=False)) == [
+        "torch", "gatelab"]
 
 
 def test_bench_says_when_the_engine_fell_back_to_one_thread(tmp_path, capsys, monkeypatch):
