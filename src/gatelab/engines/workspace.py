@@ -100,7 +100,7 @@ def _take(nbytes: int) -> np.ndarray | None:
 def empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array starting on a cache line (see the module docstring)."""
     dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
-    shape = shape if isinstance(shape, tuple) else tuple(shape) if isinstance(shape, list) else (shape,)
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     nbytes = math.prod(shape) * dtype.itemsize  # (np.prod costs ~5 µs a call; this runs ~20 times a call)
     buf = _take(nbytes + LINE) if nbytes >= MIN_BYTES else None
     if buf is None:
