@@ -20,7 +20,9 @@ COMMANDS = {
     "sample": ("gatelab.lm.sample_cmd", "sample text from a trained run"),
     "inspect": ("gatelab.viz.inspect_cmd", "write an HTML report of what the gates do on a text"),
     "demo": ("gatelab.lm.demo_cmd", "train on the default corpus, sample, and write the gate report"),
-    "experiment": ("gatelab.experiments.cli", "reproduce a claim about the LSTM (gradient flow, memory, noise, cost)"),
+    "experiment": (
+        "gatelab.experiments.cli", "reproduce a claim about the LSTM (gradient flow, memory, noise, cost)"
+    ),
     "bench": ("gatelab.bench", "time gatelab.nn against torch.nn on this machine"),
 }
 

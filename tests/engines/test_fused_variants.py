@@ -47,7 +47,8 @@ def add_variant_weights(w, spec, H, dtype, seed, ln_scale=1.0):
         gen = torch.Generator().manual_seed(seed + 6)
         G = 4 if spec.mode == "LSTM" else 3
         for name, n in (("ih", G * H), ("hh", G * H), ("c", H))[:3 if spec.mode == "LSTM" else 2]:
-            w[f"ln_{name}_weight"] = (1 + 0.5 * ln_scale * torch.randn(n, generator=gen, dtype=dtype)).requires_grad_()
+            gain = 1 + 0.5 * ln_scale * torch.randn(n, generator=gen, dtype=dtype)
+            w[f"ln_{name}_weight"] = gain.requires_grad_()
             w[f"ln_{name}_bias"] = (0.3 * ln_scale * torch.randn(n, generator=gen, dtype=dtype)).requires_grad_()
 
 

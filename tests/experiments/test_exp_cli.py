@@ -123,7 +123,10 @@ def _tiny(monkeypatch, name):
 
     module_name, recipe_name, fields, extra = TINY[name]
     module = importlib.import_module(f"gatelab.experiments.{module_name}")
-    recipe_module = importlib.import_module("gatelab.experiments.adding_train") if recipe_name == "AddingRecipe" else module
+    if recipe_name == "AddingRecipe":
+        recipe_module = importlib.import_module("gatelab.experiments.adding_train")
+    else:
+        recipe_module = module
     monkeypatch.setattr(module, "QUICK_RECIPE", getattr(recipe_module, recipe_name)(**fields))
     return extra
 
@@ -215,13 +218,17 @@ def test_default_out_names_the_options(tmp_path, monkeypatch):
     "argv, message",
     [
         (["experiment", "noise", "--lstm-option", "zoneout=2"], "--lstm-option: zoneout: expected a probability"),
-        (["experiment", "copy", "--gru-option", "forget_bias=1"], "--gru-option: forget_bias: applies to the LSTM only"),
+        (["experiment", "copy", "--gru-option", "forget_bias=1"],
+         "--gru-option: forget_bias: applies to the LSTM only"),
         (["experiment", "cost", "--gru-option", "bogus=1"], "--gru-option: unknown option 'bogus'"),
         (["experiment", "gradient-flow", "--lstm-option", "layer_norm"], "--lstm-option: expected KEY=VALUE"),
         (["experiment", "adding", "--lstm-option", "remove=nothing"], "--lstm-option: remove: expected parts"),
-        (["experiment", "adding", "--gru-option", "layer_norm=yes"], "--gru-option: layer_norm: expected True or False"),
-        (["experiment", "ablation", "--lstm-option", "layer_norm=true"], "--lstm-option does not apply to the ablation"),
-        (["experiment", "ablation", "--gru-option", "layer_norm=true"], "--gru-option does not apply to the ablation"),
+        (["experiment", "adding", "--gru-option", "layer_norm=yes"],
+         "--gru-option: layer_norm: expected True or False"),
+        (["experiment", "ablation", "--lstm-option", "layer_norm=true"],
+         "--lstm-option does not apply to the ablation"),
+        (["experiment", "ablation", "--gru-option", "layer_norm=true"],
+         "--gru-option does not apply to the ablation"),
     ],
 )
 def test_bad_cell_options(argv, message, capsys, tmp_path):

@@ -15,7 +15,9 @@ def _count(module):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("I, H, layers, bias", [(1, 1, 1, True), (7, 13, 1, True), (64, 256, 2, True), (5, 9, 3, False)])
+@pytest.mark.parametrize(
+    "I, H, layers, bias", [(1, 1, 1, True), (7, 13, 1, True), (64, 256, 2, True), (5, 9, 3, False)]
+)
 def test_parameter_formula_matches_torch_and_gatelab(cell, I, H, layers, bias):
     expected = parameter_count(cell, I, H, layers, bias)
     assert _count(TORCH[cell](I, H, num_layers=layers, bias=bias)) == expected

@@ -58,7 +58,8 @@ def test_constructor_errors_match_torch(case):
 
 
 def test_messages_name_the_argument_and_the_value():
-    with pytest.raises(ValueError, match=r"proj_size has to be smaller than hidden_size, got proj_size=4 and hidden_size=4"):
+    message = r"proj_size has to be smaller than hidden_size, got proj_size=4 and hidden_size=4"
+    with pytest.raises(ValueError, match=message):
         gnn.LSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match=r"dropout should be a number in range \[0, 1\].*got 1.5"):
         gnn.GRU(3, 4, num_layers=2, dropout=1.5)
@@ -106,7 +107,9 @@ def test_forward_errors_match_torch(cls, case):
 
 def test_lstm_cell_state_size_error_matches_torch():
     _same_as_torch(lambda nn: nn.LSTM(3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 5))))
-    _same_as_torch(lambda nn: nn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))))
+    _same_as_torch(
+        lambda nn: nn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+    )
 
 
 def test_forward_messages_say_what_was_expected_and_received():

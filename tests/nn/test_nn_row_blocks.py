@@ -428,7 +428,9 @@ UNIT_VARIANTS = [  # every variant but layer_norm (LSTM: and projection; GRU: an
 
 @pytest.mark.parametrize("form", ["padded", "packed", "unbatched"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize(("mode", "options"), UNIT_VARIANTS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(UNIT_VARIANTS)])
+@pytest.mark.parametrize(
+    ("mode", "options"), UNIT_VARIANTS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(UNIT_VARIANTS)]
+)
 def test_units_split_variants_equal_the_reference(units_split, mode, options, training, form):
     """The LSTM and GRU families with their units split, against the NumPy reference
     (float64, 1e-10)."""
@@ -440,9 +442,11 @@ def test_units_split_variants_equal_the_reference(units_split, mode, options, tr
     assert calls and all(c == int(n) for c in calls)  # forward and backward ran on threads
 
 
-@pytest.mark.parametrize(("mode", "options"), [("LSTM", dict(peephole=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2)),
-                                               ("LSTM", dict(coupled_gates=True, peephole=True)),
-                                               ("GRU", dict(zoneout=0.2, recurrent_dropout=0.2))])
+@pytest.mark.parametrize(("mode", "options"), [
+    ("LSTM", dict(peephole=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2)),
+    ("LSTM", dict(coupled_gates=True, peephole=True)),
+    ("GRU", dict(zoneout=0.2, recurrent_dropout=0.2)),
+])
 def test_units_split_variant_records_the_same_gates(units_split, monkeypatch, mode, options):
     torch.manual_seed(3)
     ours = build(mode, dict(input_size=4, hidden_size=9, bidirectional=True), options, "fused", seed=3)

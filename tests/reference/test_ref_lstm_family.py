@@ -111,7 +111,8 @@ def test_family_matches_torch_transcription_of_the_engine_equations(case):
     ins = {k: torch.tensor(v, requires_grad=True) for k, v in (("x", x), ("h0", h0), ("c0", c0))}
     out, th_T, tc_T = torch_family(ins["x"], w, ins["h0"], ins["c0"], opts,
                                    {k: torch.tensor(v) for k, v in masks.items()})
-    ((out * torch.tensor(dhs)).sum() + (th_T * torch.tensor(dh_T)).sum() + (tc_T * torch.tensor(dc_T)).sum()).backward()
+    loss = (out * torch.tensor(dhs)).sum() + (th_T * torch.tensor(dh_T)).sum() + (tc_T * torch.tensor(dc_T)).sum()
+    loss.backward()
     np.testing.assert_allclose(hs, out.detach().numpy(), rtol=0, atol=1e-10)
     np.testing.assert_allclose(c_T, tc_T.detach().numpy(), rtol=0, atol=1e-10)
     as_torch = to_torch_layout(grads, "LSTM", gradients=True)
@@ -209,7 +210,8 @@ def test_bad_family_arguments():
         lstm_family_forward(x, params, coupled_gates=True, remove={"input_gate"})
     with pytest.raises(ValueError, match=r"remove: expected a subset of .*got unknown \['forget'\]"):
         lstm_family_forward(x, params, remove={"forget"})
-    with pytest.raises(ValueError, match="gate_activation: expected one of \\('sigmoid', 'hard_sigmoid'\\), got 'relu'"):
+    message = "gate_activation: expected one of \\('sigmoid', 'hard_sigmoid'\\), got 'relu'"
+    with pytest.raises(ValueError, match=message):
         lstm_family_forward(x, params, gate_activation="relu")
     with pytest.raises(ValueError, match="cell_activation: expected one of"):
         lstm_family_forward(x, params, cell_activation="sigmoid")

@@ -79,7 +79,8 @@ def main(out_dir: str) -> None:
         save_file(grads, str(out / "grads.safetensors"))
         (out / "result.json").write_text(json.dumps({
             "world_size": ctx.world_size, "backend": ctx.backend, "mean_loss": mean,
-            "sums": sums, "broadcast": step, "gathered": rows_of.tolist(), "marker_visible_on": flags[0], "writers": flags[1]}))
+            "sums": sums, "broadcast": step, "gathered": rows_of.tolist(),
+            "marker_visible_on": flags[0], "writers": flags[1]}))
     del model  # DDP's reducer before the process group it holds
     dist_.teardown(ctx)
     dist_.exit_process(0)

@@ -43,7 +43,8 @@ Returns:
 The LSTM family (CellSpec fields; shared definitions for the reference and every engine).
 σ is spec.gate_activation, φ is spec.cell_activation, a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
 split into rows i|f|g|o:
-    plain:        f = σ(a_f), i = σ(a_i), g = φ(a_g), o = σ(a_o), c_t = f ⊙ c_{t-1} + i ⊙ g, h_t = o ⊙ φ(c_t)
+    plain:        f = σ(a_f), i = σ(a_i), g = φ(a_g), o = σ(a_o),
+                  c_t = f ⊙ c_{t-1} + i ⊙ g, h_t = o ⊙ φ(c_t)
     peephole:     a_f += p_f ⊙ c_{t-1}, a_i += p_i ⊙ c_{t-1}, a_o += p_o ⊙ c_t,
                   weights["weight_ph"] (3, H), rows p_f|p_i|p_o
     layer_norm:   a = LN(x_t W_ih^T; ln_ih_weight, ln_ih_bias) + LN(h_{t-1} W_hh^T; ln_hh_weight, ln_hh_bias)

@@ -52,7 +52,10 @@ def run(
         for T in sorted(lengths, reverse=True)
         for k, cell in enumerate(CELLS)
     ]
-    runs = sorted(map_jobs(_job, jobs, workers, desc="adding"), key=lambda r: (lengths.index(r["T"]), CELLS.index(r["cell"])))
+    runs = sorted(
+        map_jobs(_job, jobs, workers, desc="adding"),
+        key=lambda r: (lengths.index(r["T"]), CELLS.index(r["cell"])),
+    )
     summary = {
         f"T={rec['T']} {rec['cell']}": {
             "final_mse": rec["final_mse"],

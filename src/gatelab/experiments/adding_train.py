@@ -49,7 +49,9 @@ def evaluate(model: SequenceModel, x: torch.Tensor, y: torch.Tensor) -> tuple[fl
     return float((err**2).mean()), float((err.abs() < CLOSE).float().mean())
 
 
-def train_adding(cell: str, T: int, recipe: AddingRecipe, seed: int, desc: str | None = None) -> tuple[SequenceModel, dict]:
+def train_adding(
+    cell: str, T: int, recipe: AddingRecipe, seed: int, desc: str | None = None
+) -> tuple[SequenceModel, dict]:
     """Train `cell` on the adding problem of length T; returns the model and its record.
 
     The record holds the recipe, the options the built layer holds (`module_options`), the

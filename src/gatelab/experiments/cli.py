@@ -19,12 +19,16 @@ from gatelab.family_cli import check_names, check_options, parse_key_value
 
 # name -> (module, one-line description)
 EXPERIMENTS = {
-    "gradient-flow": ("gatelab.experiments.gradient_flow", "‖∂ŷ_T/∂h_t‖ against distance, at init and after training"),
+    "gradient-flow": (
+        "gatelab.experiments.gradient_flow", "‖∂ŷ_T/∂h_t‖ against distance, at init and after training"
+    ),
     "adding": ("gatelab.experiments.adding", "the adding problem at T = 50, 100, 200"),
     "copy": ("gatelab.experiments.copy_memory", "recall 10 symbols after a delay of 50 and 100 steps"),
     "noise": ("gatelab.experiments.noise", "remember a flagged symbol among distractors; input-gate means"),
     "cost": ("gatelab.experiments.cost", "parameters, FLOPs, time and memory per step across hidden sizes"),
-    "ablation": ("gatelab.experiments.ablation", "LSTM variants and ablations (Greff et al. 2017) on adding and text"),
+    "ablation": (
+        "gatelab.experiments.ablation", "LSTM variants and ablations (Greff et al. 2017) on adding and text"
+    ),
 }
 
 # the options each experiment takes beyond --out, --quick, --seed, --jobs, --threads

@@ -83,7 +83,9 @@ def gate_means(gate: torch.Tensor | None, signal: torch.Tensor) -> dict:
 def train_noise(cell: str, noise: float, recipe: NoiseRecipe, seed: int) -> dict:
     """Train one cell at one noise level; return accuracy and write-gate means."""
     model = build_from_recipe(cell, recipe.symbols + 1, recipe.symbols, seed, recipe)
-    x_test, y_test, signal = noisy_memory_batch(recipe.T, recipe.test_size, noise, generator(seed + 1_000_003), recipe.symbols)
+    x_test, y_test, signal = noisy_memory_batch(
+        recipe.T, recipe.test_size, noise, generator(seed + 1_000_003), recipe.symbols
+    )
     gen = generator(seed + 2_000_003)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     start = time.perf_counter()
@@ -121,12 +123,8 @@ def run(
     recipe = replace(recipe, lstm_options=option_pairs(lstm_options), gru_options=option_pairs(gru_options))
     jobs = [(cell, lvl, recipe, seed + 10 * k) for lvl in recipe.levels for k, cell in enumerate(CELLS)]
     runs = map_jobs(train_noise, jobs, workers, desc="noise")
-    summary = {
-        f"noise={r['noise']} {r['cell']}": {
-            k: r[k] for k in ("accuracy", "write_gate_signal", "write_gate_distractor", "top_unit_signal", "top_unit_distractor")
-        }
-        for r in runs
-    }
+    kept = ("accuracy", "write_gate_signal", "write_gate_distractor", "top_unit_signal", "top_unit_distractor")
+    summary = {f"noise={r['noise']} {r['cell']}": {k: r[k] for k in kept} for r in runs}
     results = {
         "experiment": NAME,
         "quick": quick,
@@ -156,8 +154,10 @@ def draw(runs: list[dict], recipe: NoiseRecipe, path: Path, note: str = "") -> P
         mine = [r for r in runs if r["cell"] == cell]
         left.plot(levels, [r["accuracy"] for r in mine], "o-", color=COLORS[cell], label=cell)
         if mine[0]["write_gate_signal"] is not None:
-            right.plot(levels, [r["write_gate_signal"] for r in mine], "o-", color=COLORS[cell], label=f"{cell}: signal step")
-            right.plot(levels, [r["write_gate_distractor"] for r in mine], "x--", color=COLORS[cell], label=f"{cell}: distractor steps")
+            signal = [r["write_gate_signal"] for r in mine]
+            distractor = [r["write_gate_distractor"] for r in mine]
+            right.plot(levels, signal, "o-", color=COLORS[cell], label=f"{cell}: signal step")
+            right.plot(levels, distractor, "x--", color=COLORS[cell], label=f"{cell}: distractor steps")
     left.axhline(1 / recipe.symbols, color="gray", ls="--", lw=1, label="chance")
     left.set_ylim(0, 1.05)
     left.set_xlabel("distractor amplitude (signal = 1)")

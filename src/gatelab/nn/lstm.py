@@ -10,7 +10,8 @@
 The LSTM family (keyword-only options, all off by default; gatelab.nn.options, docs/variants.md),
 with a = x_t W_ih^T + b_ih + (d ⊙ h_{t-1}) W_hh^T + b_hh split into a_i|a_f|a_g|a_o:
     forget_bias=b          initial b_f = b (f rows of bias_ih = b, of bias_hh = 0)   Gers et al. 2000
-    peephole=True          a_f += p_f ⊙ c_{t-1}, a_i += p_i ⊙ c_{t-1}, a_o += p_o ⊙ c̃_t   Gers & Schmidhuber 2000
+    peephole=True          a_f += p_f ⊙ c_{t-1}, a_i += p_i ⊙ c_{t-1},
+                           a_o += p_o ⊙ c̃_t                                        Gers & Schmidhuber 2000
     layer_norm=True        a = LN(x_t W_ih^T) + LN(h_{t-1} W_hh^T) + b_ih + b_hh,
                            h̃_t = o ⊙ φ(LN(c̃_t))                                    Ba et al. 2016
     coupled_gates=True     i = 1 - f                                                 Greff et al. 2017

@@ -98,7 +98,8 @@ def gru_forward(x: np.ndarray, params: dict, h0: np.ndarray | None = None, *,
         z = sigmoid(hx @ W_z.T + b_z)  # z_t = σ(W_z·[h_{t-1}, x_t] + b_z)
         if reset_after:
             hn = h_prev @ W_hn.T + b_hn  # (B, H): W_hn·h_{t-1} + b_hn
-            n = np.tanh(x[t] @ W_in.T + b_in + r * hn)  # n_t = tanh(W_in·x_t + b_in + r_t ⊙ (W_hn·h_{t-1} + b_hn))
+            # n_t = tanh(W_in·x_t + b_in + r_t ⊙ (W_hn·h_{t-1} + b_hn))
+            n = np.tanh(x[t] @ W_in.T + b_in + r * hn)
             cache["hn"][t] = hn
         else:
             rhx = np.concatenate([r * h_prev, x[t]], axis=1)  # (B, H + I): [r_t ⊙ h_{t-1}, x_t]

@@ -163,7 +163,8 @@ def lstm_backward(dhs: np.ndarray, cache: dict, dh_T: np.ndarray | None = None,
         tanh_c = np.tanh(c)
         # h_t = o_t ⊙ tanh(c_t)
         do = dh * tanh_c  # ∂h_t/∂o_t = tanh(c_t)
-        dc = dc_next + dh * o * (1.0 - tanh_c**2)  # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t)), plus the path from c_{t+1}
+        # ∂h_t/∂c_t = o_t ⊙ (1 − tanh²(c_t)), plus the path from c_{t+1}
+        dc = dc_next + dh * o * (1.0 - tanh_c**2)
         # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
         df = dc * c_prev  # ∂c_t/∂f_t = c_{t-1}
         di = dc * g  # ∂c_t/∂i_t = g_t

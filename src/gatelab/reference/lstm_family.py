@@ -225,11 +225,13 @@ def lstm_family_forward(x: np.ndarray, params: dict, h0: np.ndarray | None = Non
         m = o * y  # (B, H)
         h_new = m @ W_hr.T if W_hr is not None else m  # (B, P)
         if "zoneout_c" in masks:
-            c = masks["zoneout_c"][t] * c_prev + (1.0 - masks["zoneout_c"][t]) * c_new  # c_t = m_c ⊙ c_{t-1} + (1 − m_c) ⊙ c̃_t
+            # c_t = m_c ⊙ c_{t-1} + (1 − m_c) ⊙ c̃_t
+            c = masks["zoneout_c"][t] * c_prev + (1.0 - masks["zoneout_c"][t]) * c_new
         else:
             c = c_new
         if "zoneout_h" in masks:
-            h = masks["zoneout_h"][t] * h_prev + (1.0 - masks["zoneout_h"][t]) * h_new  # h_t = m_h ⊙ h_{t-1} + (1 − m_h) ⊙ h̃_t
+            # h_t = m_h ⊙ h_{t-1} + (1 − m_h) ⊙ h̃_t
+            h = masks["zoneout_h"][t] * h_prev + (1.0 - masks["zoneout_h"][t]) * h_new
         else:
             h = h_new
         for name, value in (("f", f), ("i", i), ("g", g), ("o", o), ("c", c), ("c_new", c_new),

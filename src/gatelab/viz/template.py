@@ -192,9 +192,14 @@ else document.getElementById("curve").replaceWith(Object.assign(document.createE
 // --- applying a selection ------------------------------------------------------------
 function paint() {
   const [lo, hi] = scale(state.q, state.layer, state.unit);
-  for (let t = 0; t < T; t++) spans[t].style.backgroundColor = colour(state.q, val(state.q, state.layer, t, state.unit), lo, hi);
+  for (let t = 0; t < T; t++) {
+    spans[t].style.backgroundColor = colour(state.q, val(state.q, state.layer, t, state.unit), lo, hi);
+  }
   const bar = document.getElementById("legend-bar").getContext("2d");
-  for (let x = 0; x < 160; x++) { bar.fillStyle = colour(state.q, lo + (hi - lo) * x / 159, lo, hi); bar.fillRect(x, 0, 1, 12); }
+  for (let x = 0; x < 160; x++) {
+    bar.fillStyle = colour(state.q, lo + (hi - lo) * x / 159, lo, hi);
+    bar.fillRect(x, 0, 1, 12);
+  }
   document.getElementById("legend-text").textContent = fmt(lo) + " … " + fmt(hi);
   drawHeat();
 }
