@@ -7,7 +7,9 @@ Prints, per cell and kind, the median over the invocations of each invocation's 
 over torch.nn (torch time / gatelab time, both medians of that invocation's repeats), with
 the range across invocations; the return_gates overhead in training; the training
 GFLOP/s as a fraction of the large-GEMM rate measured in the same invocation; and each
-number against issue 4's targets. For `gatelab bench --variants` runs: per variant and
+number against issue 4's targets; then, for runs that time each call after one of its own
+(`"settled"`, since the fifteenth pass), the speed-up of the calls that follow the other
+library's (`speedup_alternating`, no target). For `gatelab bench --variants` runs: per variant and
 shape, the median of each invocation's ratio to the plain fused cell and speed-up over
 the PyTorch loop, against issue 7's targets (the thresholds the runs recorded).
 """
@@ -72,6 +74,8 @@ def main(paths) -> int:
     runs, rows = load(paths)
     if all(run.get("mode") == "variants" for run in runs):
         return main_variants(runs)
+    if len({bool(run.get("settled")) for run in runs}) > 1:
+        raise SystemExit("these runs mix two timing orders (some settled, some not): combine like with like")
     shapes = list(dict.fromkeys(s for (_, _, s) in rows))
     header = " | ".join(",".join(map(str, s)) for s in shapes)
     print(f"{len(runs)} invocations; load average at start: "
@@ -111,6 +115,15 @@ def main(paths) -> int:
             misses.append(f"LSTM training GEMM fraction {s}: {med:.0%}")
         cells.append("—" if med is None else f"{med:.0%}")
     print("| LSTM training GFLOP/s ÷ large-GEMM GFLOP/s | " + " | ".join(cells) + " |")
+    if all(run.get("settled") for run in runs):
+        print(f"\n| speed-up, the calls that follow the other library's (median of {len(runs)}) | {header} |")
+        print("|---" * (len(shapes) + 1) + "|")
+        for cell, kind in TARGETS:
+            cells = []
+            for s in shapes:
+                got = [r["speedup_alternating"] for r in rows.get((cell, kind, s), [])]
+                cells.append(f"{statistics.median(got):.2f}" if got else "—")
+            print(f"| {cell} {kind} | " + " | ".join(cells) + " |")
     print("\ntargets missed (✗):" if misses else "\nevery target met")
     for m in misses:
         print("  " + m)

@@ -1,10 +1,14 @@
 """`gatelab bench`: time gatelab.nn against torch.nn on this machine.
 
 For each cell (LSTM, GRU), shape (T, B, I, H) and kind, one process runs the contenders
-round-robin (torch, gatelab, gatelab with return_gates=True, gatelab again, torch, ...)
-after warm-up and reports the median of the repeats: the speed-up is torch's over
-gatelab's (each timed right after the other library's call), the return_gates overhead
-gatelab+gates' over gatelab again's (each right after a gatelab call):
+round-robin after warm-up, each twice in a row (torch, torch, gatelab, gatelab, gatelab
+with return_gates=True, the same again, torch, torch, ...), and reports the median of the
+repeats of the second call: the speed-up is torch's over gatelab's and the return_gates
+overhead gatelab+gates' over gatelab's, each call timed right after one of its own, as in
+a training loop. (The first call of each pair follows the other contender's and pays for
+what it left behind: torch.nn's training call faults in and frees hundreds of MB, and the
+next call ran up to several per cent slower. Those first calls are timed too; their
+speed-up is `speedup_alternating` in the JSON, "alt." in the table.)
 
     inference   forward under torch.inference_mode()
     training    forward + backward of a fixed random projection of the output, with x,
@@ -47,11 +51,6 @@ KINDS = ("inference", "training")
 CELLS = ("LSTM", "GRU")
 GATE_ROWS = {"LSTM": 4, "GRU": 3}
 VARIANT_SHAPES = [(100, 32, 128, 256), (50, 16, 64, 128)]
-# The plain gatelab call timed a second time in each round, right after gatelab+gates: the
-# return_gates overhead compares the two calls that follow a gatelab call. (Against the
-# first, which follows torch.nn's and pays for what it leaves behind (freed memory, cold
-# caches), gates read up to 13 % *cheaper* than no gates at small shapes.)
-AGAIN = "gatelab again"
 # name -> gatelab.nn.LSTM options; targets (issue 7): ≤ 1.2× the plain fused LSTM
 # (layer_norm ≤ 1.5×) and ≥ 2× faster than the loop
 VARIANTS = {
@@ -157,11 +156,14 @@ def gemm_peak(torch, numpy, n=2048, repeats=5, clock=time.perf_counter) -> dict:
     return {k: 2 * n ** 3 / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
-def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter, settle=False) -> dict:
+def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter, settle=False,
+                 firsts: dict | None = None) -> dict:
     """name -> the times of `repeats` calls of each run, interleaved (a, b, c, a, b, ...).
-    settle: each timed call right after an untimed one of its own, so that what the run
-    before it leaves behind does not count against it (after the PyTorch loop, a plain
-    fused step at (50,16,64,128) took 1.2 ms longer: the freed autograd graph, cold caches)."""
+    settle: each timed call right after one of its own (a, a, b, b, ...), so that what the
+    run before it leaves behind does not count against it (after the PyTorch loop, a plain
+    fused step at (50,16,64,128) took 1.2 ms longer: the freed autograd graph, cold caches).
+    firsts (with settle): a dict that receives name -> the times of those first calls, each
+    right after the run before it."""
     for f in runs.values():
         for _ in range(warmup):
             f()
@@ -169,7 +171,10 @@ def _round_robin(runs: dict, warmup: int, repeats: int, clock=time.perf_counter,
     for _ in range(repeats):
         for k, f in runs.items():
             if settle:
+                t0 = clock()
                 f()
+                if firsts is not None:
+                    firsts.setdefault(k, []).append(clock() - t0)
             t0 = clock()
             f()
             times[k].append(clock() - t0)
@@ -207,9 +212,8 @@ def _contenders(torch, gnn, cell, shape, kind, backend, dtype, gates):
 
     make = inference if kind == "inference" else training
     runs = {"torch": make(ref), "gatelab": make(ours)}
-    if gates:  # round-robin order: gatelab runs after torch, and again after gatelab+gates
+    if gates:
         runs["gatelab+gates"] = make(ours, return_gates=True)
-        runs[AGAIN] = runs["gatelab"]
     return runs
 
 
@@ -290,11 +294,12 @@ def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, 
           f"({info['torch_threads']} threads), engine threads {info['engine_threads']} "
           f"(OpenBLAS {info['openblas_threads_per_engine_thread']} each), "
           f"numba {info['numba']}; backend={args.backend}, {args.dtype}, {args.clock} clock, "
-          f"median of {repeats} after {warmup} warm-up")
+          f"median of {repeats} after {warmup} warm-up, each timed call after one of its own")
+    print("alt.: the speed-up of the calls that each follow the other library's")
     print("large GEMM (float32): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     head = (f"{'cell':5} {'T,B,I,H':>16} {'kind':9} {'torch ms':>9} {'gatelab ms':>10} "
-            f"{'speed-up':>8} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>7} {'gates ms':>9} "
-            f"{'gates +':>7}")
+            f"{'speed-up':>8} {'alt.':>5} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>7} "
+            f"{'gates ms':>9} {'gates +':>7}")
     print(head)
     results = []
     for cell in cells:
@@ -304,30 +309,36 @@ def _run(args, torch, numpy, gnn, clock, repeats, warmup, shapes, cells, kinds, 
             for kind in kinds:
                 runs = _contenders(torch, gnn, cell, shape, kind, args.backend, dtype,
                                    gates=not args.no_gates)
-                times = _round_robin(runs, warmup, repeats, clock)
+                firsts = {}
+                times = _round_robin(runs, warmup, repeats, clock, settle=True, firsts=firsts)
                 med = {k: statistics.median(v) for k, v in times.items()}
+                med_first = {k: statistics.median(v) for k, v in firsts.items()}
                 flops = fwd_flops * (3 if kind == "training" else 1)
                 row = {"cell": cell, "shape": list(shape), "kind": kind, "flops": flops,
                        "times_s": times, "median_s": med,
+                       "times_first_s": firsts, "median_first_s": med_first,
                        "speedup": med["torch"] / med["gatelab"],
+                       "speedup_alternating": med_first["torch"] / med_first["gatelab"],
                        "tokens_per_s": T * B / med["gatelab"],
                        "gflops": flops / med["gatelab"] / 1e9,
                        "torch_gflops": flops / med["torch"] / 1e9,
                        "fraction_of_peak": flops / med["gatelab"] / 1e9 / best}
                 gates = ""
-                if "gatelab+gates" in med:  # both after a gatelab call: see AGAIN
-                    row["gates_overhead"] = med["gatelab+gates"] / med[AGAIN] - 1
+                if "gatelab+gates" in med:  # each after one of its own
+                    row["gates_overhead"] = med["gatelab+gates"] / med["gatelab"] - 1
                     gates = f"{med['gatelab+gates'] * 1e3:9.2f} {row['gates_overhead']:+7.0%}"
                 results.append(row)
                 print(f"{cell:5} {','.join(map(str, shape)):>16} {kind:9} "
                       f"{med['torch'] * 1e3:9.2f} {med['gatelab'] * 1e3:10.2f} "
-                      f"{row['speedup']:8.2f} {row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
+                      f"{row['speedup']:8.2f} {row['speedup_alternating']:5.2f} "
+                      f"{row['tokens_per_s']:10.0f} {row['gflops']:8.1f} "
                       f"{row['fraction_of_peak']:7.0%} {gates}", flush=True)
     fallbacks = _note_fallbacks(fallbacks_before)
     if args.json:
         report = {"machine": info, "gemm_peak_gflops": peak, "backend": args.backend,
                   "clock": args.clock,
                   "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
+                  "settled": True,  # each timed call after one of its own
                   "one_thread_fallbacks": fallbacks, "results": results}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -524,6 +535,7 @@ def _run_variants(args, torch, numpy, gnn, clock, repeats, warmup, shapes, varia
     if args.json:
         report = {"machine": info, "mode": "variants", "backend": args.backend, "clock": args.clock,
                   "dtype": args.dtype, "repeats": repeats, "warmup": warmup,
+                  "settled": True,  # each timed call after one of its own
                   "one_thread_fallbacks": fallbacks, "results": results}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -25,28 +25,49 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert {(r["cell"], r["kind"]) for r in rows} == {
         (c, k) for c in ("LSTM", "GRU") for k in ("inference", "training")}
     for r in rows:
-        assert len(r["times_s"]["torch"]) == len(r["times_s"]["gatelab"]) == report["repeats"]
+        for times in (r["times_s"], r["times_first_s"]):
+            assert {k: len(v) for k, v in times.items()} == dict.fromkeys(
+                ("torch", "gatelab", "gatelab+gates"), report["repeats"])
         assert r["speedup"] > 0 and r["gflops"] > 0
         assert r["speedup"] == r["median_s"]["torch"] / r["median_s"]["gatelab"]
-        assert r["gates_overhead"] == r["median_s"]["gatelab+gates"] / r["median_s"]["gatelab again"] - 1
-        assert f"{r['speedup']:8.2f}" in printed
+        assert r["speedup_alternating"] == r["median_first_s"]["torch"] / r["median_first_s"]["gatelab"]
+        assert r["gates_overhead"] == r["median_s"]["gatelab+gates"] / r["median_s"]["gatelab"] - 1
+        assert f"{r['speedup']:8.2f} {r['speedup_alternating']:5.2f}" in printed
 
 
-@pytest.mark.parametrize("kind", ["inference", "training"])
-def test_bench_times_gates_against_gatelab_after_gatelab(kind):
-    """The round-robin order: torch, gatelab (after torch's call), gatelab+gates, and the
-    plain gatelab call again (after gatelab+gates'), the return_gates overhead's baseline:
-    both calls of that ratio follow a gatelab call, not torch's."""
-    import torch
+def test_bench_times_each_call_after_one_of_its_own(tmp_path, monkeypatch):
+    """The order `gatelab bench` runs the contenders in: each twice in a row (torch, torch,
+    gatelab, gatelab, gatelab+gates, gatelab+gates, torch, ...); the speed-up and the
+    return_gates overhead divide the second calls' medians, `speedup_alternating` the first
+    calls' (gatelab's right after torch.nn's, torch.nn's right after gatelab's)."""
+    import itertools
 
-    import gatelab.nn as gnn
-    from gatelab.bench import _contenders
+    from gatelab import bench
 
-    runs = _contenders(torch, gnn, "LSTM", (3, 2, 4, 5), kind, "auto", torch.float64, gates=True)
-    assert list(runs) == ["torch", "gatelab", "gatelab+gates", "gatelab again"]
-    assert runs["gatelab again"] is runs["gatelab"]
-    assert list(_contenders(torch, gnn, "GRU", (3, 2, 4, 5), kind, "auto", torch.float64, gates=False)) == [
-        "torch", "gatelab"]
+    calls = []
+    clock = itertools.count()  # every clock() reads one more second
+    cost = {"torch": 4, "gatelab": 2, "gatelab+gates": 3}  # seconds a call takes
+
+    def contender(name):
+        def f():
+            after_torch = calls[-1:] == ["torch"]
+            calls.append(name)
+            for _ in range(cost[name] - 1 + (name == "gatelab" and after_torch)):
+                next(clock)  # gatelab's call right after torch's takes a second more
+        return f
+
+    monkeypatch.setattr(bench, "_contenders", lambda *a, gates: {k: contender(k) for k in cost})
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(bench, "gemm_peak", lambda *a, **k: {"numpy": 1.0, "torch": 1.0})
+    path = tmp_path / "order.json"
+    assert main(["bench", "--cells", "LSTM", "--kinds", "training", "--shapes", "2,1,2,2",
+                 "--repeats", "3", "--warmup", "1", "--json", str(path)]) == 0
+    t, g, G = "torch", "gatelab", "gatelab+gates"
+    assert calls == [t, g, G] + [t, t, g, g, G, G] * 3
+    (row,) = json.loads(path.read_text())["results"]
+    assert row["median_s"] == {t: 4, g: 2, G: 3} and row["median_first_s"] == {t: 4, g: 3, G: 3}
+    assert row["speedup"] == 2 and row["speedup_alternating"] == 4 / 3
+    assert row["gates_overhead"] == 0.5
 
 
 def test_bench_says_when_the_engine_fell_back_to_one_thread(tmp_path, capsys, monkeypatch):
@@ -185,10 +206,35 @@ def test_round_robin_settle_runs_each_timed_call_after_its_own():
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     ticks = iter(range(100))
-    times = _round_robin(runs, warmup=1, repeats=2, clock=lambda: next(ticks), settle=True)
+    firsts = {}
+    times = _round_robin(runs, warmup=1, repeats=2, clock=lambda: next(ticks), settle=True, firsts=firsts)
     assert "".join(calls) == "abc" + "aabbcc" * 2
-    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2}
-    assert all(t == 1 for v in times.values() for t in v)  # one call inside each timing
+    for timed in (times, firsts):  # the second call of each pair, and the first
+        assert {k: len(v) for k, v in timed.items()} == {"a": 2, "b": 2, "c": 2}
+        assert all(t == 1 for v in timed.values() for t in v)  # one call inside each timing
     calls.clear()
     _round_robin(runs, warmup=0, repeats=2, clock=lambda: 0)
     assert "".join(calls) == "abcabc"
+
+
+def test_median_of_runs_reads_settled_runs_and_refuses_to_mix_orders(tmp_path, capsys):
+    """benchmarks/median_of_runs.py prints the settled speed-ups against the targets and the
+    alternating ones after them, and will not combine settled runs with older ones."""
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).parents[2] / "benchmarks" / "median_of_runs.py"))
+    path = tmp_path / "run.json"
+    assert main(["bench", "--quick", "--cells", "LSTM", "--kinds", "training", "--threads", "1",
+                 "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["results"]
+    capsys.readouterr()
+    assert script["main"]([str(path), str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"| LSTM training | {row['speedup']:.2f}" in printed
+    assert f"| LSTM training | {row['speedup_alternating']:.2f} |" in printed.split("follow the other library")[1]
+    old = json.loads(path.read_text())
+    del old["settled"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="mix two timing orders"):
+        script["main"]([str(path), str(tmp_path / "old.json")])
