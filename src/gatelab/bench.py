@@ -5,10 +5,11 @@ round-robin after warm-up, each twice in a row (torch, torch, gatelab, gatelab, 
 with return_gates=True, the same again, torch, torch, ...), and reports the median of the
 repeats of the second call: the speed-up is torch's over gatelab's and the return_gates
 overhead gatelab+gates' over gatelab's, each call timed right after one of its own, as in
-a training loop. (The first call of each pair follows the other contender's and pays for
-what it left behind: torch.nn's training call faults in and frees hundreds of MB, and the
-next call ran up to several per cent slower. Those first calls are timed too; their
-speed-up is `speedup_alternating` in the JSON, "alt." in the table.)
+a training loop. (The first call of each pair follows the other contender's, whose freed
+memory and caches it inherits — torch.nn's training call faults in and frees hundreds of
+MB — and took 0.94–1.12× the second on the 2-core machine of benchmarks/README.md, either
+way. Those first calls are timed too; their speed-up is `speedup_alternating` in the JSON,
+"alt." in the table.)
 
     inference   forward under torch.inference_mode()
     training    forward + backward of a fixed random projection of the output, with x,
