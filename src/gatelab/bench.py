@@ -7,9 +7,9 @@ repeats of the second call: the speed-up is torch's over gatelab's and the retur
 overhead gatelab+gates' over gatelab's, each call timed right after one of its own, as in
 a training loop. (The first call of each pair follows the other contender's, whose freed
 memory and caches it inherits — torch.nn's training call faults in and frees hundreds of
-MB — and took 0.94–1.12× the second on the 2-core machine of benchmarks/README.md, either
-way. Those first calls are timed too; their speed-up is `speedup_alternating` in the JSON,
-"alt." in the table.)
+MB; on the 2-core machine of benchmarks/README.md, busy, the first took 0.87–1.20× the
+second, a median of 1.02× for gatelab's and 1.01× for torch.nn's. Those first calls are
+timed too; their speed-up is `speedup_alternating` in the JSON, "alt." in the table.)
 
     inference   forward under torch.inference_mode()
     training    forward + backward of a fixed random projection of the output, with x,
