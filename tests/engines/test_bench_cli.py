@@ -21,6 +21,7 @@ def test_bench_quick_writes_json(tmp_path, capsys):
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
     assert set(report["gemm_peak_gflops"]) == {"numpy", "torch"}
     assert report["one_thread_fallbacks"] == 0 and "note:" not in printed
+    assert report["settled"] is True  # each timed call after one of its own
     rows = report["results"]
     assert {(r["cell"], r["kind"]) for r in rows} == {
         (c, k) for c in ("LSTM", "GRU") for k in ("inference", "training")}
@@ -42,8 +43,13 @@ def test_bench_times_each_call_after_one_of_its_own(tmp_path, monkeypatch):
     calls' (gatelab's right after torch.nn's, torch.nn's right after gatelab's)."""
     import itertools
 
+    import torch
+
+    import gatelab.nn as gnn
     from gatelab import bench
 
+    assert list(bench._contenders(torch, gnn, "GRU", (3, 2, 4, 5), "training", "auto", torch.float64,
+                                  gates=False)) == ["torch", "gatelab"]  # --no-gates
     calls = []
     clock = itertools.count()  # every clock() reads one more second
     cost = {"torch": 4, "gatelab": 2, "gatelab+gates": 3}  # seconds a call takes
