@@ -11,7 +11,9 @@ number against issue 4's targets; then, for runs that time each call after one o
 (`"settled"`, since the fifteenth pass), the speed-up of the calls that follow the other
 library's (`speedup_alternating`, no target). For `gatelab bench --variants` runs: per variant and
 shape, the median of each invocation's ratio to the plain fused cell and speed-up over
-the PyTorch loop, against issue 7's targets (the thresholds the runs recorded).
+the PyTorch loop, against issue 7's targets (the thresholds the runs recorded). Either way
+it names the invocations during which the engine fell back to one thread (another process
+held a core: `one_thread_fallbacks` in the JSON), whose times are not an idle machine's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def load(paths):
             if "kind" in r:  # a speed run (a variants run's rows have no kind)
                 rows.setdefault((r["cell"], r["kind"], tuple(r["shape"])), []).append(r)
     return runs, rows
+
+
+def disturbed(paths, runs) -> str:
+    """A line naming the invocations during which the engine ran on one thread for a while."""
+    hit = [f"{p} ({run['one_thread_fallbacks']}×)" for p, run in zip(paths, runs)
+           if run.get("one_thread_fallbacks")]
+    if not hit:
+        return ""
+    return ("note: the fused engine fell back to one thread during " + ", ".join(hit)
+            + "; another process held a core, so these are not an idle machine's times\n")
 
 
 def main_variants(runs) -> int:
@@ -72,6 +84,7 @@ def main_variants(runs) -> int:
 
 def main(paths) -> int:
     runs, rows = load(paths)
+    print(disturbed(paths, runs), end="")
     if all(run.get("mode") == "variants" for run in runs):
         return main_variants(runs)
     if len({bool(run.get("settled")) for run in runs}) > 1:

@@ -244,3 +244,11 @@ def test_median_of_runs_reads_settled_runs_and_refuses_to_mix_orders(tmp_path, c
     (tmp_path / "old.json").write_text(json.dumps(old))
     with pytest.raises(SystemExit, match="mix two timing orders"):
         script["main"]([str(path), str(tmp_path / "old.json")])
+    assert "fell back to one thread" not in printed
+    busy = json.loads(path.read_text())
+    busy["one_thread_fallbacks"] = 15
+    (tmp_path / "busy.json").write_text(json.dumps(busy))
+    assert script["main"]([str(path), str(tmp_path / "busy.json")]) == 0
+    note = capsys.readouterr().out.splitlines()[0]
+    assert "fell back to one thread" in note and f"{tmp_path / 'busy.json'} (15×)" in note
+    assert str(path) + " " not in note
