@@ -225,7 +225,8 @@ def test_round_robin_settle_runs_each_timed_call_after_its_own():
 
 def test_median_of_runs_reads_settled_runs_and_refuses_to_mix_orders(tmp_path, capsys):
     """benchmarks/median_of_runs.py prints the settled speed-ups against the targets and the
-    alternating ones after them, and will not combine settled runs with older ones."""
+    alternating ones after them, will not combine settled runs with older ones, and names the
+    runs during which the engine fell back to one thread (one thread here: a clean run)."""
     import runpy
     from pathlib import Path
 
