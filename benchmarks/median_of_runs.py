@@ -12,8 +12,9 @@ number against issue 4's targets; then, for runs that time each call after one o
 library's (`speedup_alternating`, no target). For `gatelab bench --variants` runs: per variant and
 shape, the median of each invocation's ratio to the plain fused cell and speed-up over
 the PyTorch loop, against issue 7's targets (the thresholds the runs recorded). Either way
-it names the invocations during which the engine fell back to one thread (another process
-held a core: `one_thread_fallbacks` in the JSON), whose times are not an idle machine's.
+it names the invocations during which the engine fell back to one thread (its threads waited
+at their barriers, a busy host: `one_thread_fallbacks` in the JSON), whose times are not an
+idle machine's.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def disturbed(paths, runs) -> str:
     if not hit:
         return ""
     return ("note: the fused engine fell back to one thread during " + ", ".join(hit)
-            + "; another process held a core, so these are not an idle machine's times\n")
+            + "; its threads waited at their barriers (a busy host), so these are not an idle machine's times\n")
 
 
 def main_variants(runs) -> int:
