@@ -276,11 +276,11 @@ def _fallbacks() -> int:
 
 def _note_fallbacks(before: int) -> int:
     """How many times the engine fell back to one thread during the run (its threads waited
-    at their barriers: another process held a core); says so when it did."""
+    at their barriers: a busy host); says so when it did."""
     n = _fallbacks() - before
     if n:
         print(f"note: the fused engine ran on one thread for a while {n} time(s) during this run: its "
-              "threads waited at their barriers (another process held a core?); times taken then are "
+              "threads waited at their barriers (a busy host); times taken then are "
               "not those of an idle machine")
     return n
 
